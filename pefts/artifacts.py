@@ -1,0 +1,63 @@
+"""Weights as safetensors beside a small JSON of metadata; nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pefts.errors import PeftsError
+
+
+def meta_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def save_artifact(weights: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Save ``tensors`` to ``weights`` (.safetensors) and ``meta`` to the .json beside it."""
+    weights = Path(weights)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    # safetensors refuses shared or non-contiguous storage; a PEFT state is small, copy it
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    atomic_write_text(meta_path(weights), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, weights)
+
+
+def load_meta(weights: str | Path) -> dict[str, Any]:
+    path = meta_path(weights)
+    if not path.is_file():
+        raise PeftsError(f"metadata file {path} is missing (it belongs beside {weights})")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PeftsError(f"metadata file {path} is not valid JSON: {err}") from None
+
+
+def load_artifact(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load weights and metadata, with a one-line error for a missing or corrupt file."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise PeftsError(f"weights file {weights} does not exist")
+    meta = load_meta(weights)
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PeftsError(f"weights file {weights} is corrupt or not safetensors: {err}") from None
+    return tensors, meta

@@ -1,0 +1,77 @@
+"""The one interface every PEFTSmoothing method implements.
+
+A method wraps a base classifier into the model that is fine-tuned and certified,
+says which parameters train, and saves and loads only those. The training loop, the
+certifier and the pipeline never branch on a method's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pefts.errors import PeftsError
+from pefts.models import PixelClassifier
+from pefts.training import TrainConfig, train_noisy
+
+
+class Method:
+    """Base class: subclasses set ``name`` and ``defaults`` and implement ``build``."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    trains: ClassVar[bool] = True
+
+    def __init__(self, **hparams: Any):
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise PeftsError(
+                f"unknown hyper-parameter(s) {', '.join(unknown)} for method {self.name!r}; known: {known}"
+            )
+        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+
+    def build(self, base: PixelClassifier) -> nn.Module:
+        """Return the model to fine-tune and certify ([0,1] images -> logits), with
+        requires_grad set on exactly the parameters this method trains."""
+        raise NotImplementedError
+
+    def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
+            device: torch.device | str) -> dict[str, Any]:
+        """Fine-tune on noisy data; the default is cross-entropy on x + d (paper Eq. 4)."""
+        return train_noisy(model, data, sigma, cfg, device, desc=f"{self.name} sigma={sigma}")
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Only what this method trained, so a LoRA run of ViT-B/16 stays small on disk."""
+        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+    def load_trainable(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state(model))
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or extra:
+            raise PeftsError(
+                f"saved {self.name} weights do not fit the model: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for key, value in state.items():
+                if params[key].shape != value.shape:
+                    raise PeftsError(
+                        f"saved {self.name} weight {key} has shape {tuple(value.shape)}, "
+                        f"model expects {tuple(params[key].shape)}"
+                    )
+                params[key].copy_(value)
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_head(base: PixelClassifier) -> None:
+    """Every PEFT method keeps the classifier head trainable (the paper's setting)."""
+    for p in base.net.get_classifier().parameters():
+        p.requires_grad_(True)
