@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from pefts.progress import progress
 
 from pefts.errors import PeftsError
 
@@ -87,7 +87,7 @@ def train_noisy(
     model.to(device).train()
     loss_fn = nn.CrossEntropyLoss()
     step, seen, correct, loss_sum = 0, 0, 0, 0.0
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    bar = progress(total=total, desc=desc, unit="step", leave=False)
     while step < total:
         seen, correct, loss_sum = 0, 0, 0.0
         for x, y in batches:
@@ -100,7 +100,7 @@ def train_noisy(
             scheduler.step()
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")

@@ -1,5 +1,5 @@
-"""Registry of PEFTSmoothing methods: every module in this package that defines a
-``Method`` subclass with a ``name`` is a method; adding a method is adding a file."""
+"""Registry of PEFTSmoothing methods: each module in this package (but base) defines one
+``Method`` subclass named like the file; adding a method is adding a file."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def _discover() -> None:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Method) and getattr(obj, "name", None):
+            if isinstance(obj, type) and issubclass(obj, Method) and obj.__module__ == module.__name__:
+                # the file name is the method name, so the pipeline can list methods cheaply
+                assert obj.name == info.name, f"method {obj.name!r} must live in {obj.name}.py"
                 METHODS[obj.name] = obj
 
 

@@ -1,0 +1,331 @@
+"""The `pefts` command line: a thin click layer over the package.
+
+Every error the user can cause ends in one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pefts.errors import PeftsError
+
+POSITIVE = click.FloatRange(min=0.0, min_open=True)
+PROBABILITY = click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True)
+AT_LEAST_ONE = click.IntRange(min=1)
+RUN = click.Tuple([str, float, click.Path(dir_okay=False)])
+
+
+def parse_json(text: str | None, option: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PeftsError(f"{option} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise PeftsError(f"{option} must be a JSON object, got {text!r}")
+    return value
+
+
+def refuse_existing(path: str | Path, force: bool) -> None:
+    if Path(path).exists() and not force:
+        raise PeftsError(f"{path} already exists; pass --force to replace it")
+
+
+def device_option(func):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (a leased GPU if any, else CPU), cpu, cuda or cuda:N")(func)
+
+
+def force_option(func):
+    return click.option("--force", is_flag=True, help="replace an existing output")(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pefts")
+def cli() -> None:
+    """PEFTSmoothing: fine-tune classifiers on noise and certify them with randomized smoothing."""
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="digits, cifar10 or imagenet")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="folder for manifest.json (and bundled images)")
+@click.option("--root", default=None, help="local data folder (cifar10, imagenet)")
+@click.option("--download/--no-download", default=False, help="allow torchvision to download")
+@click.option("--seed", default=0, show_default=True, help="seed of the train/test split (digits)")
+@click.option("--classes", default=None, help="comma-separated subset of classes (digits)")
+def prepare(dataset: str, out_dir: str, root: str | None, download: bool, seed: int,
+            classes: str | None) -> None:
+    """Prepare a dataset and write its manifest."""
+    from pefts.data import prepare as prepare_data
+
+    subset = [int(c) for c in classes.split(",")] if classes else None
+    manifest = prepare_data(dataset, out_dir, root=root, download=download, seed=seed,
+                            classes=subset)
+    click.echo(f"{dataset}: {manifest['num_train']} train, {manifest['num_test']} test images, "
+               f"{manifest['num_classes']} classes -> {out_dir}/manifest.json")
+
+
+@cli.command("train-base")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest.json")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--arch", required=True, help="timm architecture name")
+@click.option("--input-size", required=True, type=AT_LEAST_ONE, help="side the network sees")
+@click.option("--model-kwargs", default=None, help="JSON of extra timm.create_model arguments")
+@click.option("--mean", default="0.5,0.5,0.5", show_default=True)
+@click.option("--std", default="0.5,0.5,0.5", show_default=True)
+@click.option("--pretrained", is_flag=True, help="start from timm's pretrained weights")
+@click.option("--pretrained-file", default=None, help="start from weights in a local file")
+@click.option("--train", "train_json", default=None, help="JSON of training options")
+@device_option
+@force_option
+def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: str | None,
+               mean: str, std: str, pretrained: bool, pretrained_file: str | None,
+               train_json: str | None, device: str, force: bool) -> None:
+    """Train the base classifier on clean images (0 epochs: keep pretrained weights)."""
+    from pefts.devices import resolve_device
+    from pefts.runs import train_base as run
+
+    refuse_existing(out, force)
+    spec = {"arch": arch, "input_size": input_size,
+            "model_kwargs": parse_json(model_kwargs, "--model-kwargs"),
+            "mean": parse_floats(mean, "--mean"), "std": parse_floats(std, "--std")}
+    meta = run(data, out, spec, parse_json(train_json, "--train"), pretrained, pretrained_file,
+               resolve_device(device))
+    click.echo(f"base {arch}: clean test accuracy {meta['metrics']['clean_test_accuracy']:.3f} -> {out}")
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise PeftsError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest.json")
+@click.option("--base", required=True, type=click.Path(dir_okay=False), help="base weights")
+@click.option("--method", required=True, help="a registered PEFT method (see `pefts methods`)")
+@click.option("--sigma", required=True, type=POSITIVE, help="noise level of training")
+@click.option("--hparams", default=None, help="JSON of the method's hyper-parameters")
+@click.option("--train", "train_json", default=None, help="JSON of training options")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@device_option
+@force_option
+def finetune(data: str, base: str, method: str, sigma: float, hparams: str | None,
+             train_json: str | None, out: str, device: str, force: bool) -> None:
+    """PEFTSmoothing: fine-tune one method on Gaussian-noised images."""
+    from pefts.devices import resolve_device
+    from pefts.runs import finetune as run
+
+    refuse_existing(out, force)
+    meta = run(data, base, out, method, sigma, parse_json(hparams, "--hparams"),
+               parse_json(train_json, "--train"), resolve_device(device))
+    click.echo(f"{method} sigma={sigma}: {meta['trainable_params']:,} trainable parameters, "
+               f"noisy test accuracy {meta['metrics']['noisy_test_accuracy']:.3f} -> {out}")
+
+
+@cli.command()
+def methods() -> None:
+    """List the registered methods and their hyper-parameters."""
+    from pefts.methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        click.echo(f"{name}\t{json.dumps(cls.defaults)}")
+
+
+def sampling_options(func):
+    for option in reversed([
+        click.option("--model", required=True, type=click.Path(dir_okay=False),
+                     help="fine-tuned weights (.safetensors)"),
+        click.option("--base", required=True, type=click.Path(dir_okay=False), help="base weights"),
+        click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest"),
+        click.option("--sigma", required=True, type=POSITIVE, help="smoothing noise level"),
+        click.option("--n", "n", default=1000, show_default=True, type=AT_LEAST_ONE,
+                     help="estimation samples"),
+        click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY,
+                     help="failure probability"),
+        click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE),
+        click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE,
+                     help="use every skip-th test image"),
+        click.option("--max", "max_count", default=-1, show_default=True,
+                     help="at most this many images after skipping (<= 0: all)"),
+        click.option("--seed", default=0, show_default=True, help="noise seed"),
+        click.option("--shard", default="0/1", show_default=True,
+                     help="K/N: the K-th of N interleaved slices"),
+        click.option("--out", required=True, type=click.Path(dir_okay=False), help="TSV"),
+        device_option,
+    ]):
+        func = option(func)
+    return func
+
+
+def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
+                device: str, sigma: float):
+    """Everything certify and predict share: validation first, then loading."""
+    from pefts.certify import file_digest
+    from pefts.data import load_split, read_manifest
+    from pefts.devices import resolve_device
+    from pefts.methods import load_model
+    from pefts.shards import parse_shard, selected_indices, shard_indices
+
+    k, n_shards = parse_shard(shard)
+    manifest = read_manifest(data)
+    dataset = load_split(manifest, "test")
+    indices = shard_indices(selected_indices(len(dataset), skip, max_count), k, n_shards)
+    torch_device = resolve_device(device)
+    net, meta = load_model(model, base, torch_device)
+    if meta["num_classes"] != manifest["num_classes"]:
+        raise PeftsError(f"{model} has {meta['num_classes']} classes, data has {manifest['num_classes']}")
+    settings = {"model": file_digest(model), "base": file_digest(base), "sigma": sigma,
+                "skip": skip, "max": max_count, "shard": shard, "device": torch_device.type}
+    return net, manifest, dataset, indices, torch_device, settings
+
+
+@cli.command()
+@sampling_options
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
+def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
+            device, n0) -> None:
+    """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
+    from pefts.certify import CERTIFY_COLUMNS, certify_rows, run_shard
+
+    net, manifest, dataset, indices, torch_device, settings = shard_setup(
+        model, base, data, skip, max_count, shard, device, sigma)
+    settings.update(n0=n0, n=n, alpha=alpha, seed=seed)
+    rows = certify_rows(net, manifest["num_classes"], sigma, n0, n, alpha, batch, seed, torch_device)
+    run_shard(out, indices, dataset, settings, CERTIFY_COLUMNS, rows, desc=f"certify {shard}")
+    click.echo(f"certified {len(indices)} images -> {out}")
+
+
+@cli.command()
+@sampling_options
+def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
+            device) -> None:
+    """Cohen's PREDICT (binomial test, may abstain) on a shard of test images."""
+    from pefts.certify import PREDICT_COLUMNS, predict_rows, run_shard
+
+    net, manifest, dataset, indices, torch_device, settings = shard_setup(
+        model, base, data, skip, max_count, shard, device, sigma)
+    settings.update(n=n, alpha=alpha, seed=seed, command="predict")
+    rows = predict_rows(net, manifest["num_classes"], sigma, n, alpha, batch, seed, torch_device)
+    run_shard(out, indices, dataset, settings, PREDICT_COLUMNS, rows, desc=f"predict {shard}")
+    click.echo(f"predicted {len(indices)} images -> {out}")
+
+
+@cli.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="data manifest: with --skip/--max, check that every selected image is there")
+@click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
+@click.option("--max", "max_count", default=-1, show_default=True)
+@force_option
+def merge(shards, out, data, skip, max_count, force) -> None:
+    """Merge shard TSVs; refuses shards that miss or repeat an image."""
+    from pefts.data import read_manifest
+    from pefts.results import merge_shards, write_tsv
+    from pefts.shards import selected_indices
+
+    refuse_existing(out, force)
+    expected = None
+    if data:
+        expected = selected_indices(read_manifest(data)["num_test"], skip, max_count)
+    merged = merge_shards(shards, expected)
+    write_tsv(merged, out)
+    click.echo(f"merged {len(shards)} shard(s), {len(merged)} images -> {out}")
+
+
+def read_runs(runs) -> list:
+    from pefts.results import read_tsv
+
+    if not runs:
+        raise PeftsError("give at least one --run METHOD SIGMA TSV")
+    return [(method, sigma, read_tsv(path)) for method, sigma, path in runs]
+
+
+@cli.command()
+@click.option("--run", "runs", multiple=True, type=RUN, help="METHOD SIGMA merged.tsv (repeat)")
+@click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+def summarize(runs, radii, out_tsv, out_md) -> None:
+    """Certified accuracy at a radius grid and ACR, per method and sigma."""
+    from pefts.artifacts import atomic_write_text
+    from pefts.results import summarize as table_of, to_markdown
+
+    table = table_of(read_runs(runs), parse_floats(radii, "--radii"))
+    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
+    atomic_write_text(out_md, to_markdown(table))
+    click.echo(to_markdown(table), nl=False)
+
+
+@cli.command()
+@click.option("--run", "runs", multiple=True, type=RUN, help="METHOD SIGMA merged.tsv (repeat)")
+@click.option("--out", "pattern", required=True,
+              help="PNG path with {sigma}: one figure per sigma, one line per method")
+def plot(runs, pattern) -> None:
+    """Certified accuracy against L2 radius (paper Figure 3)."""
+    from pefts.plots import plot_certified_curves
+
+    if "{sigma}" not in pattern:
+        raise PeftsError("--out must contain {sigma}, e.g. results/figures/certified_sigma{sigma}.png")
+    loaded = read_runs(runs)
+    for sigma in sorted({s for _, s, _ in loaded}):
+        curves = [(method, frame) for method, s, frame in loaded if s == sigma]
+        out = pattern.format(sigma=sigma)
+        plot_certified_curves(curves, f"certified accuracy, sigma = {sigma}", out)
+        click.echo(f"sigma={sigma}: {len(curves)} method(s) -> {out}")
+
+
+@cli.command()
+@click.option("--run", "runs", multiple=True, type=RUN,
+              help="METHOD SIGMA model.safetensors (repeat)")
+@click.option("--summary", required=True, type=click.Path(dir_okay=False),
+              help="summary TSV from `pefts summarize`")
+@click.option("--radius", default=0.0, show_default=True, help="radius of the figure's accuracy")
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+@click.option("--figure", required=True, type=click.Path(dir_okay=False))
+def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
+    """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
+    import pandas as pd
+
+    from pefts.artifacts import atomic_write_text
+    from pefts.parameters import accuracy_vs_parameters, parameter_table
+    from pefts.plots import plot_lines
+    from pefts.results import to_markdown
+
+    if not runs:
+        raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
+    table = parameter_table(runs)
+    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
+    atomic_write_text(out_md, to_markdown(table, floatfmt=",.4g"))
+    column = f"r={radius:g}"
+    points = accuracy_vs_parameters(table, pd.read_csv(summary, sep="\t"), column)
+    points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
+    plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
+               figure, logx=True, xlabel="trainable parameters",
+               ylabel=f"certified accuracy (r = {radius:g})", labels="method")
+    click.echo(to_markdown(table, floatfmt=",.4g"), nl=False)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except PeftsError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
+        click.echo(f"error: {command}{err.format_message()}", err=True)
+        sys.exit(err.exit_code)

@@ -1,0 +1,33 @@
+"""Checks of the pipeline configuration that a JSON schema cannot express.
+
+Kept free of torch imports: the Snakefile calls it every time it builds the DAG.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from pefts.errors import PeftsError
+
+
+def method_names() -> list[str]:
+    """Registered methods, read from the file names of pefts/methods (name == file)."""
+    spec = importlib.util.find_spec("pefts.methods")
+    folders = spec.submodule_search_locations if spec else []
+    return sorted(p.stem for folder in folders for p in Path(folder).glob("*.py")
+                  if not p.stem.startswith("_") and p.stem != "base")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    known = method_names()
+    for method in list(config["methods"]) + list(config["method_params"]):
+        if method not in known:
+            raise PeftsError(f"unknown method {method!r} in the config; choose from {', '.join(known)}")
+    if len(set(map(float, config["sigmas"]))) != len(config["sigmas"]):
+        raise PeftsError(f"sigmas repeat a value: {config['sigmas']}")
+    if config["dataset"]["name"] != "digits" and not config["dataset"]["root"]:
+        raise PeftsError(f"dataset {config['dataset']['name']} needs a data folder: set dataset.root")
+    if config["base"]["pretrained_file"] and not Path(config["base"]["pretrained_file"]).is_file():
+        raise PeftsError(f"base.pretrained_file {config['base']['pretrained_file']} does not exist")

@@ -1,0 +1,79 @@
+"""Train the base classifier and fine-tune one (method, sigma): the work behind the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pefts.artifacts import save_artifact
+from pefts.data import load_split, read_manifest
+from pefts.errors import PeftsError
+from pefts.methods import get_method
+from pefts.models import BaseSpec, build_classifier, count_parameters, load_base
+from pefts.training import TrainConfig, noisy_accuracy, train_noisy
+
+
+def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.Dataset:
+    if 0 < limit < len(data):
+        return torch.utils.data.Subset(data, range(limit))
+    return data
+
+
+def train_base(manifest_path: str | Path, out: str | Path, spec: dict[str, Any],
+               train: dict[str, Any], pretrained: bool, pretrained_file: str | None,
+               device: torch.device, eval_max: int = 2000) -> dict[str, Any]:
+    """Train (or, with 0 epochs, just wrap) the base classifier on clean images."""
+    manifest = read_manifest(manifest_path)
+    cfg = TrainConfig.from_dict(train)
+    base_spec = BaseSpec(num_classes=manifest["num_classes"], **spec)
+    torch.manual_seed(cfg.seed)
+    model = build_classifier(base_spec, pretrained, pretrained_file)
+    metrics: dict[str, Any] = {}
+    if cfg.epochs > 0:
+        metrics = train_noisy(model, load_split(manifest, "train"), 0.0, cfg, device, desc="base")
+    test = eval_subset(load_split(manifest, "test"), eval_max)
+    metrics["clean_test_accuracy"] = noisy_accuracy(model, test, 0.0, device=device)
+    meta = {
+        "kind": "base", "spec": base_spec.to_dict(), "dataset": manifest["dataset"],
+        "classes": manifest["classes"], "train": vars(cfg), "metrics": metrics,
+        "pretrained": pretrained_file or (spec["arch"] if pretrained else None),
+        "total_params": count_parameters(model),
+    }
+    save_artifact(out, model.state_dict(), meta)
+    return meta
+
+
+def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Path,
+             method_name: str, sigma: float, hparams: dict[str, Any], train: dict[str, Any],
+             device: torch.device, eval_max: int = 2000) -> dict[str, Any]:
+    """PEFTSmoothing for one (method, sigma); saves only the trained parameters."""
+    if sigma <= 0:
+        raise PeftsError(f"sigma must be positive, got {sigma}")
+    manifest = read_manifest(manifest_path)
+    method = get_method(method_name, **hparams)
+    cfg = TrainConfig.from_dict(train)
+    base = load_base(base_weights)
+    if base.spec.num_classes != manifest["num_classes"]:
+        raise PeftsError(f"base classifier has {base.spec.num_classes} classes, "
+                         f"data {manifest['dataset']} has {manifest['num_classes']}")
+    base_params = count_parameters(base)
+    torch.manual_seed(cfg.seed)
+    model = method.build(base).to(device)
+    metrics: dict[str, Any] = {}
+    if method.trains:
+        metrics = method.fit(model, load_split(manifest, "train"), sigma, cfg, device)
+    test = eval_subset(load_split(manifest, "test"), eval_max)
+    metrics["noisy_test_accuracy"] = noisy_accuracy(model, test, sigma, device=device)
+    meta = {
+        "kind": "finetuned", "method": method_name, "hparams": method.hparams, "sigma": sigma,
+        "train": vars(cfg) if method.trains else None, "dataset": manifest["dataset"],
+        "classes": manifest["classes"], "num_classes": manifest["num_classes"],
+        "base": str(base_weights), "metrics": metrics,
+        "trainable_params": count_parameters(model, trainable_only=True),
+        "total_params": count_parameters(model),
+        "base_params": base_params,
+    }
+    save_artifact(out, method.trainable_state(model), meta)
+    return meta

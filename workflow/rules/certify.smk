@@ -1,0 +1,37 @@
+# Certification is split into interleaved shards by image index; the shard count is
+# part of the path so that changing it never mixes shards of two layouts.
+
+
+rule certify_shard:
+    input:
+        data=DATA,
+        base=BASE,
+        model=model_path(),
+    output:
+        path("certify", "{method}", "sigma{sigma}", "shards", f"{{k}}-of-{SHARDS}.tsv"),
+    threads: config["threads"]
+    resources:
+        gpu=config["gpus_per_job"],
+    log:
+        path("logs", "certify", f"{{method}}_sigma{{sigma}}_{{k}}-of-{SHARDS}.log"),
+    shell:
+        "pefts certify --model {input.model} --base {input.base} --data {input.data} "
+        "--sigma {wildcards.sigma} --n0 {CERT[n0]} --n {CERT[n]} --alpha {CERT[alpha]} "
+        "--batch {CERT[batch]} --skip {CERT[skip]} --max {CERT[max]} --seed {CERT[seed]} "
+        f"--shard {{wildcards.k}}/{SHARDS} --out {{output}} --device {{config[device]}} 2> {{log}}"
+
+
+rule merge_shards:
+    input:
+        data=DATA,
+        shards=expand(
+            path("certify", "{{method}}", "sigma{{sigma}}", "shards", f"{{k}}-of-{SHARDS}.tsv"),
+            k=range(SHARDS),
+        ),
+    output:
+        certified_path(),
+    log:
+        path("logs", "merge", "{method}_sigma{sigma}.log"),
+    shell:
+        "pefts merge {input.shards} --out {output} --data {input.data} "
+        "--skip {CERT[skip]} --max {CERT[max]} --force 2> {log}"
