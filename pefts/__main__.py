@@ -1,0 +1,3 @@
+from pefts.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""SPSA-GC (Spall 1992; BlackVIP's gradient-corrected variant): zeroth-order descent
+that needs only loss values, never a gradient of the model being queried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pefts.errors import PeftsError
+
+Loss = Callable[[torch.Tensor], float]
+
+
+@dataclass(frozen=True)
+class SPSAConfig:
+    a: float = 0.01  # step size a_k = a / (k + 1)^p
+    p: float = 0.4
+    c: float = 0.01  # perturbation size c_k = c / (k + 1)^gamma
+    gamma: float = 0.1
+    momentum: float = 0.9
+    perturbations: int = 5  # gradient estimates averaged per step
+
+    def step_size(self, k: int) -> float:
+        return self.a / (k + 1) ** self.p
+
+    def perturbation_size(self, k: int) -> float:
+        return self.c / (k + 1) ** self.gamma
+
+
+def rademacher(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    bits = torch.randint(0, 2, like.shape, generator=generator, device=like.device)
+    return (bits * 2 - 1).to(like.dtype)
+
+
+class SPSA:
+    """One step per call to ``step(loss)``; ``loss`` must be the same function for all
+    of a step's evaluations (same batch, same noise), so the paired differences
+    measure the perturbation and nothing else."""
+
+    def __init__(self, theta: torch.Tensor, config: SPSAConfig | None = None,
+                 generator: torch.Generator | None = None):
+        self.config = config or SPSAConfig()
+        if self.config.perturbations < 1:
+            raise PeftsError(f"perturbations must be >= 1, got {self.config.perturbations}")
+        self.theta = theta.detach().clone()
+        self.velocity = torch.zeros_like(self.theta)
+        self.generator = generator
+        self.k = 0
+
+    def gradient(self, loss: Loss) -> tuple[torch.Tensor, float]:
+        """Two-sided estimate averaged over the perturbations, and the mean loss seen."""
+        c_k = self.config.perturbation_size(self.k)
+        grad = torch.zeros_like(self.theta)
+        seen = 0.0
+        for _ in range(self.config.perturbations):
+            delta = rademacher(self.theta, self.generator)
+            plus, minus = loss(self.theta + c_k * delta), loss(self.theta - c_k * delta)
+            grad += (plus - minus) / (2 * c_k) * delta
+            seen += plus + minus
+        return grad / self.config.perturbations, seen / (2 * self.config.perturbations)
+
+    def step(self, loss: Loss) -> float:
+        grad, mean_loss = self.gradient(loss)
+        # gradient correction: a Nesterov-style look-ahead along the accumulated direction
+        self.velocity = self.config.momentum * self.velocity + grad
+        update = grad + self.config.momentum * self.velocity
+        self.theta = self.theta - self.config.step_size(self.k) * update
+        self.k += 1
+        return mean_loss
+
+
+def minimize(loss: Loss, theta: torch.Tensor, steps: int, config: SPSAConfig | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run ``steps`` SPSA-GC steps on a fixed loss and return the final parameters."""
+    optimiser = SPSA(theta, config, generator)
+    for _ in range(steps):
+        optimiser.step(loss)
+    return optimiser.theta

@@ -1,0 +1,111 @@
+"""BlackVIP-style black-box prompting (Oh et al., 2023) under randomized smoothing.
+
+The base classifier is reachable only as a probability oracle (``QueryModel``). A
+tiny coordinator turns the noisy input into a pixel prompt, and SPSA-GC trains it
+from query losses alone: nothing is back-propagated through the base model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
+from pefts.errors import PeftsError
+from pefts.methods.base import Method
+from pefts.models import PixelClassifier
+from pefts.training import TrainConfig, loader
+
+
+def assign(params: list[nn.Parameter], theta: torch.Tensor) -> None:
+    """Write the flat vector ``theta`` into ``params`` in place."""
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            p.copy_(theta[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+    if offset != theta.numel():
+        raise PeftsError(f"parameter vector has {theta.numel()} entries, the coordinator {offset}")
+
+
+def flatten(params: list[nn.Parameter]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+class BlackBoxPrompt(Method):
+    name = "blackbox"
+    defaults = {
+        "eps": 1.0, "clip": True,  # prompt scale; clip prompted images to [0, 1]
+        "features": 8, "trigger": 8, "hidden": 16, "grid": 8, "seed": 0,  # coordinator
+        "a": 0.01, "p": 0.4, "c": 0.01, "gamma": 0.1, "momentum": 0.9, "perturbations": 5,
+    }
+
+    def spsa_config(self) -> SPSAConfig:
+        h = self.hparams
+        return SPSAConfig(a=float(h["a"]), p=float(h["p"]), c=float(h["c"]),
+                          gamma=float(h["gamma"]), momentum=float(h["momentum"]),
+                          perturbations=int(h["perturbations"]))
+
+    def build(self, base: PixelClassifier) -> nn.Module:
+        h = self.hparams
+        coordinator = Coordinator(len(base.spec.mean), int(h["features"]), int(h["trigger"]),
+                                  int(h["hidden"]), int(h["grid"]), int(h["seed"]))
+        return PromptedClassifier(coordinator, QueryModel(base), float(h["eps"]), bool(h["clip"]))
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        # named from the enclosing model, so the base class's load_trainable finds them
+        learnable = {id(p) for p in model.coordinator.learnable()}
+        return {f"coordinator.{name}": p.detach()
+                for name, p in model.coordinator.named_parameters() if id(p) in learnable}
+
+    def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
+            device: torch.device | str) -> dict[str, Any]:
+        model.to(device).eval()
+        params = model.coordinator.learnable()
+        query: QueryModel = model.query
+        start_images, start_calls = query.images, query.calls
+        torch.manual_seed(cfg.seed)
+        perturb_gen = torch.Generator(device=torch.device(device)).manual_seed(cfg.seed)
+        optimiser = SPSA(flatten(params), self.spsa_config(), perturb_gen)
+        batches = loader(data, cfg)
+        total = max(1, int(round(cfg.epochs * len(batches))))
+        step, seen, correct, loss_sum = 0, 0, 0, 0.0
+        bar = tqdm(total=total, desc=f"{self.name} sigma={sigma}", unit="step", leave=False)
+        while step < total:
+            seen, correct, loss_sum = 0, 0, 0.0
+            for x, y in batches:
+                x, y = x.to(device), y.to(device)
+                noisy = x + torch.randn_like(x) * sigma  # one draw for all of the step's queries
+                hits = []
+
+                def loss(theta: torch.Tensor, noisy=noisy, y=y, hits=hits) -> float:
+                    assign(params, theta)
+                    log_probs = model(noisy)
+                    hits.append(int((log_probs.argmax(1) == y).sum()))
+                    return float(F.nll_loss(log_probs, y))
+
+                with torch.no_grad():
+                    loss_sum += optimiser.step(loss) * len(y)
+                seen += len(y)
+                correct += sum(hits) / len(hits)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                queries=query.images - start_images)
+                if step >= total:
+                    break
+        bar.close()
+        assign(params, optimiser.theta)
+        return {
+            "train_loss": loss_sum / max(1, seen),  # over the last epoch's perturbed queries
+            "train_accuracy": correct / max(1, seen),
+            "spsa_steps": step,
+            "queries": query.images - start_images,
+            "query_calls": query.calls - start_calls,
+            "trainable_parameters": int(optimiser.theta.numel()),
+        }

@@ -1,0 +1,187 @@
+"""Denoised smoothing (Salman et al., 2020): a DnCNN denoiser in front of the frozen
+base classifier; only the denoiser trains.
+
+The denoiser is part of the returned model, so the certifier smooths f(D(x + d)): D
+sees the noisy input, which is what keeps the certificate valid for x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from pefts.errors import PeftsError
+from pefts.methods.base import Method, freeze
+from pefts.models import PixelClassifier
+from pefts.training import TrainConfig, loader, lr_factor, make_optimizer
+
+OBJECTIVES = ("mse", "mse+stability")
+
+# (loss to minimise, statistics summed over the batch) for one clean batch
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+class DnCNN(nn.Module):
+    """Zhang et al. (2017): conv+ReLU, (depth - 2) x (conv, BN, ReLU), conv.
+
+    The network predicts the noise and the output is the input minus that prediction
+    (residual learning), in [0,1] pixel space like the rest of the pipeline.
+    """
+
+    def __init__(self, image_channels: int = 3, depth: int = 17, channels: int = 64):
+        super().__init__()
+        if depth < 2 or channels < 1:
+            raise PeftsError(f"DnCNN needs depth >= 2 and channels >= 1, got {depth} and {channels}")
+        layers: list[nn.Module] = [nn.Conv2d(image_channels, channels, 3, padding=1),
+                                   nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            # BatchNorm follows, so a conv bias would be redundant
+            layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        last = nn.Conv2d(channels, image_channels, 3, padding=1, bias=False)
+        # zero noise estimate at the start: an untrained denoiser is the identity, so
+        # training starts from the plain smoothed classifier instead of from garbage
+        nn.init.zeros_(last.weight)
+        self.body = nn.Sequential(*layers, last)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z - self.body(z)
+
+
+class DenoisedClassifier(nn.Module):
+    """f(D(z)) for a noisy image z."""
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.denoiser = denoiser
+        self.classifier = classifier
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoiser(z))
+
+    def train(self, mode: bool = True) -> DenoisedClassifier:
+        # the classifier is frozen: its dropout and BatchNorm statistics must not change
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+
+class DenoisedSmoothing(Method):
+    name = "denoiser"
+    defaults = {"depth": 17, "channels": 64, "objective": "mse", "stability_epochs": 0.0}
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        objective, stab = self.hparams["objective"], float(self.hparams["stability_epochs"])
+        if objective not in OBJECTIVES:
+            raise PeftsError(f"unknown denoiser objective {objective!r}; use {' or '.join(OBJECTIVES)}")
+        if stab < 0:
+            raise PeftsError(f"stability_epochs must be >= 0, got {stab}")
+        if objective == "mse" and stab > 0:
+            raise PeftsError("stability_epochs > 0 needs objective 'mse+stability'")
+
+    def build(self, base: PixelClassifier) -> nn.Module:
+        freeze(base)
+        denoiser = DnCNN(len(base.spec.mean), int(self.hparams["depth"]), int(self.hparams["channels"]))
+        return DenoisedClassifier(denoiser, base)
+
+    def stability_epochs(self, cfg: TrainConfig) -> float:
+        """Epochs of the stability fine-tune: 0 when off; 'mse+stability' without a count
+        fine-tunes as long as the MSE phase trained."""
+        if self.hparams["objective"] != "mse+stability":
+            return 0.0
+        return float(self.hparams["stability_epochs"]) or float(cfg.epochs)
+
+    def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
+            device: torch.device | str) -> dict[str, Any]:
+        model.to(device)
+        denoiser, classifier = model.denoiser, model.classifier
+
+        def mse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            noisy = x + torch.randn_like(x) * sigma
+            loss = F.mse_loss(denoiser(noisy), x)
+            n = len(x)
+            return loss, {"mse_denoised": float(loss.detach()) * n,
+                          "mse_noisy": float(F.mse_loss(noisy, x)) * n}
+
+        def stability(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            # Salman et al.'s Stab objective: the classifier's own clean prediction is the label
+            with torch.no_grad():
+                target = classifier(x).argmax(1)
+            logits = classifier(denoiser(x + torch.randn_like(x) * sigma))
+            loss = F.cross_entropy(logits, target)
+            pred = logits.argmax(1)
+            return loss, {"stability_loss": float(loss.detach()) * len(x),
+                          "stability_agreement": float((pred == target).sum()),
+                          "train_accuracy": float((pred == y).sum())}
+
+        torch.manual_seed(cfg.seed)
+        metrics = optimise(model, data, cfg, cfg.epochs, mse, device, f"denoiser mse sigma={sigma}")
+        metrics["train_loss"] = metrics["mse_denoised"]
+        stab_epochs = self.stability_epochs(cfg)
+        if stab_epochs > 0:
+            stab = optimise(model, data, cfg, stab_epochs, stability, device,
+                            f"denoiser stability sigma={sigma}")
+            metrics.update(stab, train_loss=stab["stability_loss"])
+        return metrics
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        # BatchNorm running statistics are buffers, not parameters, and the denoiser is
+        # wrong without them
+        return {f"denoiser.{k}": v.detach() for k, v in model.denoiser.state_dict().items()}
+
+    def load_trainable(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        expected = self.trainable_state(model)
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or extra:
+            raise PeftsError(f"saved {self.name} weights do not fit the model: missing "
+                             f"{missing[:3]}, unexpected {extra[:3]}")
+        for key, value in state.items():
+            if expected[key].shape != value.shape:
+                raise PeftsError(f"saved {self.name} weight {key} has shape {tuple(value.shape)}, "
+                                 f"model expects {tuple(expected[key].shape)}")
+        prefix = len("denoiser.")
+        model.denoiser.load_state_dict({k[prefix:]: v for k, v in state.items()})
+
+
+def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
+             batch_loss: BatchLoss, device: torch.device | str, desc: str) -> dict[str, float]:
+    """Minimise ``batch_loss`` over ``epochs`` of ``data`` with the configured optimiser
+    and schedule, on the parameters that require grad; returns the last epoch's
+    statistics per image."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = loader(data, cfg)
+    total = max(1, int(round(epochs * len(batches))))
+    warmup = int(round(cfg.warmup_epochs * len(batches)))
+    optimizer = make_optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    model.train()
+    step, seen, sums = 0, 0, {}
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    while step < total:
+        seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            loss, stats = batch_loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(x)
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()})
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    return {key: value / max(1, seen) for key, value in sums.items()}

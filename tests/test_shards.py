@@ -1,0 +1,118 @@
+"""Sharding, resuming and merging give exactly the rows of one uninterrupted run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pefts.certify import CERTIFY_COLUMNS, partial_path, run_shard
+from pefts.errors import PeftsError
+from pefts.results import merge_shards
+from pefts.shards import parse_shard, selected_indices, shard_indices
+
+COMMON = ["--n0", "16", "--n", "64", "--batch", "64", "--skip", "3", "--max", "13",
+          "--sigma", "0.5", "--device", "cpu"]
+
+
+def certify(run_cli, digits, tiny_base, none_model, out, shard="0/1"):
+    code, _, err = run_cli("certify", "--model", none_model, "--base", tiny_base, "--data", digits,
+                           *COMMON, "--shard", shard, "--out", out)
+    assert code == 0, err
+    return out
+
+
+def test_selection_takes_max_after_skip():
+    assert selected_indices(10, 3, -1) == [0, 3, 6, 9]
+    assert selected_indices(10, 3, 2) == [0, 3]
+    assert shard_indices([0, 3, 6, 9, 12], 1, 2) == [3, 9]
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2", "2/0", ""])
+def test_malformed_or_out_of_range_shards_are_refused(text):
+    with pytest.raises(PeftsError, match="shard"):
+        parse_shard(text)
+
+
+def test_one_shard_equals_three_merged(run_cli, digits, tiny_base, none_model, tmp_path):
+    whole = pd.read_csv(certify(run_cli, digits, tiny_base, none_model, tmp_path / "all.tsv"), sep="\t")
+    parts = [certify(run_cli, digits, tiny_base, none_model, tmp_path / f"{k}.tsv", f"{k}/3")
+             for k in (2, 0, 1)]  # order does not matter
+    code, _, err = run_cli("merge", *parts, "--out", tmp_path / "merged.tsv", "--data", digits,
+                           "--skip", "3", "--max", "13")
+    assert code == 0, err
+    merged = pd.read_csv(tmp_path / "merged.tsv", sep="\t")
+    assert list(whole.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert len(whole) == 13
+    for column in ("idx", "label", "predict", "radius", "nA", "pA_lower"):
+        assert merged[column].tolist() == whole[column].tolist()
+
+
+def test_merge_names_a_missing_or_repeated_image(run_cli, digits, tiny_base, none_model, tmp_path):
+    parts = [certify(run_cli, digits, tiny_base, none_model, tmp_path / f"{k}.tsv", f"{k}/2")
+             for k in (0, 1)]
+    out = tmp_path / "merged.tsv"
+    code, _, err = run_cli("merge", parts[0], "--out", out, "--data", digits, "--skip", "3",
+                           "--max", "13")
+    assert code != 0 and "image 3 is missing" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("merge", parts[0], parts[0], parts[1], "--out", out)
+    assert code != 0 and "image 0 appears more than once" in err
+    assert not out.exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def fake_rows(stop_after=None):
+    calls = []
+
+    def row(x, label, idx):
+        if stop_after is not None and len(calls) == stop_after:
+            raise Interrupted
+        calls.append(idx)
+        return [idx, label, label, repr(0.1 * idx), 1, "0.0", 1, 1, 1, "0.9"]
+
+    row.calls = calls
+    return row
+
+
+class Items:
+    def __getitem__(self, idx):
+        return None, idx % 10
+
+
+def test_killed_shard_resumes_without_losing_or_repeating_rows(tmp_path):
+    out, settings, indices = tmp_path / "shard.tsv", {"model": "abc"}, list(range(0, 40, 2))
+    reference = run_shard(tmp_path / "ref.tsv", indices, Items(), settings, CERTIFY_COLUMNS,
+                          fake_rows()).read_text()
+    first = fake_rows(stop_after=7)
+    with pytest.raises(Interrupted):
+        run_shard(out, indices, Items(), settings, CERTIFY_COLUMNS, first)
+    assert not out.exists() and partial_path(out).exists()
+    with open(partial_path(out), "a") as handle:  # a row torn by the kill
+        handle.write("14\t4\t4\t1.4")
+    second = fake_rows()
+    run_shard(out, indices, Items(), settings, CERTIFY_COLUMNS, second)
+    assert second.calls == indices[7:]  # resumed after the 7 finished rows
+    assert out.read_text() == reference
+    assert not partial_path(out).exists()
+
+
+def test_partial_of_other_settings_is_not_resumed_nor_overwritten(tmp_path):
+    out = tmp_path / "shard.tsv"
+    with pytest.raises(Interrupted):
+        run_shard(out, [0, 1, 2], Items(), {"model": "a"}, CERTIFY_COLUMNS, fake_rows(stop_after=1))
+    before = partial_path(out).read_text()
+    with pytest.raises(PeftsError, match="other settings"):
+        run_shard(out, [0, 1, 2], Items(), {"model": "b"}, CERTIFY_COLUMNS, fake_rows())
+    assert partial_path(out).read_text() == before
+
+
+def test_merge_sorts_and_keeps_full_precision(tmp_path):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    header = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    a.write_text(header + "4\t1\t1\t0.12345678901234568\t1\t0.1\n")
+    b.write_text(header + "0\t2\t-1\t0.0\t0\t0.1\n")
+    merged = merge_shards([a, b])
+    assert merged["idx"].tolist() == [0, 4]
+    assert merged["radius"].iloc[1] == 0.12345678901234568

@@ -1,0 +1,161 @@
+"""The certifier against classifiers whose smoothed radius is known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import binom, norm
+from torch import nn
+
+from pefts.errors import PeftsError
+from pefts.smoothing import Smooth, lower_confidence_bound, radius_cap
+
+SIGMA = 0.5
+
+
+class Linear2(nn.Module):
+    """f(x) = 1[w.x + b > 0] as two logits; P[f(x+d) = 1] = Phi((w.x + b) / (sigma ||w||))."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.w, self.b = w, b
+
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) * self.w.flatten()).sum(1) + self.b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.margin(x)
+        return torch.stack([-m, m], dim=1)
+
+
+class Constant(nn.Module):
+    def __init__(self, cls: int, num_classes: int = 3):
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), self.num_classes)
+        logits[:, self.cls] = 1.0
+        return logits
+
+
+def linear_case(true_radius: float) -> tuple[Linear2, torch.Tensor]:
+    """A linear classifier and a point at exactly ``true_radius`` from its boundary."""
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 4, 4, generator=gen)
+    x = torch.rand(3, 4, 4, generator=gen)
+    model = Linear2(w, 0.0)
+    b = true_radius * float(w.norm()) - float(model.margin(x[None]))
+    return Linear2(w, b), x
+
+
+def test_clopper_pearson_known_values():
+    assert lower_confidence_bound(99_000, 100_000, 0.001) == pytest.approx(0.98898934, abs=1e-8)
+    assert lower_confidence_bound(0, 100, 0.001) == 0.0
+    assert lower_confidence_bound(100, 100, 0.001) == pytest.approx(0.001 ** (1 / 100))
+
+
+def test_radius_cap_known_values():
+    assert radius_cap(1.0, 100_000, 0.001) == pytest.approx(3.81, abs=0.005)
+    assert radius_cap(1.0, 10_000, 0.001) == pytest.approx(3.20, abs=0.005)
+    assert radius_cap(1.0, 1_000, 0.001) == pytest.approx(2.46, abs=0.005)
+
+
+def test_constant_classifier_gets_exactly_the_cap():
+    smooth = Smooth(Constant(2), 3, SIGMA)
+    cls, radius = smooth.certify(torch.rand(3, 4, 4), n0=10, n=2000, alpha=0.001, batch_size=300)
+    assert cls == 2
+    assert radius == SIGMA * norm.ppf(0.001 ** (1 / 2000))
+    assert radius == radius_cap(SIGMA, 2000, 0.001)
+
+
+def test_linear_classifier_radius_is_sound_over_repetitions():
+    """Over many runs the certificate exceeds the true radius in at most an alpha
+    fraction, with a binomial tolerance."""
+    alpha, reps, true_radius = 0.1, 300, SIGMA * 1.0
+    model, x = linear_case(true_radius)
+    smooth = Smooth(model, 2, SIGMA)
+    torch.manual_seed(0)
+    over = 0
+    for _ in range(reps):
+        cls, radius = smooth.certify(x, n0=20, n=500, alpha=alpha, batch_size=500)
+        assert cls in (1, Smooth.ABSTAIN)
+        over += radius > true_radius
+    # the test must be able to fail: with 1e-4 chance a sound certifier exceeds this
+    assert over <= binom.ppf(1 - 1e-4, reps, alpha), f"{over} of {reps} runs over the true radius"
+
+
+def test_the_soundness_check_catches_an_unsound_certifier():
+    """The point estimate nA/n in place of the lower bound overshoots about half the time."""
+    alpha, reps, true_radius = 0.1, 300, SIGMA * 1.0
+    model, x = linear_case(true_radius)
+    smooth = Smooth(model, 2, SIGMA)
+    torch.manual_seed(0)
+    over = 0
+    for _ in range(reps):
+        n_a = int(smooth.sample_counts(x, 500, 500)[1])
+        over += SIGMA * norm.ppf(n_a / 500) > true_radius
+    assert over > binom.ppf(1 - 1e-4, reps, alpha)
+
+
+def test_linear_classifier_radius_converges_to_the_truth():
+    true_radius = SIGMA * 1.0
+    model, x = linear_case(true_radius)
+    smooth = Smooth(model, 2, SIGMA)
+    gaps = []
+    for n in (1_000, 10_000, 100_000):
+        torch.manual_seed(0)
+        # averaged over a few runs so one lucky draw cannot reorder the gaps
+        radii = [smooth.certify(x, n0=100, n=n, alpha=0.001, batch_size=20_000) for _ in range(5)]
+        assert all(cls == 1 for cls, _ in radii)
+        gaps.append(true_radius - sum(r for _, r in radii) / len(radii))
+    assert gaps[0] > gaps[1] > gaps[2] > 0
+    assert gaps[2] < 0.03 * SIGMA
+
+
+def test_abstains_on_the_decision_boundary():
+    model, x = linear_case(0.0)
+    smooth = Smooth(model, 2, SIGMA)
+    torch.manual_seed(0)
+    assert smooth.certify(x, 100, 2000, 0.001, 1000) == (Smooth.ABSTAIN, 0.0)
+    assert smooth.predict(x, 2000, 0.001, 1000) == Smooth.ABSTAIN
+
+
+def test_predict_confident_class():
+    assert Smooth(Constant(1), 3, SIGMA).predict(torch.rand(3, 4, 4), 100, 0.001, 64) == 1
+
+
+def test_selection_and_estimation_use_independent_noise():
+    """Seeded generators make certify reproducible; the two streams differ."""
+    from pefts.noise import ESTIMATION, SELECTION, generator
+
+    model, x = linear_case(0.1)
+    smooth = Smooth(model, 2, SIGMA)
+    runs = [smooth.certify_detailed(x, 50, 500, 0.001, 128, generator(0, 7, SELECTION, "cpu"),
+                                    generator(0, 7, ESTIMATION, "cpu")) for _ in range(2)]
+    assert runs[0] == runs[1]
+    a = torch.randn(5, generator=generator(0, 7, SELECTION, "cpu"))
+    b = torch.randn(5, generator=generator(0, 7, ESTIMATION, "cpu"))
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n0": 0}, "n0"), ({"n": 0}, "n must"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
+])
+def test_rejects_bad_sampling_arguments(kwargs, message):
+    args = {"n0": 10, "n": 100, "alpha": 0.001, "batch_size": 10, **kwargs}
+    with pytest.raises(PeftsError, match=message):
+        Smooth(Constant(0), 3, SIGMA).certify(torch.rand(3, 4, 4), **args)
+
+
+def test_rejects_nonpositive_sigma():
+    with pytest.raises(PeftsError, match="sigma"):
+        Smooth(Constant(0), 3, 0.0)
+
+
+def test_no_radius_above_the_cap_on_random_inputs():
+    model, x = linear_case(10.0)  # far from the boundary: pA ~ 1
+    cls, radius = Smooth(model, 2, SIGMA).certify(x, 10, 1000, 0.001, 1000)
+    assert cls == 1 and radius <= radius_cap(SIGMA, 1000, 0.001) and math.isfinite(radius)
