@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from pefts.progress import progress
 
 from pefts.errors import PeftsError
 from pefts.noise import ESTIMATION, SELECTION, generator
+from pefts.progress import progress
 from pefts.smoothing import Smooth
 
 CERTIFY_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "n0", "n", "nA", "pA_lower"]

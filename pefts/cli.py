@@ -101,6 +101,27 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
     click.echo(f"base {arch}: clean test accuracy {meta['metrics']['clean_test_accuracy']:.3f} -> {out}")
 
 
+@cli.command("adapt-base")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="manifest.json of the downstream task")
+@click.option("--source", required=True, type=click.Path(dir_okay=False),
+              help="base classifier trained on the source task")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--train", "train_json", default=None, help="JSON of training options")
+@device_option
+@force_option
+def adapt_base(data: str, source: str, out: str, train_json: str | None, device: str,
+               force: bool) -> None:
+    """Fine-tune a base classifier on clean downstream data (round one of two)."""
+    from pefts.devices import resolve_device
+    from pefts.runs import adapt_base as run
+
+    refuse_existing(out, force)
+    meta = run(data, source, out, parse_json(train_json, "--train"), resolve_device(device))
+    click.echo(f"adapted {source}: clean test accuracy "
+               f"{meta['metrics']['clean_test_accuracy']:.3f} -> {out}")
+
+
 def parse_floats(text: str, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -269,19 +290,74 @@ def summarize(runs, radii, out_tsv, out_md) -> None:
 @cli.command()
 @click.option("--run", "runs", multiple=True, type=RUN, help="METHOD SIGMA merged.tsv (repeat)")
 @click.option("--out", "pattern", required=True,
-              help="PNG path with {sigma}: one figure per sigma, one line per method")
+              help="PNG path with {sigma}: one figure per sigma, one line per method "
+                   "(a plain path when every run has the same sigma)")
 def plot(runs, pattern) -> None:
     """Certified accuracy against L2 radius (paper Figure 3)."""
     from pefts.plots import plot_certified_curves
 
-    if "{sigma}" not in pattern:
-        raise PeftsError("--out must contain {sigma}, e.g. results/figures/certified_sigma{sigma}.png")
     loaded = read_runs(runs)
-    for sigma in sorted({s for _, s, _ in loaded}):
+    sigmas = sorted({s for _, s, _ in loaded})
+    if "{sigma}" not in pattern and len(sigmas) > 1:
+        raise PeftsError("--out must contain {sigma} when the runs have several sigmas, "
+                         "e.g. results/figures/certified_sigma{sigma}.png")
+    for sigma in sigmas:
         curves = [(method, frame) for method, s, frame in loaded if s == sigma]
-        out = pattern.format(sigma=sigma)
-        plot_certified_curves(curves, f"certified accuracy, sigma = {sigma}", out)
-        click.echo(f"sigma={sigma}: {len(curves)} method(s) -> {out}")
+        out = pattern.replace("{sigma}", f"{sigma:g}")
+        plot_certified_curves(curves, f"certified accuracy, sigma = {sigma:g}", out)
+        click.echo(f"sigma={sigma:g}: {len(curves)} method(s) -> {out}")
+
+
+@cli.command("plot-vs-sigma")
+@click.option("--summary", required=True, type=click.Path(dir_okay=False),
+              help="summary TSV from `pefts summarize`")
+@click.option("--columns", default="r=0,ACR", show_default=True,
+              help="comma-separated summary columns, one panel each")
+@click.option("--title", default="", help="figure title")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG")
+def plot_vs_sigma(summary, columns, title, out) -> None:
+    """Summary columns against sigma, one line per method (paper Figure 8)."""
+    from pefts.plots import plot_against_sigma
+
+    table = read_summary(summary)
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    missing = [c for c in wanted if c not in table.columns]
+    if missing or not wanted:
+        raise PeftsError(f"{summary} has no column(s) {', '.join(missing) or '(none given)'}; "
+                         f"it has {', '.join(table.columns)}")
+    plot_against_sigma(table, wanted, title, out)
+    click.echo(f"{len(wanted)} panel(s) -> {out}")
+
+
+def read_summary(path: str):
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise PeftsError(f"summary {path} does not exist (run `pefts summarize` first)")
+    return pd.read_csv(path, sep="\t")
+
+
+@cli.command("noise-accuracy")
+@click.option("--run", "runs", multiple=True, type=RUN,
+              help="METHOD SIGMA model.safetensors (repeat)")
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+@click.option("--figure", required=True, type=click.Path(dir_okay=False))
+def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
+    """Accuracy on noisy inputs against sigma per method (paper Figure 2)."""
+    from pefts.artifacts import atomic_write_text
+    from pefts.noise_learning import noise_accuracy_table
+    from pefts.plots import plot_lines
+    from pefts.results import to_markdown
+
+    if not runs:
+        raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
+    table = noise_accuracy_table(runs)
+    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
+    atomic_write_text(out_md, to_markdown(table))
+    plot_lines(table, "sigma", "noisy accuracy", "method", "accuracy of f on x + noise", figure,
+               ylabel="accuracy on noisy test images")
+    click.echo(to_markdown(table), nl=False)
 
 
 @cli.command()
@@ -295,8 +371,6 @@ def plot(runs, pattern) -> None:
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
-    import pandas as pd
-
     from pefts.artifacts import atomic_write_text
     from pefts.parameters import accuracy_vs_parameters, parameter_table
     from pefts.plots import plot_lines
@@ -308,12 +382,54 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
     atomic_write_text(out_md, to_markdown(table, floatfmt=",.4g"))
     column = f"r={radius:g}"
-    points = accuracy_vs_parameters(table, pd.read_csv(summary, sep="\t"), column)
+    points = accuracy_vs_parameters(table, read_summary(summary), column)
     points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
     plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
                figure, logx=True, xlabel="trainable parameters",
                ylabel=f"certified accuracy (r = {radius:g})", labels="method")
     click.echo(to_markdown(table, floatfmt=",.4g"), nl=False)
+
+
+@cli.command()
+@click.option("--model", default=None, type=click.Path(dir_okay=False),
+              help="fine-tuned weights (default: a built-in tiny ViT on random 3x8x8 inputs)")
+@click.option("--base", default=None, type=click.Path(dir_okay=False),
+              help="base weights (with --model)")
+@click.option("--image-size", default=None, type=AT_LEAST_ONE,
+              help="side of the random input image (with --model; default: network input size)")
+@click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE)
+@click.option("--n", "n", default=10000, show_default=True, type=AT_LEAST_ONE,
+              help="noisy samples per measure")
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE,
+              help="selection samples of certify")
+@click.option("--repeats", default=3, show_default=True, type=AT_LEAST_ONE,
+              help="timed runs per measure; the best is reported")
+@click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@device_option
+def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, device) -> None:
+    """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
+    if (model is None) != (base is None):
+        raise PeftsError("give --model and --base together, or neither for the built-in model")
+    if image_size is not None and model is None:
+        raise PeftsError("--image-size applies only with --model")
+    import torch
+
+    from pefts.artifacts import atomic_write_text
+    from pefts.benchmark import artifact_subject, builtin_subject, run_benchmark, to_markdown
+    from pefts.devices import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    subject = (artifact_subject(model, base, torch_device, image_size) if model
+               else builtin_subject(torch_device))
+    result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
+    if out:
+        atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
+    click.echo(result.header())
+    click.echo(to_markdown(result.table), nl=False)
+    click.echo(result.summary())
 
 
 def main() -> None:

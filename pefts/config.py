@@ -22,11 +22,18 @@ def method_names() -> list[str]:
 
 def check_config(config: dict[str, Any]) -> None:
     known = method_names()
-    for method in list(config["methods"]) + list(config["method_params"]):
+    experiments = config.get("experiments", {})
+    used = [*config["methods"], *config["method_params"],
+            *experiments.get("twobirds", {}).get("methods", []),
+            *experiments.get("noise_learning", {}).get("methods", [])]
+    for method in used:
         if method not in known:
             raise PeftsError(f"unknown method {method!r} in the config; choose from {', '.join(known)}")
     if len(set(map(float, config["sigmas"]))) != len(config["sigmas"]):
         raise PeftsError(f"sigmas repeat a value: {config['sigmas']}")
+    twobirds = experiments.get("twobirds", {})
+    if set(twobirds.get("source_classes", [])) & set(twobirds.get("target_classes", [])):
+        raise PeftsError("experiments.twobirds: source_classes and target_classes must not overlap")
     if config["dataset"]["name"] != "digits" and not config["dataset"]["root"]:
         raise PeftsError(f"dataset {config['dataset']['name']} needs a data folder: set dataset.root")
     if config["base"]["pretrained_file"] and not Path(config["base"]["pretrained_file"]).is_file():

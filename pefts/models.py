@@ -92,6 +92,12 @@ def build_classifier(
     return PixelClassifier(create_net(spec, pretrained, pretrained_file), spec)
 
 
+def replace_head(model: PixelClassifier, num_classes: int) -> None:
+    """A fresh ``num_classes``-way head, for a downstream task with other classes."""
+    model.net.reset_classifier(num_classes)
+    model.spec.num_classes = num_classes
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -47,24 +47,43 @@ def plot_certified_curves(curves: Sequence[tuple[str, pd.DataFrame]], title: str
     save(fig, out)
 
 
-def plot_lines(table: pd.DataFrame, x: str, y: str, hue: str, title: str, out: str | Path,
-               logx: bool = False, xlabel: str | None = None, ylabel: str | None = None,
+def draw_lines(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, hue: str,
                labels: str | None = None) -> None:
-    """Line plot of ``y`` against ``x``, one line per value of ``hue``; each point is
+    """``y`` against ``x`` on ``ax``, one line per value of ``hue``; each point is
     annotated with its ``labels`` column when given."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, group in table.groupby(hue, sort=False):
         group = group.sort_values(x)
-        ax.plot(group[x], group[y], marker="o", label=f"{hue} = {key}")
+        ax.plot(group[x], group[y], marker="o", label=str(key))
         if labels:
             for _, row in group.iterrows():
                 ax.annotate(str(row[labels]), (row[x], row[y]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=hue, title_fontsize=8)
+
+
+def plot_lines(table: pd.DataFrame, x: str, y: str, hue: str, title: str, out: str | Path,
+               logx: bool = False, xlabel: str | None = None, ylabel: str | None = None,
+               labels: str | None = None) -> None:
+    """One figure of ``y`` against ``x``, one line per value of ``hue``."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    draw_lines(ax, table, x, y, hue, labels)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
-    ax.grid(alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    save(fig, out)
+
+
+def plot_against_sigma(table: pd.DataFrame, columns: Sequence[str], title: str,
+                       out: str | Path) -> None:
+    """One panel per summary column (certified accuracy at a radius, ACR, ...) against
+    sigma, one line per method: how each approach holds up as the noise grows."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 4), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        draw_lines(ax, table, "sigma", column, "method")
+        ax.set_xlabel("sigma")
+        ax.set_ylabel(column if column == "ACR" else f"certified accuracy ({column})")
+    fig.suptitle(title)
     save(fig, out)

@@ -10,8 +10,15 @@ import torch
 from pefts.artifacts import save_artifact
 from pefts.data import load_split, read_manifest
 from pefts.errors import PeftsError
-from pefts.methods import get_method
-from pefts.models import BaseSpec, build_classifier, count_parameters, load_base
+from pefts.methods import build_model, get_method
+from pefts.models import (
+    BaseSpec,
+    PixelClassifier,
+    build_classifier,
+    count_parameters,
+    load_base,
+    replace_head,
+)
 from pefts.training import TrainConfig, noisy_accuracy, train_noisy
 
 
@@ -27,19 +34,40 @@ def train_base(manifest_path: str | Path, out: str | Path, spec: dict[str, Any],
     """Train (or, with 0 epochs, just wrap) the base classifier on clean images."""
     manifest = read_manifest(manifest_path)
     cfg = TrainConfig.from_dict(train)
-    base_spec = BaseSpec(num_classes=manifest["num_classes"], **spec)
     torch.manual_seed(cfg.seed)
-    model = build_classifier(base_spec, pretrained, pretrained_file)
+    model = build_classifier(BaseSpec(num_classes=manifest["num_classes"], **spec),
+                             pretrained, pretrained_file)
+    origin = pretrained_file or (spec["arch"] if pretrained else None)
+    return fit_clean_and_save(model, manifest, cfg, out, device, eval_max, {"pretrained": origin})
+
+
+def adapt_base(manifest_path: str | Path, source: str | Path, out: str | Path,
+               train: dict[str, Any], device: torch.device, eval_max: int = 2000
+               ) -> dict[str, Any]:
+    """Round one of two-round adaptation: fine-tune every parameter of a base classifier
+    trained on another task on the clean downstream data, with a fresh head."""
+    manifest = read_manifest(manifest_path)
+    cfg = TrainConfig.from_dict(train)
+    torch.manual_seed(cfg.seed)
+    model = load_base(source)
+    if model.spec.num_classes != manifest["num_classes"]:
+        replace_head(model, manifest["num_classes"])
+    return fit_clean_and_save(model, manifest, cfg, out, device, eval_max,
+                              {"pretrained": None, "adapted_from": str(source)})
+
+
+def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: TrainConfig,
+                       out: str | Path, device: torch.device, eval_max: int,
+                       extra: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if cfg.epochs > 0:
         metrics = train_noisy(model, load_split(manifest, "train"), 0.0, cfg, device, desc="base")
     test = eval_subset(load_split(manifest, "test"), eval_max)
     metrics["clean_test_accuracy"] = noisy_accuracy(model, test, 0.0, device=device)
     meta = {
-        "kind": "base", "spec": base_spec.to_dict(), "dataset": manifest["dataset"],
+        "kind": "base", "spec": model.spec.to_dict(), "dataset": manifest["dataset"],
         "classes": manifest["classes"], "train": vars(cfg), "metrics": metrics,
-        "pretrained": pretrained_file or (spec["arch"] if pretrained else None),
-        "total_params": count_parameters(model),
+        "total_params": count_parameters(model), **extra,
     }
     save_artifact(out, model.state_dict(), meta)
     return meta
@@ -55,12 +83,9 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     method = get_method(method_name, **hparams)
     cfg = TrainConfig.from_dict(train)
     base = load_base(base_weights)
-    if base.spec.num_classes != manifest["num_classes"]:
-        raise PeftsError(f"base classifier has {base.spec.num_classes} classes, "
-                         f"data {manifest['dataset']} has {manifest['num_classes']}")
     base_params = count_parameters(base)
-    torch.manual_seed(cfg.seed)
-    model = method.build(base).to(device)
+    torch.manual_seed(cfg.seed)  # also seeds a fresh head
+    model = build_model(method, base, manifest["num_classes"]).to(device)
     metrics: dict[str, Any] = {}
     if method.trains:
         metrics = method.fit(model, load_split(manifest, "train"), sigma, cfg, device)

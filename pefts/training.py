@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from pefts.progress import progress
 
 from pefts.errors import PeftsError
+from pefts.progress import progress
 
 
 @dataclass
@@ -64,6 +65,50 @@ def loader(data: Dataset, cfg: TrainConfig, shuffle: bool = True) -> DataLoader:
                       num_workers=cfg.num_workers, drop_last=False)
 
 
+# (loss to minimise, statistics summed over the batch) for one batch of clean images
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
+             batch_loss: BatchLoss, device: torch.device | str, desc: str) -> dict[str, float]:
+    """Minimise ``batch_loss`` over ``epochs`` of ``data`` with the configured optimiser
+    and schedule, on the parameters that require grad; returns the last epoch's
+    statistics per image."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise PeftsError("nothing to train: the model has no trainable parameters")
+    batches = loader(data, cfg)
+    total = max(1, int(round(epochs * len(batches))))
+    warmup = int(round(cfg.warmup_epochs * len(batches)))
+    optimizer = make_optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    model.to(device).train()
+    step, seen, sums = 0, 0, {}
+    bar = progress(total=total, desc=desc, unit="step", leave=False)
+    while step < total:
+        seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            loss, stats = batch_loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(x)
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            step += 1
+            bar.update(1)
+            # refresh=False: the bar redraws on its own schedule, not at every step
+            bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    return {key: value / max(1, seen) for key, value in sums.items()}
+
+
 def train_noisy(
     model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
     device: torch.device | str = "cpu", desc: str = "train",
@@ -73,42 +118,14 @@ def train_noisy(
     Only parameters with requires_grad are optimised. Returns the last epoch's loss
     and accuracy on the noisy training inputs.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise PeftsError("nothing to train: the model has no trainable parameters")
+    def noisy_cross_entropy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(x + torch.randn_like(x) * sigma)
+        loss = nn.functional.cross_entropy(logits, y)
+        return loss, {"train_loss": loss.item() * len(y),
+                      "train_accuracy": float((logits.argmax(1) == y).sum())}
+
     torch.manual_seed(cfg.seed)
-    batches = loader(data, cfg)
-    steps_per_epoch = len(batches)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    optimizer = make_optimizer(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
-    model.to(device).train()
-    loss_fn = nn.CrossEntropyLoss()
-    step, seen, correct, loss_sum = 0, 0, 0, 0.0
-    bar = progress(total=total, desc=desc, unit="step", leave=False)
-    while step < total:
-        seen, correct, loss_sum = 0, 0, 0.0
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            logits = model(x + torch.randn_like(x) * sigma)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += loss.item() * len(y)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-            if step >= total:
-                break
-    bar.close()
-    model.eval()
-    return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen)}
+    return optimise(model, data, cfg, cfg.epochs, noisy_cross_entropy, device, desc)
 
 
 @torch.inference_mode()

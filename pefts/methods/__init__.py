@@ -14,7 +14,7 @@ from torch import nn
 from pefts.artifacts import load_artifact
 from pefts.errors import PeftsError
 from pefts.methods.base import Method
-from pefts.models import load_base
+from pefts.models import PixelClassifier, load_base, replace_head
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -40,6 +40,17 @@ def get_method(name: str, **hparams: Any) -> Method:
     return METHODS[name](**hparams)
 
 
+def build_model(method: Method, base: PixelClassifier, num_classes: int) -> nn.Module:
+    """``method`` on ``base``; a base trained on another set of classes gets a fresh head
+    first (one-round adaptation to a downstream task), if the method trains the head."""
+    if base.spec.num_classes != num_classes:
+        if not method.trains_head:
+            raise PeftsError(f"method {method.name!r} keeps the base classifier's "
+                             f"{base.spec.num_classes}-class head; the data has {num_classes} classes")
+        replace_head(base, num_classes)
+    return method.build(base)
+
+
 def load_model(weights: str | Path, base_weights: str | Path,
                device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a fine-tuned model: base classifier + method + its saved trainable weights."""
@@ -47,6 +58,7 @@ def load_model(weights: str | Path, base_weights: str | Path,
     if meta.get("kind") != "finetuned":
         raise PeftsError(f"{weights} is not a fine-tuned model (kind={meta.get('kind')!r})")
     method = get_method(meta["method"], **meta.get("hparams", {}))
-    model = method.build(load_base(base_weights))
+    base = load_base(base_weights)
+    model = build_model(method, base, meta.get("num_classes", base.spec.num_classes))
     method.load_trainable(model, tensors)
     return model.to(device).eval(), meta

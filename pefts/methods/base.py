@@ -24,6 +24,8 @@ class Method:
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     trains: ClassVar[bool] = True
+    # whether the classifier head trains, so a base trained on other classes can be adapted
+    trains_head: ClassVar[bool] = True
 
     def __init__(self, **hparams: Any):
         unknown = sorted(set(hparams) - set(self.defaults))

@@ -7,24 +7,19 @@ sees the noisy input, which is what keeps the certificate valid for x.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from pefts.errors import PeftsError
 from pefts.methods.base import Method, freeze
 from pefts.models import PixelClassifier
-from pefts.training import TrainConfig, loader, lr_factor, make_optimizer
+from pefts.training import TrainConfig, optimise
 
 OBJECTIVES = ("mse", "mse+stability")
-
-# (loss to minimise, statistics summed over the batch) for one clean batch
-BatchLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
 class DnCNN(nn.Module):
@@ -74,6 +69,7 @@ class DenoisedClassifier(nn.Module):
 
 class DenoisedSmoothing(Method):
     name = "denoiser"
+    trains_head = False
     defaults = {"depth": 17, "channels": 64, "objective": "mse", "stability_epochs": 0.0}
 
     def __init__(self, **hparams: Any):
@@ -149,39 +145,3 @@ class DenoisedSmoothing(Method):
         prefix = len("denoiser.")
         model.denoiser.load_state_dict({k[prefix:]: v for k, v in state.items()})
 
-
-def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
-             batch_loss: BatchLoss, device: torch.device | str, desc: str) -> dict[str, float]:
-    """Minimise ``batch_loss`` over ``epochs`` of ``data`` with the configured optimiser
-    and schedule, on the parameters that require grad; returns the last epoch's
-    statistics per image."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    batches = loader(data, cfg)
-    total = max(1, int(round(epochs * len(batches))))
-    warmup = int(round(cfg.warmup_epochs * len(batches)))
-    optimizer = make_optimizer(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
-    model.train()
-    step, seen, sums = 0, 0, {}
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    while step < total:
-        seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            loss, stats = batch_loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(x)
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value
-            step += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items()})
-            if step >= total:
-                break
-    bar.close()
-    model.eval()
-    return {key: value / max(1, seen) for key, value in sums.items()}

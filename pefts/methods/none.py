@@ -11,6 +11,7 @@ from pefts.models import PixelClassifier
 class NoTuning(Method):
     name = "none"
     trains = False
+    trains_head = False
 
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)

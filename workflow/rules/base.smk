@@ -1,9 +1,9 @@
 rule train_base:
     input:
-        DATA,
+        STUDY.setups()["main"]["data"],
     output:
-        weights=BASE,
-        meta=BASE.replace(".safetensors", ".json"),
+        weights=STUDY.setups()["main"]["base"],
+        meta=STUDY.setups()["main"]["base"].replace(".safetensors", ".json"),
     params:
         model_kwargs=json.dumps(config["base"]["model_kwargs"]),
         mean=",".join(map(str, config["base"]["mean"])),
@@ -25,3 +25,34 @@ rule train_base:
         "--input-size {config[base][input_size]} --model-kwargs {params.model_kwargs:q} "
         "--mean {params.mean} --std {params.std} --train {params.train:q} "
         "{params.pretrained} {params.pretrained_file} --device {config[device]} --force 2> {log}"
+
+
+# the source-task classifier of two birds, one stone: same recipe, source classes only
+use rule train_base as train_base_source with:
+    input:
+        path("twobirds", "data_source", "manifest.json"),
+    output:
+        weights=STUDY.setups()["oneround"]["base"],
+        meta=STUDY.setups()["oneround"]["base"].replace(".safetensors", ".json"),
+    log:
+        path("logs", "train_base_source.log"),
+
+
+# round one of two: adapt the source classifier to the target task on clean data
+rule adapt_base:
+    input:
+        data=STUDY.setups()["tworound"]["data"],
+        source=STUDY.setups()["oneround"]["base"],
+    output:
+        weights=STUDY.setups()["tworound"]["base"],
+        meta=STUDY.setups()["tworound"]["base"].replace(".safetensors", ".json"),
+    params:
+        train=json.dumps(EXP["twobirds"]["adapt_train"]),
+    threads: config["threads"]
+    resources:
+        gpu=config["gpus_per_job"],
+    log:
+        path("logs", "adapt_base.log"),
+    shell:
+        "pefts adapt-base --data {input.data} --source {input.source} --out {output.weights} "
+        "--train {params.train:q} --device {config[device]} --force 2> {log}"

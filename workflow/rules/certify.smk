@@ -1,19 +1,20 @@
 # Certification is split into interleaved shards by image index; the shard count is
 # part of the path so that changing it never mixes shards of two layouts.
+SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", f"{{k}}-of-{SHARDS}.tsv")
 
 
 rule certify_shard:
     input:
-        data=DATA,
-        base=BASE,
-        model=model_path(),
+        data=lambda w: STUDY.data(w.runname),
+        base=lambda w: STUDY.base(w.runname),
+        model=STUDY.model(),
     output:
-        path("certify", "{method}", "sigma{sigma}", "shards", f"{{k}}-of-{SHARDS}.tsv"),
+        SHARD,
     threads: config["threads"]
     resources:
         gpu=config["gpus_per_job"],
     log:
-        path("logs", "certify", f"{{method}}_sigma{{sigma}}_{{k}}-of-{SHARDS}.log"),
+        path("logs", "certify", f"{{runname}}_sigma{{sigma}}_{{k}}-of-{SHARDS}.log"),
     shell:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
         "--sigma {wildcards.sigma} --n0 {CERT[n0]} --n {CERT[n]} --alpha {CERT[alpha]} "
@@ -23,15 +24,12 @@ rule certify_shard:
 
 rule merge_shards:
     input:
-        data=DATA,
-        shards=expand(
-            path("certify", "{{method}}", "sigma{{sigma}}", "shards", f"{{k}}-of-{SHARDS}.tsv"),
-            k=range(SHARDS),
-        ),
+        data=lambda w: STUDY.data(w.runname),
+        shards=expand(SHARD, k=range(SHARDS), allow_missing=True),
     output:
-        certified_path(),
+        STUDY.certified(),
     log:
-        path("logs", "merge", "{method}_sigma{sigma}.log"),
+        path("logs", "merge", "{runname}_sigma{sigma}.log"),
     shell:
         "pefts merge {input.shards} --out {output} --data {input.data} "
         "--skip {CERT[skip]} --max {CERT[max]} --force 2> {log}"

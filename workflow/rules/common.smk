@@ -1,4 +1,5 @@
-# Config validation, paths and the (method, sigma, shard) grid; every rule calls the pefts CLI.
+# Config validation and the study's runs, paths and grids (pefts.experiments);
+# every rule calls the pefts CLI.
 import json
 import sys
 
@@ -7,6 +8,7 @@ from snakemake.utils import validate
 
 from pefts.config import check_config
 from pefts.errors import PeftsError
+from pefts.experiments import Study
 
 try:
     validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -18,52 +20,62 @@ except (WorkflowError, PeftsError) as err:
     sys.exit(f"error: config is invalid: {message[0]} {where}".rstrip())
 
 
-RESULTS = config["results"]
-SIGMAS = [str(s) for s in config["sigmas"]]
-METHODS = config["methods"]
+STUDY = Study(config)
 CERT = config["certify"]
 SHARDS = CERT["shards"]
+EXP = config["experiments"]
+path = STUDY.path
 
 
 wildcard_constraints:
-    method="[a-z][a-z0-9_]*",
-    sigma="[0-9.]+",
+    runname="|".join(sorted(STUDY.runs, key=len, reverse=True)),
+    sigma="[0-9.e+-]+",
     k="[0-9]+",
+    task="source|target",
 
 
-def path(*parts):
-    return "/".join([RESULTS, *parts])
+def run_field(key):
+    """A field of the wildcard's run, JSON-encoded when it is a dict, for the CLI."""
+
+    def get(w):
+        value = getattr(STUDY.runs[w.runname], key)
+        return json.dumps(value) if isinstance(value, dict) else value
+
+    return get
 
 
-DATA = path("data", "manifest.json")
-BASE = path("base", "model.safetensors")
+def certified(grid):
+    return [STUDY.certified(r, s) for r, s in grid]
 
 
-def model_path(method="{method}", sigma="{sigma}"):
-    return path("finetune", method, f"sigma{sigma}", "model.safetensors")
+def models(grid):
+    return [STUDY.model(r, s) for r, s in grid]
 
 
-def certified_path(method="{method}", sigma="{sigma}"):
-    return path("certify", method, f"sigma{sigma}", "certified.tsv")
-
-
-def method_json(key):
-    """JSON of a method's hparams or train options, for the CLI."""
-    return lambda w: json.dumps(config["method_params"].get(w.method, {}).get(key, {}))
-
-
-def runs(files):
-    """--run METHOD SIGMA FILE for every (method, sigma) of the main comparison."""
-    return " ".join(f"--run {m} {s} {f}" for (m, s), f in zip(GRID, files))
-
-
-GRID = [(m, s) for m in METHODS for s in SIGMAS]
+def run_args(grid):
+    return lambda w, input: STUDY.run_args(grid, list(input))
 
 
 def main_outputs():
     return [
         path("summary", "certified.tsv"),
         path("summary", "parameters.tsv"),
-        *[path("figures", f"certified_sigma{s}.png") for s in SIGMAS],
+        *[path("figures", f"certified_sigma{s}.png") for s in STUDY.sigmas],
         path("figures", "accuracy_vs_parameters.png"),
     ]
+
+
+def twobirds_outputs():
+    return [path("summary", "twobirds.tsv"), path("figures", "twobirds.png")]
+
+
+def ablation_outputs():
+    return [
+        out
+        for kind in ("prompt_length", "lora_rank")
+        for out in (path("summary", f"ablation_{kind}.tsv"), path("figures", f"ablation_{kind}.png"))
+    ]
+
+
+def noise_outputs():
+    return [path("summary", "noise_learning.tsv"), path("figures", "noise_learning.png")]

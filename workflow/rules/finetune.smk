@@ -1,19 +1,20 @@
 rule finetune:
     input:
-        data=DATA,
-        base=BASE,
+        data=lambda w: STUDY.data(w.runname),
+        base=lambda w: STUDY.base(w.runname),
     output:
-        weights=model_path(),
-        meta=model_path().replace(".safetensors", ".json"),
+        weights=STUDY.model(),
+        meta=STUDY.model().replace(".safetensors", ".json"),
     params:
-        hparams=method_json("hparams"),
-        train=method_json("train"),
+        method=run_field("method"),
+        hparams=run_field("hparams"),
+        train=run_field("train"),
     threads: config["threads"]
     resources:
         gpu=config["gpus_per_job"],
     log:
-        path("logs", "finetune", "{method}_sigma{sigma}.log"),
+        path("logs", "finetune", "{runname}_sigma{sigma}.log"),
     shell:
-        "pefts finetune --data {input.data} --base {input.base} --method {wildcards.method} "
+        "pefts finetune --data {input.data} --base {input.base} --method {params.method} "
         "--sigma {wildcards.sigma} --hparams {params.hparams:q} --train {params.train:q} "
         "--out {output.weights} --device {config[device]} --force 2> {log}"

@@ -1,26 +1,32 @@
+# Tables (TSV + Markdown) and figures (PNG) of every experiment.
+MAIN = STUDY.main_grid()
+TWOBIRDS = STUDY.twobirds_grid()
+NOISE = STUDY.noise_grid()
+RADII = ",".join(map(str, config["summary"]["radii"]))
+
+
 rule summarize:
     input:
-        [certified_path(m, s) for m, s in GRID],
+        certified(MAIN),
     output:
         tsv=path("summary", "certified.tsv"),
         md=path("summary", "certified.md"),
     params:
-        runs=lambda w, input: runs(input),
-        radii=",".join(map(str, config["summary"]["radii"])),
+        runs=run_args(MAIN),
     log:
         path("logs", "summarize.log"),
     shell:
-        "pefts summarize {params.runs} --radii {params.radii} "
+        "pefts summarize {params.runs} --radii {RADII} "
         "--out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
 rule plot_certified:
     input:
-        [certified_path(m, s) for m, s in GRID],
+        certified(MAIN),
     output:
-        [path("figures", f"certified_sigma{s}.png") for s in SIGMAS],
+        [path("figures", f"certified_sigma{s}.png") for s in STUDY.sigmas],
     params:
-        runs=lambda w, input: runs(input),
+        runs=run_args(MAIN),
         pattern=lambda w: path("figures", "certified_sigma{sigma}.png"),
     log:
         path("logs", "plot_certified.log"),
@@ -30,16 +36,96 @@ rule plot_certified:
 
 rule parameters:
     input:
-        models=[model_path(m, s) for m, s in GRID],
+        models=models(MAIN),
         summary=path("summary", "certified.tsv"),
     output:
         tsv=path("summary", "parameters.tsv"),
         md=path("summary", "parameters.md"),
         figure=path("figures", "accuracy_vs_parameters.png"),
     params:
-        runs=lambda w, input: runs(input.models),
+        runs=lambda w, input: STUDY.run_args(MAIN, list(input.models)),
     log:
         path("logs", "parameters.log"),
     shell:
         "pefts parameters {params.runs} --summary {input.summary} --out-tsv {output.tsv} "
         "--out-md {output.md} --figure {output.figure} > {log} 2>&1"
+
+
+rule twobirds_report:
+    input:
+        certified(TWOBIRDS),
+    output:
+        tsv=path("summary", "twobirds.tsv"),
+        md=path("summary", "twobirds.md"),
+        figure=path("figures", "twobirds.png"),
+    params:
+        runs=run_args(TWOBIRDS),
+    log:
+        path("logs", "twobirds.log"),
+    shell:
+        "(pefts summarize {params.runs} --radii {RADII} --out-tsv {output.tsv} --out-md {output.md}"
+        " && pefts plot-vs-sigma --summary {output.tsv} --columns r=0,ACR --out {output.figure}"
+        " --title 'one round against two rounds') > {log} 2>&1"
+
+
+rule ablation_report:
+    input:
+        lambda w: certified(STUDY.ablation_grid(w.kind)),
+    output:
+        tsv=path("summary", "ablation_{kind}.tsv"),
+        md=path("summary", "ablation_{kind}.md"),
+        figure=path("figures", "ablation_{kind}.png"),
+    params:
+        runs=lambda w, input: STUDY.run_args(STUDY.ablation_grid(w.kind), list(input)),
+    wildcard_constraints:
+        kind="prompt_length|lora_rank",
+    log:
+        path("logs", "ablation_{kind}.log"),
+    shell:
+        "(pefts summarize {params.runs} --radii {RADII} --out-tsv {output.tsv} --out-md {output.md}"
+        " && pefts plot {params.runs} --out {output.figure}) > {log} 2>&1"
+
+
+rule noise_learning_report:
+    input:
+        models(NOISE),
+    output:
+        tsv=path("summary", "noise_learning.tsv"),
+        md=path("summary", "noise_learning.md"),
+        figure=path("figures", "noise_learning.png"),
+    params:
+        runs=run_args(NOISE),
+    log:
+        path("logs", "noise_learning.log"),
+    shell:
+        "pefts noise-accuracy {params.runs} --out-tsv {output.tsv} --out-md {output.md} "
+        "--figure {output.figure} > {log} 2>&1"
+
+
+# Named targets: `snakemake --cores all twobirds` and so on.
+rule main:
+    input:
+        main_outputs(),
+
+
+rule twobirds:
+    input:
+        twobirds_outputs(),
+
+
+rule ablations:
+    input:
+        ablation_outputs(),
+
+
+rule noise_learning:
+    input:
+        noise_outputs(),
+
+
+rule experiments:
+    input:
+        main_outputs(),
+        twobirds_outputs(),
+        ablation_outputs(),
+        noise_outputs(),

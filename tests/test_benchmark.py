@@ -1,0 +1,91 @@
+"""`pefts benchmark`: the table's shape and the Cohen-style yardstick's counts (not timings)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pefts.benchmark import (
+    COLUMNS,
+    ROWS,
+    batch_sizes,
+    builtin_subject,
+    cohen_sample_counts,
+    count_arr,
+)
+from pefts.smoothing import Smooth
+from tests.test_smoothing import Constant
+
+
+@pytest.fixture
+def keep_threads():
+    # --threads sets torch's process-wide thread count; later tests must not inherit it
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_prints_table_and_writes_tsv(run_cli, tmp_path, keep_threads):
+    out = tmp_path / "bench.tsv"
+    code, stdout, err = run_cli("benchmark", "--n", "60", "--n0", "5", "--batch", "25",
+                                "--repeats", "2", "--threads", "1", "--device", "cpu",
+                                "--out", out)
+    assert code == 0, err
+    assert "device: cpu" in stdout and "torch threads: 1" in stdout
+    assert "certifier/raw forward = " in stdout and "certifier/Cohen-style = " in stdout
+    assert "s/image" in stdout.strip().splitlines()[-1]
+    for row in ROWS:
+        assert f"| {row}" in stdout
+    table = pd.read_csv(out, sep="\t")
+    assert tuple(table.columns) == COLUMNS
+    assert tuple(table["measure"]) == ROWS
+    assert list(table["samples"]) == [60, 60, 60, 65]
+    for column in ("best_s", "median_s", "samples_per_s", "vs_raw_forward"):
+        assert all(math.isfinite(v) and v > 0 for v in table[column]), column
+    assert (table["best_s"] <= table["median_s"]).all()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--model", "m.safetensors"), "--model and --base together"),
+    (("--image-size", "8"), "--image-size"),
+    (("--n", "0"), "--n"),
+])
+def test_benchmark_refuses_bad_input(run_cli, args, needle):
+    code, _, err = run_cli("benchmark", "--device", "cpu", *args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+
+
+def test_batch_schedule_matches_sample_counts():
+    assert batch_sizes(10, 4) == [4, 4, 2]
+    assert batch_sizes(8, 4) == [4, 4]
+    assert batch_sizes(3, 10) == [3]
+
+
+def test_count_arr_is_bincount():
+    arr = np.array([0, 2, 2, 1, 2])
+    assert count_arr(arr, 4).tolist() == np.bincount(arr, minlength=4).tolist()
+
+
+def test_cohen_loop_counts_equal_sample_counts_on_constant():
+    x = torch.rand(3, 4, 4)
+    got = cohen_sample_counts(Constant(2, 3), x, 37, 10, 0.5, 3)
+    want = Smooth(Constant(2, 3), 3, 0.5).sample_counts(x, 37, 10)
+    assert got.tolist() == want.tolist() == [0, 0, 37]
+
+
+def test_cohen_loop_sees_the_same_noise_as_sample_counts():
+    # A real ViT whose counts depend on the noise: equal counts mean identical noise.
+    subject = builtin_subject(torch.device("cpu"))
+    smooth = Smooth(subject.net, subject.num_classes, 1.0)
+    torch.manual_seed(123)
+    want = smooth.sample_counts(subject.x, 90, 40).tolist()
+    torch.manual_seed(123)
+    got = cohen_sample_counts(subject.net, subject.x, 90, 40, 1.0, subject.num_classes).tolist()
+    assert got == want and sum(got) == 90
+    assert sum(c > 0 for c in got) > 1, "noise does not move the prediction; test is vacuous"
