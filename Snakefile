@@ -4,6 +4,7 @@
 configfile: "config.yaml"
 
 
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/base.smk"

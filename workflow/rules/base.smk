@@ -5,6 +5,9 @@ rule train_base:
         weights=STUDY.setups()["main"]["base"],
         meta=STUDY.setups()["main"]["base"].replace(".safetensors", ".json"),
     params:
+        arch=config["base"]["arch"],
+        input_size=config["base"]["input_size"],
+        device=DEVICE,
         model_kwargs=json.dumps(config["base"]["model_kwargs"]),
         mean=",".join(map(str, config["base"]["mean"])),
         std=",".join(map(str, config["base"]["std"])),
@@ -18,13 +21,15 @@ rule train_base:
     threads: config["threads"]
     resources:
         gpu=config["gpus_per_job"],
+    conda:
+        ENV
     log:
         path("logs", "train_base.log"),
     shell:
-        "pefts train-base --data {input} --out {output.weights} --arch {config[base][arch]} "
-        "--input-size {config[base][input_size]} --model-kwargs {params.model_kwargs:q} "
+        "pefts train-base --data {input} --out {output.weights} --arch {params.arch} "
+        "--input-size {params.input_size} --model-kwargs {params.model_kwargs:q} "
         "--mean {params.mean} --std {params.std} --train {params.train:q} "
-        "{params.pretrained} {params.pretrained_file} --device {config[device]} --force 2> {log}"
+        "{params.pretrained} {params.pretrained_file} --device {params.device} --force 2> {log}"
 
 
 # the source-task classifier of two birds, one stone: same recipe, source classes only
@@ -48,11 +53,14 @@ rule adapt_base:
         meta=STUDY.setups()["tworound"]["base"].replace(".safetensors", ".json"),
     params:
         train=json.dumps(EXP["twobirds"]["adapt_train"]),
+        device=DEVICE,
     threads: config["threads"]
     resources:
         gpu=config["gpus_per_job"],
+    conda:
+        ENV
     log:
         path("logs", "adapt_base.log"),
     shell:
         "pefts adapt-base --data {input.data} --source {input.source} --out {output.weights} "
-        "--train {params.train:q} --device {config[device]} --force 2> {log}"
+        "--train {params.train:q} --device {params.device} --force 2> {log}"

@@ -10,16 +10,24 @@ rule certify_shard:
         model=STUDY.model(),
     output:
         SHARD,
+    params:
+        sampling=(
+            f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
+            f"--seed {CERT['seed']} {SELECTION}"
+        ),
+        shard=lambda w: f"{w.k}/{SHARDS}",
+        device=DEVICE,
     threads: config["threads"]
     resources:
         gpu=config["gpus_per_job"],
+    conda:
+        ENV
     log:
         path("logs", "certify", f"{{runname}}_sigma{{sigma}}_{{k}}-of-{SHARDS}.log"),
     shell:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
-        "--sigma {wildcards.sigma} --n0 {CERT[n0]} --n {CERT[n]} --alpha {CERT[alpha]} "
-        "--batch {CERT[batch]} --skip {CERT[skip]} --max {CERT[max]} --seed {CERT[seed]} "
-        f"--shard {{wildcards.k}}/{SHARDS} --out {{output}} --device {{config[device]}} 2> {{log}}"
+        "--sigma {wildcards.sigma} {params.sampling} --shard {params.shard} --out {output} "
+        "--device {params.device} 2> {log}"
 
 
 rule merge_shards:
@@ -28,8 +36,12 @@ rule merge_shards:
         shards=expand(SHARD, k=range(SHARDS), allow_missing=True),
     output:
         STUDY.certified(),
+    params:
+        selection=SELECTION,
+    conda:
+        ENV
     log:
         path("logs", "merge", "{runname}_sigma{sigma}.log"),
     shell:
         "pefts merge {input.shards} --out {output} --data {input.data} "
-        "--skip {CERT[skip]} --max {CERT[max]} --force 2> {log}"
+        "{params.selection} --force 2> {log}"

@@ -24,7 +24,12 @@ STUDY = Study(config)
 CERT = config["certify"]
 SHARDS = CERT["shards"]
 EXP = config["experiments"]
+DEVICE = config["device"]
+RADII = ",".join(map(str, config["summary"]["radii"]))
+# which test images, as the certify and merge commands take them
+SELECTION = f"--skip {CERT['skip']} --max {CERT['max']}"
 path = STUDY.path
+ENV = "../../envs/pefts.yaml"  # used only with --sdm conda (opt-in)
 
 
 wildcard_constraints:

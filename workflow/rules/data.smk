@@ -4,11 +4,15 @@ rule prepare:
     params:
         root=f"--root {config['dataset']['root']}" if config["dataset"]["root"] else "",
         download="--download" if config["dataset"]["download"] else "",
+        dataset=config["dataset"]["name"],
+        seed=config["dataset"]["seed"],
+    conda:
+        ENV
     log:
         path("logs", "prepare.log"),
     shell:
-        "pefts prepare --dataset {config[dataset][name]} --out $(dirname {output}) "
-        "--seed {config[dataset][seed]} {params.root} {params.download} 2> {log}"
+        "pefts prepare --dataset {params.dataset} --out $(dirname {output}) "
+        "--seed {params.seed} {params.root} {params.download} 2> {log}"
 
 
 # Two birds, one stone: a source task and a downstream task with disjoint classes.
@@ -17,8 +21,12 @@ rule prepare_task:
         path("twobirds", "data_{task}", "manifest.json"),
     params:
         classes=lambda w: ",".join(map(str, EXP["twobirds"][f"{w.task}_classes"])),
+        dataset=config["dataset"]["name"],
+        seed=config["dataset"]["seed"],
+    conda:
+        ENV
     log:
         path("logs", "prepare_{task}.log"),
     shell:
-        "pefts prepare --dataset {config[dataset][name]} --out $(dirname {output}) "
-        "--seed {config[dataset][seed]} --classes {params.classes} 2> {log}"
+        "pefts prepare --dataset {params.dataset} --out $(dirname {output}) "
+        "--seed {params.seed} --classes {params.classes} 2> {log}"

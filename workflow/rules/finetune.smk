@@ -9,12 +9,15 @@ rule finetune:
         method=run_field("method"),
         hparams=run_field("hparams"),
         train=run_field("train"),
+        device=DEVICE,
     threads: config["threads"]
     resources:
         gpu=config["gpus_per_job"],
+    conda:
+        ENV
     log:
         path("logs", "finetune", "{runname}_sigma{sigma}.log"),
     shell:
         "pefts finetune --data {input.data} --base {input.base} --method {params.method} "
         "--sigma {wildcards.sigma} --hparams {params.hparams:q} --train {params.train:q} "
-        "--out {output.weights} --device {config[device]} --force 2> {log}"
+        "--out {output.weights} --device {params.device} --force 2> {log}"

@@ -2,7 +2,6 @@
 MAIN = STUDY.main_grid()
 TWOBIRDS = STUDY.twobirds_grid()
 NOISE = STUDY.noise_grid()
-RADII = ",".join(map(str, config["summary"]["radii"]))
 
 
 rule summarize:
@@ -13,10 +12,13 @@ rule summarize:
         md=path("summary", "certified.md"),
     params:
         runs=run_args(MAIN),
+        radii=RADII,
+    conda:
+        ENV
     log:
         path("logs", "summarize.log"),
     shell:
-        "pefts summarize {params.runs} --radii {RADII} "
+        "pefts summarize {params.runs} --radii {params.radii} "
         "--out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
@@ -28,6 +30,8 @@ rule plot_certified:
     params:
         runs=run_args(MAIN),
         pattern=lambda w: path("figures", "certified_sigma{sigma}.png"),
+    conda:
+        ENV
     log:
         path("logs", "plot_certified.log"),
     shell:
@@ -44,6 +48,8 @@ rule parameters:
         figure=path("figures", "accuracy_vs_parameters.png"),
     params:
         runs=lambda w, input: STUDY.run_args(MAIN, list(input.models)),
+    conda:
+        ENV
     log:
         path("logs", "parameters.log"),
     shell:
@@ -60,10 +66,13 @@ rule twobirds_report:
         figure=path("figures", "twobirds.png"),
     params:
         runs=run_args(TWOBIRDS),
+        radii=RADII,
+    conda:
+        ENV
     log:
         path("logs", "twobirds.log"),
     shell:
-        "(pefts summarize {params.runs} --radii {RADII} --out-tsv {output.tsv} --out-md {output.md}"
+        "(pefts summarize {params.runs} --radii {params.radii} --out-tsv {output.tsv} --out-md {output.md}"
         " && pefts plot-vs-sigma --summary {output.tsv} --columns r=0,ACR --out {output.figure}"
         " --title 'one round against two rounds') > {log} 2>&1"
 
@@ -77,12 +86,15 @@ rule ablation_report:
         figure=path("figures", "ablation_{kind}.png"),
     params:
         runs=lambda w, input: STUDY.run_args(STUDY.ablation_grid(w.kind), list(input)),
+        radii=RADII,
     wildcard_constraints:
         kind="prompt_length|lora_rank",
+    conda:
+        ENV
     log:
         path("logs", "ablation_{kind}.log"),
     shell:
-        "(pefts summarize {params.runs} --radii {RADII} --out-tsv {output.tsv} --out-md {output.md}"
+        "(pefts summarize {params.runs} --radii {params.radii} --out-tsv {output.tsv} --out-md {output.md}"
         " && pefts plot {params.runs} --out {output.figure}) > {log} 2>&1"
 
 
@@ -95,6 +107,8 @@ rule noise_learning_report:
         figure=path("figures", "noise_learning.png"),
     params:
         runs=run_args(NOISE),
+    conda:
+        ENV
     log:
         path("logs", "noise_learning.log"),
     shell:

@@ -1,0 +1,103 @@
+"""The Snakemake pipeline: DAGs of the default and the paper presets, lint, config errors,
+and one small end-to-end run through every rule of the main comparison."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    # the venv's bin first, so rules find the `pefts` console script of this interpreter
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize("configfile", [None, "configs/cifar10-vitb16.yaml",
+                                        "configs/imagenet-vitb16.yaml"])
+def test_dry_run_builds_the_full_dag(configfile, tmp_path):
+    config = yaml.safe_load((ROOT / (configfile or "config.yaml")).read_text())
+    extra = ["--configfile", configfile] if configfile else []
+    # a fresh results folder: the DAG must be complete without any data or weights present
+    result = snakemake("-n", "--cores", "1", *extra, "--config", f"results={tmp_path}/r")
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    grid = len(config["methods"]) * len(config["sigmas"])
+    assert counts["finetune"] == grid
+    assert counts["certify_shard"] == grid * config["certify"]["shards"]
+    assert counts["merge_shards"] == grid
+
+
+def test_dry_run_of_every_experiment():
+    result = snakemake("-n", "--cores", "1", "experiments", "--config", "results=/nonexistent/r")
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    for rule in ("train_base_source", "adapt_base", "twobirds_report", "noise_learning_report"):
+        assert counts[rule] == 1
+    assert counts["ablation_report"] == 2
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("sigmas=[-0.5]", "sigmas"),
+    ("certify={'n': 0}", "n"),
+    ("methods=['magic']", "unknown method 'magic'"),
+])
+def test_bad_config_is_one_line(override, needle):
+    result = snakemake("-n", "--cores", "1", "--config", override)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+TINY = {
+    "base": {"model_kwargs": {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
+                              "num_heads": 2},
+             "train": {"epochs": 3, "lr": 0.003, "batch_size": 128}},
+    "sigmas": [0.5],
+    "methods": ["none", "lora"],
+    "method_params": {"lora": {"hparams": {"rank": 2, "alpha": 2},
+                               "train": {"epochs": 2, "lr": 0.005, "batch_size": 128}}},
+    "certify": {"n0": 8, "n": 64, "batch": 64, "skip": 30, "shards": 2},
+}
+
+
+@pytest.mark.slow
+def test_main_pipeline_end_to_end(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "results": str(tmp_path / "results")}))
+    result = snakemake("--cores", "2", "--configfile", str(config), "--nolock")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    summary = pd.read_csv(results / "summary" / "certified.tsv", sep="\t")
+    assert list(summary["method"]) == ["none", "lora"]
+    assert (results / "summary" / "certified.md").read_text().startswith("| method")
+    assert (results / "figures" / "certified_sigma0.5.png").stat().st_size > 10_000
+    params = pd.read_csv(results / "summary" / "parameters.tsv", sep="\t")
+    assert params.set_index("method").loc["none", "trainable"] == 0
+    merged = pd.read_csv(results / "certify" / "lora" / "sigma0.5" / "certified.tsv", sep="\t")
+    assert list(merged.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert merged["idx"].tolist() == list(range(0, 450, 30))
+    # a second call finds nothing to do
+    again = snakemake("-n", "--cores", "2", "--configfile", str(config), "--nolock")
+    assert "Nothing to be done" in again.stdout + again.stderr
