@@ -59,13 +59,17 @@ def cli() -> None:
 @click.option("--root", default=None, help="local data folder (cifar10, imagenet)")
 @click.option("--download/--no-download", default=False, help="allow torchvision to download")
 @click.option("--seed", default=0, show_default=True, help="seed of the train/test split (digits)")
-@click.option("--classes", default=None, help="comma-separated subset of classes (digits)")
+@click.option("--classes", default=None,
+              help="keep only these labels, e.g. 5,6,7,8,9 (numbered 0..k-1 in this order)")
 def prepare(dataset: str, out_dir: str, root: str | None, download: bool, seed: int,
             classes: str | None) -> None:
     """Prepare a dataset and write its manifest."""
     from pefts.data import prepare as prepare_data
 
-    subset = [int(c) for c in classes.split(",")] if classes else None
+    try:
+        subset = [int(c) for c in classes.split(",")] if classes else None
+    except ValueError:
+        raise PeftsError(f"--classes must be comma-separated integers, got {classes!r}") from None
     manifest = prepare_data(dataset, out_dir, root=root, download=download, seed=seed,
                             classes=subset)
     click.echo(f"{dataset}: {manifest['num_train']} train, {manifest['num_test']} test images, "
@@ -279,7 +283,8 @@ def read_runs(runs) -> list:
 def summarize(runs, radii, out_tsv, out_md) -> None:
     """Certified accuracy at a radius grid and ACR, per method and sigma."""
     from pefts.artifacts import atomic_write_text
-    from pefts.results import summarize as table_of, to_markdown
+    from pefts.results import summarize as table_of
+    from pefts.results import to_markdown
 
     table = table_of(read_runs(runs), parse_floats(radii, "--radii"))
     atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))

@@ -34,7 +34,8 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PeftsError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise PeftsError(f"unknown training option(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
         return cls(**data)
 
 

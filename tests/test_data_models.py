@@ -117,3 +117,16 @@ def test_missing_pretrained_file_is_refused(digits, tmp_path):
     with pytest.raises(PeftsError, match="pretrained_file"):
         train_base(digits, tmp_path / "b.safetensors", TINY_SPEC, {"epochs": 0}, False,
                    str(tmp_path / "nope.pth"), "cpu")
+
+
+def test_class_subset_of_any_dataset_is_relabelled(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "cifar", monkeypatch, per_batch=20)
+    full = load_split(prepare("cifar10", tmp_path / "full", root=str(tmp_path / "cifar")), "test")
+    manifest = prepare("cifar10", tmp_path / "sub", root=str(tmp_path / "cifar"), classes=[7, 2])
+    assert manifest["classes"] == ["horse", "bird"] and manifest["num_classes"] == 2
+    sub = load_split(tmp_path / "sub" / "manifest.json", "test")
+    originals = [int(full[i][1]) for i in range(len(full)) if int(full[i][1]) in (7, 2)]
+    assert len(sub) == manifest["num_test"] == len(originals)
+    assert [int(sub[i][1]) for i in range(len(sub))] == [0 if y == 7 else 1 for y in originals]
+    with pytest.raises(PeftsError, match="distinct labels"):
+        prepare("cifar10", tmp_path / "bad", root=str(tmp_path / "cifar"), classes=[3, 10])

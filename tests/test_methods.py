@@ -65,6 +65,7 @@ def adapter_count(dim: int, bottleneck: int, depth: int, head: int) -> int:
     ("lora", {"rank": 2}, 81_418),
     ("prompt", {"length": 100}, 929_290),
     ("adapter", {}, adapter_count(768, 64, 12, HEAD_B16)),
+    ("adapter", {"bottleneck": 91}, 3_382_930),  # the preset's, closest to the paper's 3.387M
     ("full", {}, None),
 ])
 def test_trainable_count_vit_b16(method, hparams, expected):
@@ -266,3 +267,18 @@ def test_short_training_changes_only_trainable(method, hparams):
         else:
             assert torch.equal(p, before[name]), f"frozen {name} changed"
     assert noisy_loss(model, data, sigma) < loss_before
+
+
+@pytest.mark.parametrize("method, hparams", [("lora", {"rank": 2}), ("prompt", {"length": 4}),
+                                             ("adapter", {"bottleneck": 4})])
+def test_saved_artifact_is_about_its_trainable_parameters(method, hparams, digits, tiny_base,
+                                                          tmp_path):
+    from pefts.runs import finetune
+
+    out = tmp_path / "model.safetensors"
+    meta = finetune(digits, tiny_base, out, method, 0.25, hparams,
+                    {"epochs": 0.05, "batch_size": 64}, "cpu")
+    trainable_bytes = 4 * meta["trainable_params"]  # float32
+    print(f"{method}: {out.stat().st_size:,} bytes for {meta['trainable_params']:,} parameters")
+    assert meta["trainable_params"] < meta["base_params"] / 4
+    assert out.stat().st_size <= 2 * trainable_bytes + 4096  # tensors + safetensors header

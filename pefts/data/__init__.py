@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from pefts.artifacts import atomic_write_text
@@ -25,11 +26,24 @@ def dataset_module(name: str):
     return DATASETS[name]
 
 
-def prepare(name: str, out_dir: str | Path, **options: Any) -> dict[str, Any]:
-    """Prepare ``name`` under ``out_dir`` and write its manifest."""
+def prepare(name: str, out_dir: str | Path, classes: list[int] | None = None,
+            **options: Any) -> dict[str, Any]:
+    """Prepare ``name`` under ``out_dir`` and write its manifest; ``classes`` keeps only
+    those labels (of the full dataset), numbered 0..k-1 in the given order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"dataset": name, **dataset_module(name).prepare(out_dir, **options)}
+    if classes:
+        unknown = sorted(set(classes) - set(range(manifest["num_classes"])))
+        if unknown or len(set(classes)) != len(classes):
+            raise PeftsError(f"classes must be distinct labels of {name} "
+                             f"(0..{manifest['num_classes'] - 1}), got {classes}")
+        manifest.update(class_subset=list(classes), num_classes=len(classes),
+                        classes=[manifest["classes"][c] for c in classes])
+        manifest["_dir"] = str(out_dir)
+        for split in ("train", "test"):
+            manifest[f"num_{split}"] = len(load_split(manifest, split))
+        del manifest["_dir"]
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -52,4 +66,32 @@ def load_split(manifest: str | Path | dict[str, Any], split: str) -> Dataset:
         manifest = read_manifest(manifest)
     if split not in ("train", "test"):
         raise PeftsError(f"unknown split {split!r}; use train or test")
-    return dataset_module(manifest["dataset"]).load(manifest, split)
+    data = dataset_module(manifest["dataset"]).load(manifest, split)
+    if manifest.get("class_subset"):
+        data = ClassSubset(data, manifest["class_subset"])
+    return data
+
+
+def labels_of(data: Dataset) -> list[int]:
+    """Every label, without decoding an image (torchvision keeps them in ``targets``)."""
+    if hasattr(data, "targets"):
+        return [int(t) for t in data.targets]
+    return [int(t) for t in data.tensors[1]]  # TensorDataset
+
+
+class ClassSubset(Dataset):
+    """The images of some classes only, relabelled 0..k-1: a downstream task carved out
+    of a dataset (two birds, one stone)."""
+
+    def __init__(self, data: Dataset, classes: list[int]):
+        relabel = {c: i for i, c in enumerate(classes)}
+        self.data = data
+        self.relabel = relabel
+        self.indices = [i for i, y in enumerate(labels_of(data)) if y in relabel]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+        x, y = self.data[self.indices[idx]]
+        return x, self.relabel[int(y)]

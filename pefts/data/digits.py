@@ -16,25 +16,20 @@ TENSORS = "digits.safetensors"
 
 
 def prepare(out_dir: Path, seed: int = 0, test_fraction: float = 0.25,
-            classes: list[int] | None = None, **_: Any) -> dict[str, Any]:
+            **_: Any) -> dict[str, Any]:
     """Split once with a fixed seed and store the split indices with the images."""
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0  # pixel values are 0..16
     labels = bunch.target.astype(np.int64)
-    keep = np.arange(len(labels))
-    if classes:
-        keep = keep[np.isin(labels, classes)]
     train_idx, test_idx = train_test_split(
-        keep, test_size=test_fraction, random_state=seed, stratify=labels[keep]
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
     )
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    class_list = sorted(int(c) for c in np.unique(labels[keep]))
-    relabel = {c: i for i, c in enumerate(class_list)}
+    class_list = sorted(int(c) for c in np.unique(labels))
 
     def split(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(images[idx]).unsqueeze(1).repeat(1, 3, 1, 1)
-        y = torch.tensor([relabel[int(c)] for c in labels[idx]], dtype=torch.long)
-        return x.contiguous(), y
+        return x.contiguous(), torch.from_numpy(labels[idx])
 
     (train_x, train_y), (test_x, test_y) = split(train_idx), split(test_idx)
     save_file({

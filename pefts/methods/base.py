@@ -55,7 +55,8 @@ class Method:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or extra:
             raise PeftsError(
-                f"saved {self.name} weights do not fit the model: missing {missing[:3]}, unexpected {extra[:3]}"
+                f"saved {self.name} weights do not fit the model: "
+                f"missing {missing[:3]}, unexpected {extra[:3]}"
             )
         with torch.no_grad():
             params = dict(model.named_parameters())
