@@ -390,8 +390,8 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     points = accuracy_vs_parameters(table, read_summary(summary), column)
     points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
     plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
-               figure, logx=True, xlabel="trainable parameters",
-               ylabel=f"certified accuracy (r = {radius:g})", labels="method")
+               figure, logx=True, xlabel="trainable parameters (none plotted at 1)",
+               ylabel=f"certified accuracy (r = {radius:g})", labels="method", connect=False)
     click.echo(to_markdown(table, floatfmt=",.4g"), nl=False)
 
 

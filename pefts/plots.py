@@ -48,12 +48,13 @@ def plot_certified_curves(curves: Sequence[tuple[str, pd.DataFrame]], title: str
 
 
 def draw_lines(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, hue: str,
-               labels: str | None = None) -> None:
-    """``y`` against ``x`` on ``ax``, one line per value of ``hue``; each point is
-    annotated with its ``labels`` column when given."""
+               labels: str | None = None, connect: bool = True) -> None:
+    """``y`` against ``x`` on ``ax``, one line (or, unconnected, one colour of points)
+    per value of ``hue``; each point is annotated with its ``labels`` column when given."""
     for key, group in table.groupby(hue, sort=False):
         group = group.sort_values(x)
-        ax.plot(group[x], group[y], marker="o", label=str(key))
+        ax.plot(group[x], group[y], marker="o", label=str(key),
+                linestyle="-" if connect else "none")
         if labels:
             for _, row in group.iterrows():
                 ax.annotate(str(row[labels]), (row[x], row[y]), fontsize=7,
@@ -64,10 +65,10 @@ def draw_lines(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, hue: str,
 
 def plot_lines(table: pd.DataFrame, x: str, y: str, hue: str, title: str, out: str | Path,
                logx: bool = False, xlabel: str | None = None, ylabel: str | None = None,
-               labels: str | None = None) -> None:
+               labels: str | None = None, connect: bool = True) -> None:
     """One figure of ``y`` against ``x``, one line per value of ``hue``."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    draw_lines(ax, table, x, y, hue, labels)
+    draw_lines(ax, table, x, y, hue, labels, connect)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or x)

@@ -71,33 +71,38 @@ def test_constant_classifier_gets_exactly_the_cap():
     assert radius == radius_cap(SIGMA, 2000, 0.001)
 
 
-def test_linear_classifier_radius_is_sound_over_repetitions():
-    """Over many runs the certificate exceeds the true radius in at most an alpha
-    fraction, with a binomial tolerance."""
-    alpha, reps, true_radius = 0.1, 300, SIGMA * 1.0
+ALPHA, REPS = 0.1, 300
+# the tests must be able to fail: a sound certifier exceeds this with probability 1e-4
+TOLERANCE = binom.ppf(1 - 1e-4, REPS, ALPHA)
+
+
+def overshoots(radius_of, true_radius: float) -> int:
+    """In how many of REPS runs ``radius_of(smooth, x)`` claims more than the truth."""
     model, x = linear_case(true_radius)
     smooth = Smooth(model, 2, SIGMA)
     torch.manual_seed(0)
-    over = 0
-    for _ in range(reps):
-        cls, radius = smooth.certify(x, n0=20, n=500, alpha=alpha, batch_size=500)
+    return sum(radius_of(smooth, x) > true_radius for _ in range(REPS))
+
+
+@pytest.mark.parametrize("true_radius", [0.1 * SIGMA, SIGMA, 2 * SIGMA])
+def test_linear_classifier_radius_is_sound_over_repetitions(true_radius):
+    """Over many runs the certificate exceeds the true radius in at most an alpha
+    fraction, with a binomial tolerance."""
+    def certified(smooth: Smooth, x: torch.Tensor) -> float:
+        cls, radius = smooth.certify(x, n0=20, n=500, alpha=ALPHA, batch_size=500)
         assert cls in (1, Smooth.ABSTAIN)
-        over += radius > true_radius
-    # the test must be able to fail: with 1e-4 chance a sound certifier exceeds this
-    assert over <= binom.ppf(1 - 1e-4, reps, alpha), f"{over} of {reps} runs over the true radius"
+        return radius
+
+    over = overshoots(certified, true_radius)
+    assert over <= TOLERANCE, f"{over} of {REPS} runs over the true radius"
 
 
 def test_the_soundness_check_catches_an_unsound_certifier():
     """The point estimate nA/n in place of the lower bound overshoots about half the time."""
-    alpha, reps, true_radius = 0.1, 300, SIGMA * 1.0
-    model, x = linear_case(true_radius)
-    smooth = Smooth(model, 2, SIGMA)
-    torch.manual_seed(0)
-    over = 0
-    for _ in range(reps):
-        n_a = int(smooth.sample_counts(x, 500, 500)[1])
-        over += SIGMA * norm.ppf(n_a / 500) > true_radius
-    assert over > binom.ppf(1 - 1e-4, reps, alpha)
+    def point_estimate(smooth: Smooth, x: torch.Tensor) -> float:
+        return SIGMA * norm.ppf(int(smooth.sample_counts(x, 500, 500)[1]) / 500)
+
+    assert overshoots(point_estimate, SIGMA) > TOLERANCE
 
 
 def test_linear_classifier_radius_converges_to_the_truth():

@@ -52,6 +52,15 @@ def test_dry_run_of_every_experiment():
     assert counts["ablation_report"] == 2
 
 
+@pytest.mark.parametrize("configfile", ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"])
+def test_preset_without_data_stops_naming_the_config_key(configfile, tmp_path):
+    result = snakemake("--cores", "1", "--configfile", configfile, "--nolock",
+                       "--config", f"results={tmp_path}/r", f"dataset={{'root': '{tmp_path}/none'}}")
+    assert result.returncode != 0
+    assert "set dataset.root" in result.stdout + result.stderr
+    assert not (tmp_path / "r" / "base").exists()  # nothing ran past the data
+
+
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr

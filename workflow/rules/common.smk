@@ -61,6 +61,10 @@ def run_args(grid):
     return lambda w, input: STUDY.run_args(grid, list(input))
 
 
+def figure(name, category):
+    return report(path("figures", name), category=category)
+
+
 def main_outputs():
     return [
         path("summary", "certified.tsv"),

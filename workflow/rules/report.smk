@@ -1,4 +1,5 @@
-# Tables (TSV + Markdown) and figures (PNG) of every experiment.
+# Tables (TSV + Markdown) and figures (PNG) of every experiment; the figures also go
+# into `snakemake --report report.html`.
 MAIN = STUDY.main_grid()
 TWOBIRDS = STUDY.twobirds_grid()
 NOISE = STUDY.noise_grid()
@@ -26,7 +27,7 @@ rule plot_certified:
     input:
         certified(MAIN),
     output:
-        [path("figures", f"certified_sigma{s}.png") for s in STUDY.sigmas],
+        [figure(f"certified_sigma{s}.png", "main comparison") for s in STUDY.sigmas],
     params:
         runs=run_args(MAIN),
         pattern=lambda w: path("figures", "certified_sigma{sigma}.png"),
@@ -45,7 +46,7 @@ rule parameters:
     output:
         tsv=path("summary", "parameters.tsv"),
         md=path("summary", "parameters.md"),
-        figure=path("figures", "accuracy_vs_parameters.png"),
+        figure=figure("accuracy_vs_parameters.png", "main comparison"),
     params:
         runs=lambda w, input: STUDY.run_args(MAIN, list(input.models)),
     conda:
@@ -63,7 +64,7 @@ rule twobirds_report:
     output:
         tsv=path("summary", "twobirds.tsv"),
         md=path("summary", "twobirds.md"),
-        figure=path("figures", "twobirds.png"),
+        figure=figure("twobirds.png", "two birds, one stone"),
     params:
         runs=run_args(TWOBIRDS),
         radii=RADII,
@@ -83,7 +84,7 @@ rule ablation_report:
     output:
         tsv=path("summary", "ablation_{kind}.tsv"),
         md=path("summary", "ablation_{kind}.md"),
-        figure=path("figures", "ablation_{kind}.png"),
+        figure=figure("ablation_{kind}.png", "ablations"),
     params:
         runs=lambda w, input: STUDY.run_args(STUDY.ablation_grid(w.kind), list(input)),
         radii=RADII,
@@ -104,7 +105,7 @@ rule noise_learning_report:
     output:
         tsv=path("summary", "noise_learning.tsv"),
         md=path("summary", "noise_learning.md"),
-        figure=path("figures", "noise_learning.png"),
+        figure=figure("noise_learning.png", "noise learning"),
     params:
         runs=run_args(NOISE),
     conda:
