@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -37,14 +39,26 @@ def lease_gpu(count: int, lock_dir: str | Path | None = None) -> int | None:
     return None
 
 
+def wait_for_gpu(count: int, lock_dir: str | Path | None = None, poll: float = 2.0) -> int:
+    """Lease a GPU, waiting while all are taken. With --resources gpu=N Snakemake never
+    starts more GPU jobs than there are GPUs, so this returns at once; without it, extra
+    jobs queue here instead of failing or crowding one GPU."""
+    gpu = lease_gpu(count, lock_dir)
+    if gpu is None:
+        print(f"pefts: all {count} GPU(s) are leased by other jobs; waiting "
+              "(limit parallel GPU jobs with --resources gpu=N)", file=sys.stderr, flush=True)
+    while gpu is None:
+        time.sleep(poll)
+        gpu = lease_gpu(count, lock_dir)
+    return gpu
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' leases a GPU when CUDA is there, else the CPU; 'cpu', 'cuda', 'cuda:N' as given."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        gpu = lease_gpu(torch.cuda.device_count())
-        if gpu is None:
-            raise PeftsError("every GPU is leased by another job; run with --resources gpu=N")
+        gpu = wait_for_gpu(torch.cuda.device_count())
         torch.cuda.set_device(gpu)
         return torch.device(f"cuda:{gpu}")
     try:

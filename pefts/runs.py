@@ -23,8 +23,11 @@ from pefts.training import TrainConfig, noisy_accuracy, train_noisy
 
 
 def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.Dataset:
+    """At most ``limit`` evenly spaced images: folder datasets are sorted by class, so
+    the first ``limit`` would cover only the first few classes."""
     if 0 < limit < len(data):
-        return torch.utils.data.Subset(data, range(limit))
+        step = len(data) / limit
+        return torch.utils.data.Subset(data, [int(i * step) for i in range(limit)])
     return data
 
 

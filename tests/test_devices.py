@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from pefts.devices import lease_gpu, resolve_device
+from pefts.devices import lease_gpu, resolve_device, wait_for_gpu
 from pefts.errors import PeftsError
 
 
@@ -33,6 +34,21 @@ def test_locks_follow_physical_ids_and_die_with_their_holder(tmp_path, monkeypat
     holder.stdin.close()
     holder.wait()
     assert lease_gpu(2, tmp_path) == 0
+
+
+def test_a_job_waits_for_a_gpu_to_free(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    hold = ("import fcntl, sys, time; h = open(sys.argv[1], 'w'); "
+            "fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); print('held', flush=True); "
+            "time.sleep(0.5)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "pefts-gpu-0.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    assert wait_for_gpu(1, tmp_path, poll=0.05) == 0
+    assert time.monotonic() - start > 0.3  # it could only get the lock once the holder exited
+    assert holder.wait(timeout=10) == 0
+    assert "waiting" in capfd.readouterr().err
 
 
 def test_device_names():
