@@ -377,22 +377,21 @@ def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
 def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
     from pefts.artifacts import atomic_write_text
-    from pefts.parameters import accuracy_vs_parameters, parameter_table
+    from pefts.parameters import accuracy_vs_parameters, parameter_markdown, parameter_table
     from pefts.plots import plot_lines
-    from pefts.results import to_markdown
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
     table = parameter_table(runs)
     atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
-    atomic_write_text(out_md, to_markdown(table, floatfmt=",.4g"))
+    atomic_write_text(out_md, parameter_markdown(table))
     column = f"r={radius:g}"
     points = accuracy_vs_parameters(table, read_summary(summary), column)
     points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
     plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
                figure, logx=True, xlabel="trainable parameters (none plotted at 1)",
                ylabel=f"certified accuracy (r = {radius:g})", labels="method", connect=False)
-    click.echo(to_markdown(table, floatfmt=",.4g"), nl=False)
+    click.echo(parameter_markdown(table), nl=False)
 
 
 @cli.command()

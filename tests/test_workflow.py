@@ -104,6 +104,7 @@ def test_main_pipeline_end_to_end(tmp_path):
     assert (results / "figures" / "certified_sigma0.5.png").stat().st_size > 10_000
     params = pd.read_csv(results / "summary" / "parameters.tsv", sep="\t")
     assert params.set_index("method").loc["none", "trainable"] == 0
+    assert "queries" in params.columns and "| none " in (results / "summary" / "parameters.md").read_text()
     merged = pd.read_csv(results / "certify" / "lora" / "sigma0.5" / "certified.tsv", sep="\t")
     assert list(merged.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
     assert merged["idx"].tolist() == list(range(0, 450, 30))
