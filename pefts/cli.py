@@ -267,6 +267,15 @@ def merge(shards, out, data, skip, max_count, force) -> None:
     click.echo(f"merged {len(shards)} shard(s), {len(merged)} images -> {out}")
 
 
+def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:
+    """Every table goes out twice: TSV for programs, Markdown for papers."""
+    from pefts.artifacts import atomic_write_text
+
+    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
+    atomic_write_text(out_md, markdown)
+    return markdown
+
+
 def read_runs(runs) -> list:
     from pefts.results import read_tsv
 
@@ -282,14 +291,11 @@ def read_runs(runs) -> list:
 @click.option("--out-md", required=True, type=click.Path(dir_okay=False))
 def summarize(runs, radii, out_tsv, out_md) -> None:
     """Certified accuracy at a radius grid and ACR, per method and sigma."""
-    from pefts.artifacts import atomic_write_text
     from pefts.results import summarize as table_of
     from pefts.results import to_markdown
 
     table = table_of(read_runs(runs), parse_floats(radii, "--radii"))
-    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
-    atomic_write_text(out_md, to_markdown(table))
-    click.echo(to_markdown(table), nl=False)
+    click.echo(write_table(table, out_tsv, out_md, to_markdown(table)), nl=False)
 
 
 @cli.command()
@@ -350,7 +356,6 @@ def read_summary(path: str):
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
     """Accuracy on noisy inputs against sigma per method (paper Figure 2)."""
-    from pefts.artifacts import atomic_write_text
     from pefts.noise_learning import noise_accuracy_table
     from pefts.plots import plot_lines
     from pefts.results import to_markdown
@@ -358,11 +363,10 @@ def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
     table = noise_accuracy_table(runs)
-    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
-    atomic_write_text(out_md, to_markdown(table))
+    markdown = write_table(table, out_tsv, out_md, to_markdown(table))
     plot_lines(table, "sigma", "noisy accuracy", "method", "accuracy of f on x + noise", figure,
                ylabel="accuracy on noisy test images")
-    click.echo(to_markdown(table), nl=False)
+    click.echo(markdown, nl=False)
 
 
 @cli.command()
@@ -376,22 +380,20 @@ def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
-    from pefts.artifacts import atomic_write_text
     from pefts.parameters import accuracy_vs_parameters, parameter_markdown, parameter_table
     from pefts.plots import plot_lines
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
     table = parameter_table(runs)
-    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
-    atomic_write_text(out_md, parameter_markdown(table))
+    markdown = write_table(table, out_tsv, out_md, parameter_markdown(table))
     column = f"r={radius:g}"
     points = accuracy_vs_parameters(table, read_summary(summary), column)
     points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
     plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
                figure, logx=True, xlabel="trainable parameters (none plotted at 1)",
                ylabel=f"certified accuracy (r = {radius:g})", labels="method", connect=False)
-    click.echo(parameter_markdown(table), nl=False)
+    click.echo(markdown, nl=False)
 
 
 @cli.command()
