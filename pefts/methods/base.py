@@ -51,23 +51,24 @@ class Method:
         return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
     def load_trainable(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_state(model))
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        """Copy saved tensors into the model, in place: ``trainable_state`` returns views of
+        the model's own parameters and buffers, so every method loads through it."""
+        expected = self.trainable_state(model)
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or extra:
             raise PeftsError(
                 f"saved {self.name} weights do not fit the model: "
                 f"missing {missing[:3]}, unexpected {extra[:3]}"
             )
+        for key, value in state.items():
+            if expected[key].shape != value.shape:
+                raise PeftsError(
+                    f"saved {self.name} weight {key} has shape {tuple(value.shape)}, "
+                    f"model expects {tuple(expected[key].shape)}"
+                )
         with torch.no_grad():
-            params = dict(model.named_parameters())
             for key, value in state.items():
-                if params[key].shape != value.shape:
-                    raise PeftsError(
-                        f"saved {self.name} weight {key} has shape {tuple(value.shape)}, "
-                        f"model expects {tuple(params[key].shape)}"
-                    )
-                params[key].copy_(value)
-
+                expected[key].copy_(value)
 
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():

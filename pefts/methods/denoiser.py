@@ -132,16 +132,4 @@ class DenoisedSmoothing(Method):
         # wrong without them
         return {f"denoiser.{k}": v.detach() for k, v in model.denoiser.state_dict().items()}
 
-    def load_trainable(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        expected = self.trainable_state(model)
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or extra:
-            raise PeftsError(f"saved {self.name} weights do not fit the model: missing "
-                             f"{missing[:3]}, unexpected {extra[:3]}")
-        for key, value in state.items():
-            if expected[key].shape != value.shape:
-                raise PeftsError(f"saved {self.name} weight {key} has shape {tuple(value.shape)}, "
-                                 f"model expects {tuple(expected[key].shape)}")
-        prefix = len("denoiser.")
-        model.denoiser.load_state_dict({k[prefix:]: v for k, v in state.items()})
 
