@@ -40,10 +40,9 @@ def prepare(name: str, out_dir: str | Path, classes: list[int] | None = None,
                              f"(0..{manifest['num_classes'] - 1}), got {classes}")
         manifest.update(class_subset=list(classes), num_classes=len(classes),
                         classes=[manifest["classes"][c] for c in classes])
-        manifest["_dir"] = str(out_dir)
+        located = {**manifest, "_dir": str(out_dir)}  # as read_manifest would return it
         for split in ("train", "test"):
-            manifest[f"num_{split}"] = len(load_split(manifest, split))
-        del manifest["_dir"]
+            manifest[f"num_{split}"] = len(load_split(located, split))
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
