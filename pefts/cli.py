@@ -194,11 +194,11 @@ def sampling_options(func):
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
                 device: str, sigma: float):
     """Everything certify and predict share: validation first, then loading."""
-    from pefts.certify import file_digest
+    from pefts.certification.selection import parse_shard, selected_indices, shard_indices
+    from pefts.certification.shard_io import file_digest
     from pefts.data import load_split, read_manifest
     from pefts.devices import resolve_device
     from pefts.methods import load_model
-    from pefts.shards import parse_shard, selected_indices, shard_indices
 
     k, n_shards = parse_shard(shard)
     manifest = read_manifest(data)
@@ -219,13 +219,15 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
 def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
             device, n0) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
-    from pefts.certify import CERTIFY_COLUMNS, certify_rows, run_shard
+    from pefts.certification.rows import CERTIFY_COLUMNS, certify_rows
+    from pefts.certification.shard_io import run_shard
 
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma)
     settings.update(n0=n0, n=n, alpha=alpha, seed=seed)
-    rows = certify_rows(net, manifest["num_classes"], sigma, n0, n, alpha, batch, seed, torch_device)
-    run_shard(out, indices, dataset, settings, CERTIFY_COLUMNS, rows, desc=f"certify {shard}")
+    rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch, seed,
+                        torch_device)
+    run_shard(out, indices, settings, CERTIFY_COLUMNS, rows, desc=f"certify {shard}")
     click.echo(f"certified {len(indices)} images -> {out}")
 
 
@@ -234,13 +236,15 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
             device) -> None:
     """Cohen's PREDICT (binomial test, may abstain) on a shard of test images."""
-    from pefts.certify import PREDICT_COLUMNS, predict_rows, run_shard
+    from pefts.certification.rows import PREDICT_COLUMNS, predict_rows
+    from pefts.certification.shard_io import run_shard
 
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma)
     settings.update(n=n, alpha=alpha, seed=seed, command="predict")
-    rows = predict_rows(net, manifest["num_classes"], sigma, n, alpha, batch, seed, torch_device)
-    run_shard(out, indices, dataset, settings, PREDICT_COLUMNS, rows, desc=f"predict {shard}")
+    rows = predict_rows(net, dataset, manifest["num_classes"], sigma, n, alpha, batch, seed,
+                        torch_device)
+    run_shard(out, indices, settings, PREDICT_COLUMNS, rows, desc=f"predict {shard}")
     click.echo(f"predicted {len(indices)} images -> {out}")
 
 
@@ -254,9 +258,9 @@ def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 @force_option
 def merge(shards, out, data, skip, max_count, force) -> None:
     """Merge shard TSVs; refuses shards that miss or repeat an image."""
+    from pefts.certification.selection import selected_indices
     from pefts.data import read_manifest
     from pefts.results import merge_shards, write_tsv
-    from pefts.shards import selected_indices
 
     refuse_existing(out, force)
     expected = None

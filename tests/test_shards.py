@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pefts.certify import CERTIFY_COLUMNS, partial_path, run_shard
+from pefts.certification.rows import CERTIFY_COLUMNS, per_image
+from pefts.certification.selection import parse_shard, selected_indices, shard_indices
+from pefts.certification.shard_io import partial_path, run_shard
 from pefts.errors import PeftsError
 from pefts.results import merge_shards
-from pefts.shards import parse_shard, selected_indices, shard_indices
 
 COMMON = ["--n0", "16", "--n", "64", "--batch", "64", "--skip", "3", "--max", "13",
           "--sigma", "0.5", "--device", "cpu"]
@@ -72,8 +73,9 @@ def fake_rows(stop_after=None):
         calls.append(idx)
         return [idx, label, label, repr(0.1 * idx), 1, "0.0", 1, 1, 1, "0.9"]
 
-    row.calls = calls
-    return row
+    rows = per_image(Items(), row)
+    rows.calls = calls
+    return rows
 
 
 class Items:
@@ -83,16 +85,16 @@ class Items:
 
 def test_killed_shard_resumes_without_losing_or_repeating_rows(tmp_path):
     out, settings, indices = tmp_path / "shard.tsv", {"model": "abc"}, list(range(0, 40, 2))
-    reference = run_shard(tmp_path / "ref.tsv", indices, Items(), settings, CERTIFY_COLUMNS,
+    reference = run_shard(tmp_path / "ref.tsv", indices, settings, CERTIFY_COLUMNS,
                           fake_rows()).read_text()
     first = fake_rows(stop_after=7)
     with pytest.raises(Interrupted):
-        run_shard(out, indices, Items(), settings, CERTIFY_COLUMNS, first)
+        run_shard(out, indices, settings, CERTIFY_COLUMNS, first)
     assert not out.exists() and partial_path(out).exists()
     with open(partial_path(out), "a") as handle:  # a row torn by the kill
         handle.write("14\t4\t4\t1.4")
     second = fake_rows()
-    run_shard(out, indices, Items(), settings, CERTIFY_COLUMNS, second)
+    run_shard(out, indices, settings, CERTIFY_COLUMNS, second)
     assert second.calls == indices[7:]  # resumed after the 7 finished rows
     assert out.read_text() == reference
     assert not partial_path(out).exists()
@@ -101,10 +103,10 @@ def test_killed_shard_resumes_without_losing_or_repeating_rows(tmp_path):
 def test_partial_of_other_settings_is_not_resumed_nor_overwritten(tmp_path):
     out = tmp_path / "shard.tsv"
     with pytest.raises(Interrupted):
-        run_shard(out, [0, 1, 2], Items(), {"model": "a"}, CERTIFY_COLUMNS, fake_rows(stop_after=1))
+        run_shard(out, [0, 1, 2], {"model": "a"}, CERTIFY_COLUMNS, fake_rows(stop_after=1))
     before = partial_path(out).read_text()
     with pytest.raises(PeftsError, match="other settings"):
-        run_shard(out, [0, 1, 2], Items(), {"model": "b"}, CERTIFY_COLUMNS, fake_rows())
+        run_shard(out, [0, 1, 2], {"model": "b"}, CERTIFY_COLUMNS, fake_rows())
     assert partial_path(out).read_text() == before
 
 

@@ -134,7 +134,7 @@ def test_predict_confident_class():
 
 def test_selection_and_estimation_use_independent_noise():
     """Seeded generators make certify reproducible; the two streams differ."""
-    from pefts.noise import ESTIMATION, SELECTION, generator
+    from pefts.certification.noise import ESTIMATION, SELECTION, generator
 
     model, x = linear_case(0.1)
     smooth = Smooth(model, 2, SIGMA)

@@ -1,4 +1,4 @@
-"""Certify (or predict) a shard of test images, resumably, into a Cohen-format TSV.
+"""Write a shard of per-image rows resumably into a Cohen-format TSV.
 
 Finished rows go to ``<out>.partial`` (flushed per row) behind a line that records the
 run's settings; a rerun with the same settings resumes there. The output appears by
@@ -10,22 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
 from pefts.errors import PeftsError
-from pefts.noise import ESTIMATION, SELECTION, generator
 from pefts.progress import progress
-from pefts.smoothing import Smooth
 
-CERTIFY_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "n0", "n", "nA", "pA_lower"]
-PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "n"]
 SETTINGS_PREFIX = "# pefts "
 
 
@@ -62,16 +53,22 @@ def read_partial(path: Path, settings: dict[str, Any], columns: list[str]) -> li
     return [row for row in complete if row.count("\t") == len(columns) - 1]
 
 
+RowSource = Callable[[list[int]], Iterable[list[Any]]]
+
+
 def run_shard(
     out: str | Path,
     indices: list[int],
-    dataset: Dataset,
     settings: dict[str, Any],
     columns: list[str],
-    row_for: Callable[[torch.Tensor, int, int], list[Any]],
+    rows: RowSource,
     desc: str = "certify",
 ) -> Path:
-    """Compute ``row_for(x, label, idx)`` for each index not yet done and publish the TSV."""
+    """Write ``rows(todo)`` for the indices not yet done and publish the TSV.
+
+    ``rows`` gets the indices still to do and yields one finished row per index, in any
+    order (a pool of images may finish out of order); each is on disk before the next.
+    """
     out = Path(out)
     partial = partial_path(out)
     done_rows = read_partial(partial, settings, columns)
@@ -83,14 +80,13 @@ def run_shard(
         handle.write("\t".join(columns) + "\n")
         handle.writelines(row + "\n" for row in done_rows)
     todo = [i for i in indices if i not in done]
-    with open(partial, "a") as handle:
-        for idx in progress(todo, desc=desc, unit="img", initial=len(indices) - len(todo),
-                        total=len(indices)):
-            x, label = dataset[idx]
-            row = row_for(x, int(label), idx)
+    with open(partial, "a") as handle, progress(desc=desc, unit="img", initial=len(indices) - len(todo),
+                                                total=len(indices)) as bar:
+        for row in rows(todo):
             handle.write("\t".join(str(v) for v in row) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+            bar.update()
     by_idx = {int(r.split("\t", 1)[0]): r for r in read_partial(partial, settings, columns)}
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w") as handle:
@@ -99,36 +95,3 @@ def run_shard(
     os.replace(tmp, out)
     partial.unlink()
     return out
-
-
-def certify_rows(model: nn.Module, num_classes: int, sigma: float, n0: int, n: int,
-                 alpha: float, batch: int, seed: int, device: torch.device | str
-                 ) -> Callable[[torch.Tensor, int, int], list[Any]]:
-    smooth = Smooth(model, num_classes, sigma)
-
-    def row(x: torch.Tensor, label: int, idx: int) -> list[Any]:
-        start = time.perf_counter()
-        cert = smooth.certify_detailed(
-            x, n0, n, alpha, batch,
-            selection=generator(seed, idx, SELECTION, device),
-            estimation=generator(seed, idx, ESTIMATION, device),
-        )
-        elapsed = time.perf_counter() - start
-        return [idx, label, cert.prediction, repr(cert.radius), int(cert.prediction == label),
-                f"{elapsed:.4f}", n0, n, cert.n_a, repr(cert.p_a_lower)]
-
-    return row
-
-
-def predict_rows(model: nn.Module, num_classes: int, sigma: float, n: int, alpha: float,
-                 batch: int, seed: int, device: torch.device | str
-                 ) -> Callable[[torch.Tensor, int, int], list[Any]]:
-    smooth = Smooth(model, num_classes, sigma)
-
-    def row(x: torch.Tensor, label: int, idx: int) -> list[Any]:
-        start = time.perf_counter()
-        pred = smooth.predict(x, n, alpha, batch, generator(seed, idx, ESTIMATION, device))
-        elapsed = time.perf_counter() - start
-        return [idx, label, pred, int(pred == label), f"{elapsed:.4f}", n]
-
-    return row

@@ -1,0 +1,61 @@
+"""The per-image rows of ``pefts certify`` (Cohen's CERTIFY) and ``pefts predict``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pefts.certification.noise import ESTIMATION, SELECTION, generator
+from pefts.certification.shard_io import RowSource
+from pefts.smoothing import Smooth
+
+CERTIFY_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "n0", "n", "nA", "pA_lower"]
+PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "n"]
+
+
+def per_image(dataset: Dataset, row: Callable[[torch.Tensor, int, int], list[Any]]) -> RowSource:
+    """A row source that handles one image at a time, in order."""
+
+    def rows(todo: list[int]) -> Iterator[list[Any]]:
+        for idx in todo:
+            x, label = dataset[idx]
+            yield row(x, int(label), idx)
+
+    return rows
+
+
+def certify_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n0: int,
+                 n: int, alpha: float, batch: int, seed: int, device: torch.device | str
+                 ) -> RowSource:
+    smooth = Smooth(model, num_classes, sigma)
+
+    def row(x: torch.Tensor, label: int, idx: int) -> list[Any]:
+        start = time.perf_counter()
+        cert = smooth.certify_detailed(
+            x, n0, n, alpha, batch,
+            selection=generator(seed, idx, SELECTION, device),
+            estimation=generator(seed, idx, ESTIMATION, device),
+        )
+        elapsed = time.perf_counter() - start
+        return [idx, label, cert.prediction, repr(cert.radius), int(cert.prediction == label),
+                f"{elapsed:.4f}", n0, n, cert.n_a, repr(cert.p_a_lower)]
+
+    return per_image(dataset, row)
+
+
+def predict_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n: int,
+                 alpha: float, batch: int, seed: int, device: torch.device | str) -> RowSource:
+    smooth = Smooth(model, num_classes, sigma)
+
+    def row(x: torch.Tensor, label: int, idx: int) -> list[Any]:
+        start = time.perf_counter()
+        pred = smooth.predict(x, n, alpha, batch, generator(seed, idx, ESTIMATION, device))
+        elapsed = time.perf_counter() - start
+        return [idx, label, pred, int(pred == label), f"{elapsed:.4f}", n]
+
+    return per_image(dataset, row)
