@@ -6,6 +6,7 @@ Every error the user can cause ends in one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,28 @@ import click
 
 from pefts.errors import PeftsError
 
-POSITIVE = click.FloatRange(min=0.0, min_open=True)
-PROBABILITY = click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True)
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that also refuses nan and +-inf (FloatRange lets nan through:
+    every comparison with nan is false)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return value
+
+
+# every numeric option of every command has one of these types (or click.INT, which
+# refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over them
+POSITIVE = FiniteFloat(min=0.0, min_open=True)
+NON_NEGATIVE = FiniteFloat(min=0.0)
+PROBABILITY = FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True)
 AT_LEAST_ONE = click.IntRange(min=1)
-RUN = click.Tuple([str, float, click.Path(dir_okay=False)])
+SEED = click.IntRange(min=0, max=2**63 - 1)
+RUN = click.Tuple([str, POSITIVE, click.Path(dir_okay=False)])
 
 
 def parse_json(text: str | None, option: str) -> dict[str, Any]:
@@ -58,7 +77,8 @@ def cli() -> None:
               help="folder for manifest.json (and bundled images)")
 @click.option("--root", default=None, help="local data folder (cifar10, imagenet)")
 @click.option("--download/--no-download", default=False, help="allow torchvision to download")
-@click.option("--seed", default=0, show_default=True, help="seed of the train/test split (digits)")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="seed of the train/test split (digits)")
 @click.option("--classes", default=None,
               help="keep only these labels, e.g. 5,6,7,8,9 (numbered 0..k-1 in this order)")
 def prepare(dataset: str, out_dir: str, root: str | None, download: bool, seed: int,
@@ -97,12 +117,15 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
     from pefts.runs import train_base as run
 
     refuse_existing(out, force)
+    if len(parse_floats(mean, "--mean")) != len(parse_floats(std, "--std")):
+        raise PeftsError(f"--mean and --std must have one value per channel each, got {mean!r} and {std!r}")
     spec = {"arch": arch, "input_size": input_size,
             "model_kwargs": parse_json(model_kwargs, "--model-kwargs"),
-            "mean": parse_floats(mean, "--mean"), "std": parse_floats(std, "--std")}
+            "mean": parse_floats(mean, "--mean"), "std": parse_floats(std, "--std", 0.0, True)}
     meta = run(data, out, spec, parse_json(train_json, "--train"), pretrained, pretrained_file,
                resolve_device(device))
-    click.echo(f"base {arch}: clean test accuracy {meta['metrics']['clean_test_accuracy']:.3f} -> {out}")
+    click.echo(f"base {arch}: clean validation accuracy "
+               f"{fmt_accuracy(meta['metrics']['clean_val_accuracy'])} -> {out}")
 
 
 @cli.command("adapt-base")
@@ -122,15 +145,27 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
 
     refuse_existing(out, force)
     meta = run(data, source, out, parse_json(train_json, "--train"), resolve_device(device))
-    click.echo(f"adapted {source}: clean test accuracy "
-               f"{meta['metrics']['clean_test_accuracy']:.3f} -> {out}")
+    click.echo(f"adapted {source}: clean validation accuracy "
+               f"{fmt_accuracy(meta['metrics']['clean_val_accuracy'])} -> {out}")
 
 
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
+def fmt_accuracy(value: float | None) -> str:
+    return "n/a (val_fraction 0)" if value is None else f"{value:.3f}"
+
+
+def parse_floats(text: str, option: str, low: float = -math.inf,
+                 low_open: bool = False) -> tuple[float, ...]:
+    """Comma-separated finite numbers, each >= ``low`` (> ``low`` when ``low_open``)."""
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise PeftsError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    for v in values:
+        if not math.isfinite(v) or v < low or (low_open and v == low):
+            bound = f"{'>' if low_open else '>='} {low:g}" if math.isfinite(low) else "finite"
+            raise PeftsError(f"{option} must be comma-separated finite numbers {bound}, "
+                             f"got {text!r}")
+    return values
 
 
 @cli.command()
@@ -153,7 +188,8 @@ def finetune(data: str, base: str, method: str, sigma: float, hparams: str | Non
     meta = run(data, base, out, method, sigma, parse_json(hparams, "--hparams"),
                parse_json(train_json, "--train"), resolve_device(device))
     click.echo(f"{method} sigma={sigma}: {meta['trainable_params']:,} trainable parameters, "
-               f"noisy test accuracy {meta['metrics']['noisy_test_accuracy']:.3f} -> {out}")
+               f"noisy validation accuracy {fmt_accuracy(meta['metrics']['noisy_val_accuracy'])} "
+               f"-> {out}")
 
 
 @cli.command()
@@ -162,7 +198,8 @@ def methods() -> None:
     from pefts.methods import METHODS
 
     for name, cls in sorted(METHODS.items()):
-        click.echo(f"{name}\t{json.dumps(cls.defaults)}")
+        ranges = {key: spec.describe() for key, spec in cls.specs.items()}
+        click.echo(f"{name}\t{json.dumps(cls.defaults)}\t{json.dumps(ranges)}")
 
 
 def sampling_options(func):
@@ -179,28 +216,31 @@ def sampling_options(func):
         click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE),
         click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE,
                      help="use every skip-th test image"),
-        click.option("--max", "max_count", default=-1, show_default=True,
+        click.option("--max", "max_count", default=-1, show_default=True, type=int,
                      help="at most this many images after skipping (<= 0: all)"),
-        click.option("--seed", default=0, show_default=True, help="noise seed"),
+        click.option("--seed", default=0, show_default=True, type=SEED, help="noise seed"),
         click.option("--shard", default="0/1", show_default=True,
                      help="K/N: the K-th of N interleaved slices"),
         click.option("--out", required=True, type=click.Path(dir_okay=False), help="TSV"),
         device_option,
+        click.option("--force", is_flag=True,
+                     help="replace a finished output (an interrupted run resumes without it)"),
     ]):
         func = option(func)
     return func
 
 
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
-                device: str, sigma: float):
+                device: str, sigma: float, out: str, force: bool):
     """Everything certify and predict share: validation first, then loading."""
+    from pefts.artifacts import file_digest
     from pefts.certification.selection import parse_shard, selected_indices, shard_indices
-    from pefts.certification.shard_io import file_digest
     from pefts.data import load_split, read_manifest
     from pefts.devices import resolve_device
     from pefts.methods import load_model
 
     k, n_shards = parse_shard(shard)
+    refuse_existing(out, force)
     manifest = read_manifest(data)
     dataset = load_split(manifest, "test")
     indices = shard_indices(selected_indices(len(dataset), skip, max_count), k, n_shards)
@@ -208,8 +248,13 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     net, meta = load_model(model, base, torch_device)
     if meta["num_classes"] != manifest["num_classes"]:
         raise PeftsError(f"{model} has {meta['num_classes']} classes, data has {manifest['num_classes']}")
-    settings = {"model": file_digest(model), "base": file_digest(base), "sigma": sigma,
-                "skip": skip, "max": max_count, "shard": shard, "device": torch_device.type}
+    # identifies the data (which test images of which prepared dataset) and the model,
+    # so no resume, merge or summary ever mixes rows of two runs
+    settings = {"model": file_digest(model), "base": meta["base_sha256"], "method": meta["method"],
+                "sigma": sigma, "dataset": manifest["dataset"],
+                "class_subset": manifest.get("class_subset"), "split": "test",
+                "manifest": file_digest(data), "skip": skip, "max": max_count, "shard": shard,
+                "device": torch_device.type}
     return net, manifest, dataset, indices, torch_device, settings
 
 
@@ -217,14 +262,14 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
 @sampling_options
 @click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
 def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
-            device, n0) -> None:
+            device, force, n0) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
     from pefts.certification.rows import CERTIFY_COLUMNS, certify_rows
     from pefts.certification.shard_io import run_shard
 
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
-        model, base, data, skip, max_count, shard, device, sigma)
-    settings.update(n0=n0, n=n, alpha=alpha, seed=seed)
+        model, base, data, skip, max_count, shard, device, sigma, out, force)
+    settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")
     rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch, seed,
                         torch_device)
     run_shard(out, indices, settings, CERTIFY_COLUMNS, rows, desc=f"certify {shard}")
@@ -234,13 +279,13 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 @cli.command()
 @sampling_options
 def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
-            device) -> None:
+            device, force) -> None:
     """Cohen's PREDICT (binomial test, may abstain) on a shard of test images."""
     from pefts.certification.rows import PREDICT_COLUMNS, predict_rows
     from pefts.certification.shard_io import run_shard
 
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
-        model, base, data, skip, max_count, shard, device, sigma)
+        model, base, data, skip, max_count, shard, device, sigma, out, force)
     settings.update(n=n, alpha=alpha, seed=seed, command="predict")
     rows = predict_rows(net, dataset, manifest["num_classes"], sigma, n, alpha, batch, seed,
                         torch_device)
@@ -254,10 +299,11 @@ def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 @click.option("--data", default=None, type=click.Path(dir_okay=False),
               help="data manifest: with --skip/--max, check that every selected image is there")
 @click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
-@click.option("--max", "max_count", default=-1, show_default=True)
+@click.option("--max", "max_count", default=-1, show_default=True, type=int)
 @force_option
 def merge(shards, out, data, skip, max_count, force) -> None:
     """Merge shard TSVs; refuses shards that miss or repeat an image."""
+    from pefts.artifacts import file_digest
     from pefts.certification.selection import selected_indices
     from pefts.data import read_manifest
     from pefts.results import merge_shards, write_tsv
@@ -266,8 +312,14 @@ def merge(shards, out, data, skip, max_count, force) -> None:
     expected = None
     if data:
         expected = selected_indices(read_manifest(data)["num_test"], skip, max_count)
-    merged = merge_shards(shards, expected)
-    write_tsv(merged, out)
+    merged, settings, parts = merge_shards(shards, expected)
+    if data:
+        given = {"manifest": file_digest(data), "skip": skip, "max": max_count}
+        for key, value in given.items():
+            if settings.get(key) != value:
+                raise PeftsError(f"the shards were certified with {key} {settings.get(key)!r}, "
+                                 f"merge was given {value!r} (--data/--skip/--max)")
+    write_tsv(merged, out, settings, shards=parts)
     click.echo(f"merged {len(shards)} shard(s), {len(merged)} images -> {out}")
 
 
@@ -281,11 +333,14 @@ def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:
 
 
 def read_runs(runs) -> list:
+    from pefts.provenance import check_comparable
     from pefts.results import read_tsv
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA TSV")
-    return [(method, sigma, read_tsv(path)) for method, sigma, path in runs]
+    frames = [(method, sigma, read_tsv(path)) for method, sigma, path in runs]
+    check_comparable(runs)
+    return frames
 
 
 @cli.command()
@@ -298,7 +353,7 @@ def summarize(runs, radii, out_tsv, out_md) -> None:
     from pefts.results import summarize as table_of
     from pefts.results import to_markdown
 
-    table = table_of(read_runs(runs), parse_floats(radii, "--radii"))
+    table = table_of(read_runs(runs), parse_floats(radii, "--radii", 0.0))
     click.echo(write_table(table, out_tsv, out_md, to_markdown(table)), nl=False)
 
 
@@ -378,7 +433,8 @@ def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
               help="METHOD SIGMA model.safetensors (repeat)")
 @click.option("--summary", required=True, type=click.Path(dir_okay=False),
               help="summary TSV from `pefts summarize`")
-@click.option("--radius", default=0.0, show_default=True, help="radius of the figure's accuracy")
+@click.option("--radius", default=0.0, show_default=True, type=NON_NEGATIVE,
+              help="radius of the figure's accuracy")
 @click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
 @click.option("--out-md", required=True, type=click.Path(dir_okay=False))
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))

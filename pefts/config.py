@@ -6,6 +6,7 @@ Kept free of torch imports: the Snakefile calls it every time it builds the DAG.
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,28 @@ def method_names() -> list[str]:
                   if not p.stem.startswith("_") and p.stem != "base")
 
 
+def non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted key of the first nan or infinite number (YAML's .nan, .inf pass a JSON
+    schema: every comparison with nan is false), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(top level)"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
 def check_config(config: dict[str, Any]) -> None:
+    bad = non_finite(config)
+    if bad:
+        raise PeftsError(f"config value {bad} must be a finite number")
     known = method_names()
     experiments = config.get("experiments", {})
     used = [*config["methods"], *config["method_params"],

@@ -2,37 +2,97 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pefts.artifacts import atomic_write_text
 from pefts.errors import PeftsError
+from pefts.provenance import shared_settings, write_sidecar
 
-REQUIRED = ["idx", "label", "predict", "radius", "correct", "time"]
+REQUIRED = ["idx", "label", "predict", "radius", "correct", "time"]  # Cohen's certify columns
+PREDICT_REQUIRED = ["idx", "label", "predict", "correct", "time"]  # Cohen's predict columns
 
 
-def read_tsv(path: str | Path) -> pd.DataFrame:
+def _integer(low: int):
+    def check(text: str) -> str | None:
+        try:
+            value = int(text)
+        except ValueError:
+            return "is not an integer"
+        return None if value >= low else f"is below {low}"
+    return check
+
+
+def _number(text: str) -> str | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return "is not a number"
+    if not math.isfinite(value):
+        return "is not finite"
+    return None if value >= 0 else "is negative"
+
+
+CHECKS = {"idx": _integer(0), "label": _integer(0), "predict": _integer(-1),
+          "correct": _integer(0), "radius": _number, "time": _number,
+          "n0": _integer(1), "n": _integer(1), "nA": _integer(0), "pA_lower": _number}
+
+
+def check_rows(path: Path, lines: list[str]) -> None:
+    """Every row of a certification TSV, naming the file and line of the first bad one."""
+    header = lines[0].split("\t")
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise PeftsError(f"{path}, line {number}: {len(fields)} fields, the header has "
+                             f"{len(header)}")
+        row = dict(zip(header, fields, strict=True))
+        for column, check in CHECKS.items():
+            if column in row and (problem := check(row[column])):
+                raise PeftsError(f"{path}, line {number}: {column} {row[column]!r} {problem}")
+        if int(row["correct"]) != int(int(row["predict"]) == int(row["label"])):
+            raise PeftsError(f"{path}, line {number}: correct {row['correct']} contradicts "
+                             f"predict {row['predict']} and label {row['label']}")
+        if "radius" in row and int(row["predict"]) == -1 and float(row["radius"]) != 0:
+            raise PeftsError(f"{path}, line {number}: an abstention with radius {row['radius']}")
+
+
+def read_tsv(path: str | Path, radius: bool = True) -> pd.DataFrame:
+    """A certify TSV (``radius``) or a certify or predict TSV, every row checked."""
     path = Path(path)
     if not path.is_file():
         raise PeftsError(f"certification file {path} does not exist")
     try:
-        frame = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise PeftsError(f"{path} is not a certification TSV: {err}") from None
-    missing = [c for c in REQUIRED if c not in frame.columns]
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise PeftsError(f"{path} is not a certification TSV: not UTF-8 text") from None
+    lines = text.rstrip("\n").split("\n")
+    columns = lines[0].split("\t") if text.strip() else []
+    needed = REQUIRED if radius or "radius" in columns else PREDICT_REQUIRED
+    missing = [c for c in needed if c not in columns]
     if missing:
         raise PeftsError(f"{path} lacks column(s) {', '.join(missing)}")
-    return frame
+    check_rows(path, lines)
+    return pd.read_csv(path, sep="\t")
 
 
-def merge_shards(paths: Sequence[str | Path], expected: Sequence[int] | None = None) -> pd.DataFrame:
-    """Concatenate shards; refuse a set that repeats or misses an image, naming it."""
+def merge_shards(paths: Sequence[str | Path], expected: Sequence[int] | None = None
+                 ) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, Any]]]:
+    """Concatenate shards of one run (settings checked by ``shared_settings``); refuse a
+    set that repeats or misses an image, naming it. Returns the rows, the run's settings
+    and each shard's own part (shard, device)."""
+    settings, shards = shared_settings(list(paths))
     frames = []
     for path in paths:
-        frame = read_tsv(path)
+        frame = read_tsv(path, radius=False)
+        if frames and list(frame.columns) != list(frames[0].columns.drop("_source")):
+            raise PeftsError(f"{path} and {paths[0]} have different columns "
+                             "(a certify and a predict shard?)")
         frames.append(frame.assign(_source=str(path)))
     merged = pd.concat(frames, ignore_index=True)
     repeated = merged[merged.duplicated("idx", keep=False)]
@@ -50,12 +110,18 @@ def merge_shards(paths: Sequence[str | Path], expected: Sequence[int] | None = N
         if extra:
             raise PeftsError(f"image {extra[0]} is not among the selected images "
                              f"({len(extra)} unexpected in all)")
-    return merged.drop(columns="_source").sort_values("idx").reset_index(drop=True)
+    merged = merged.drop(columns="_source").sort_values("idx").reset_index(drop=True)
+    return merged, settings, shards
 
 
-def write_tsv(frame: pd.DataFrame, path: str | Path) -> None:
+def write_tsv(frame: pd.DataFrame, path: str | Path, settings: dict[str, Any] | None = None,
+              **extra: Any) -> None:
+    """The TSV, and with ``settings`` its provenance file (written first)."""
     # repr-precision floats keep radii exactly as certified
-    atomic_write_text(path, frame.to_csv(sep="\t", index=False, float_format="%.17g"))
+    text = frame.to_csv(sep="\t", index=False, float_format="%.17g")
+    if settings is not None:
+        write_sidecar(path, settings, text, **extra)
+    atomic_write_text(path, text)
 
 
 def certified_accuracy(frame: pd.DataFrame, radius: float) -> float:

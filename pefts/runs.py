@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pefts.artifacts import save_artifact
+from pefts.artifacts import file_digest, save_artifact
 from pefts.data import load_split, read_manifest
 from pefts.errors import PeftsError
 from pefts.methods import build_model, get_method
@@ -19,7 +19,7 @@ from pefts.models import (
     load_base,
     replace_head,
 )
-from pefts.training import TrainConfig, noisy_accuracy, train_noisy
+from pefts.training import TrainConfig, noisy_accuracy, split_validation, train_noisy
 
 
 def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.Dataset:
@@ -29,6 +29,14 @@ def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.
         step = len(data) / limit
         return torch.utils.data.Subset(data, [int(i * step) for i in range(limit)])
     return data
+
+
+def held_out_accuracy(model: torch.nn.Module, val: torch.utils.data.Dataset, sigma: float,
+                      device: torch.device, eval_max: int) -> float | None:
+    """Accuracy on the validation split (None without one): the number to tune on."""
+    if len(val) == 0:
+        return None
+    return noisy_accuracy(model, eval_subset(val, eval_max), sigma, device=device)
 
 
 def train_base(manifest_path: str | Path, out: str | Path, spec: dict[str, Any],
@@ -63,8 +71,10 @@ def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: Tr
                        out: str | Path, device: torch.device, eval_max: int,
                        extra: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
+    train, val = split_validation(load_split(manifest, "train"), cfg)
     if cfg.epochs > 0:
-        metrics = train_noisy(model, load_split(manifest, "train"), 0.0, cfg, device, desc="base")
+        metrics = train_noisy(model, train, 0.0, cfg, device, desc="base")
+    metrics["clean_val_accuracy"] = held_out_accuracy(model, val, 0.0, device, eval_max)
     test = eval_subset(load_split(manifest, "test"), eval_max)
     metrics["clean_test_accuracy"] = noisy_accuracy(model, test, 0.0, device=device)
     meta = {
@@ -90,15 +100,17 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     torch.manual_seed(cfg.seed)  # also seeds a fresh head
     model = build_model(method, base, manifest["num_classes"]).to(device)
     metrics: dict[str, Any] = {}
+    train, val = split_validation(load_split(manifest, "train"), cfg)
     if method.trains:
-        metrics = method.fit(model, load_split(manifest, "train"), sigma, cfg, device)
+        metrics = method.fit(model, train, sigma, cfg, device)
+    metrics["noisy_val_accuracy"] = held_out_accuracy(model, val, sigma, device, eval_max)
     test = eval_subset(load_split(manifest, "test"), eval_max)
     metrics["noisy_test_accuracy"] = noisy_accuracy(model, test, sigma, device=device)
     meta = {
         "kind": "finetuned", "method": method_name, "hparams": method.hparams, "sigma": sigma,
         "train": vars(cfg) if method.trains else None, "dataset": manifest["dataset"],
         "classes": manifest["classes"], "num_classes": manifest["num_classes"],
-        "base": str(base_weights), "metrics": metrics,
+        "base": str(base_weights), "base_sha256": file_digest(base_weights), "metrics": metrics,
         "trainable_params": count_parameters(model, trainable_only=True),
         "total_params": count_parameters(model),
         "base_params": base_params,

@@ -50,6 +50,7 @@ class Smooth:
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = sigma
+        self._batch_checked = False
 
     def certify(
         self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
@@ -96,6 +97,7 @@ class Smooth:
         """Class counts of f(x + d) over ``num`` noise draws, as a tensor on the model's device."""
         device = generator.device if generator is not None else self._device(x)
         x = x.to(device)
+        self._check_model(x)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
         remaining = num
         while remaining > 0:
@@ -105,6 +107,30 @@ class Smooth:
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             remaining -= size
         return counts
+
+    def _check_model(self, x: torch.Tensor) -> None:
+        """The bound needs f(x + d) to depend on d alone: refuse a model in training mode
+        (dropout, BatchNorm batch statistics) and, once per Smooth, one whose output for a
+        sample changes with the rest of its batch."""
+        model = self.base_classifier
+        if isinstance(model, torch.nn.Module):
+            training = next((name or type(model).__name__ for name, m in model.named_modules()
+                             if m.training), None)
+            if training is not None:
+                raise PeftsError(f"cannot certify a model in training mode ({training} is "
+                                 "training): call .eval() first")
+        if self._batch_checked:
+            return
+        gen = torch.Generator(device=x.device).manual_seed(0)  # leaves the callers' streams alone
+        probe = x.unsqueeze(0) + torch.randn((4, *x.shape), generator=gen, device=x.device) * self.sigma
+        batched = model(probe).float()
+        alone = torch.cat([model(probe[i:i + 1]) for i in range(len(probe))]).float()
+        # loose enough for batched vs single kernels (TF32 convs), far below a batch effect
+        tolerance = 1e-2 * (1.0 + float(alone.abs().max()))
+        if float((batched - alone).abs().max()) > tolerance:
+            raise PeftsError("the model's output for one input depends on the rest of its batch "
+                             "(batch statistics?): randomized smoothing needs independent samples")
+        self._batch_checked = True
 
     def _device(self, x: torch.Tensor) -> torch.device:
         param = next(iter(getattr(self.base_classifier, "parameters", lambda: [])()), None)

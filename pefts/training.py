@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pefts.errors import PeftsError
+from pefts.hparams import Choice, Float, Int, check_values
 from pefts.progress import progress
 
 
@@ -27,6 +28,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     seed: int = 0
     num_workers: int = 0
+    # share of the training images held out (seeded by ``seed``) for the training-time
+    # evaluation, so no choice is ever judged on the test images that get certified
+    val_fraction: float = 0.1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
@@ -36,7 +40,27 @@ class TrainConfig:
         if unknown:
             raise PeftsError(f"unknown training option(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
+        check_values("training option {name}", TRAIN_SPECS, data)
         return cls(**data)
+
+
+TRAIN_SPECS = {
+    "epochs": Float(0), "batch_size": Int(1), "lr": Float(0, low_open=True),
+    "optimizer": Choice("sgd", "adam", "adamw"), "momentum": Float(0, 1, high_open=True),
+    "weight_decay": Float(0), "schedule": Choice("cosine", "constant"), "warmup_epochs": Float(0),
+    "seed": Int(0), "num_workers": Int(0), "val_fraction": Float(0, 1, high_open=True),
+}
+
+
+def split_validation(data: Dataset, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded random ``val_fraction`` of the training images is
+    held out; the split depends only on the data size and ``cfg.seed``."""
+    size = len(data)
+    held = int(round(cfg.val_fraction * size))
+    if held and held >= size:
+        raise PeftsError(f"val_fraction {cfg.val_fraction} leaves no training image of {size}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    return Subset(data, sorted(order[held:])), Subset(data, sorted(order[:held]))
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pefts.artifacts import save_artifact
+from pefts.artifacts import file_digest, save_artifact
 from pefts.methods import METHODS, get_method, load_model
 from pefts.methods.adapter import Bottleneck, WithAdapter
 from pefts.methods.lora import split_qkv
@@ -212,8 +212,8 @@ def test_save_load_round_trip(method, tmp_path):
     base_file, tuned_file = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors"
     base = small_base()
     save_artifact(base_file, base.state_dict(), {"kind": "base", "spec": base.spec.to_dict()})
-    save_artifact(tuned_file, state,
-                  {"kind": "finetuned", "method": method, "hparams": hparams})
+    save_artifact(tuned_file, state, {"kind": "finetuned", "method": method, "hparams": hparams,
+                                      "base_sha256": file_digest(base_file)})
     loaded, meta = load_model(tuned_file, base_file)
     assert meta["method"] == method
     x = images()

@@ -21,6 +21,7 @@ class Linear2(nn.Module):
     def __init__(self, w: torch.Tensor, b: float):
         super().__init__()
         self.w, self.b = w, b
+        self.eval()  # the certifier refuses a module in training mode
 
     def margin(self, x: torch.Tensor) -> torch.Tensor:
         return (x.flatten(1) * self.w.flatten()).sum(1) + self.b
@@ -34,6 +35,7 @@ class Constant(nn.Module):
     def __init__(self, cls: int, num_classes: int = 3):
         super().__init__()
         self.cls, self.num_classes = cls, num_classes
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.zeros(len(x), self.num_classes)
@@ -103,6 +105,88 @@ def test_the_soundness_check_catches_an_unsound_certifier():
         return SIGMA * norm.ppf(int(smooth.sample_counts(x, 500, 500)[1]) / 500)
 
     assert overshoots(point_estimate, SIGMA) > TOLERANCE
+
+
+# On the boundary (p = 1/2 exactly, true radius 0) every certificate over-claims. An honest
+# certifier picks the class on independent samples, so it over-claims with probability
+# <= alpha; one that picks the class from the very samples it counts gets two chances, about
+# 2 * alpha. 2000 runs separate 0.1 from 0.2 by more than 8 standard deviations.
+BOUNDARY_REPS = 2000
+BOUNDARY_TOLERANCE = binom.ppf(1 - 1e-4, BOUNDARY_REPS, ALPHA)
+
+
+def boundary_overclaims(certify) -> int:
+    model, x = linear_case(0.0)
+    smooth = Smooth(model, 2, SIGMA)
+    torch.manual_seed(0)
+    return sum(certify(smooth, x) > 0.0 for _ in range(BOUNDARY_REPS))
+
+
+def cohen(smooth: Smooth, x: torch.Tensor) -> float:
+    return smooth.certify(x, n0=10, n=100, alpha=ALPHA, batch_size=200)[1]
+
+
+def reuses_selection(smooth: Smooth, x: torch.Tensor) -> float:
+    """The classic mistake: the class and its count come from the same samples."""
+    counts = smooth.sample_counts(x, 100, 200)
+    n_a = int(counts.max())
+    p_a_lower = lower_confidence_bound(n_a, 100, ALPHA)
+    return SIGMA * norm.ppf(p_a_lower) if p_a_lower >= 0.5 else 0.0
+
+
+def test_sound_on_the_decision_boundary():
+    over = boundary_overclaims(cohen)
+    assert over <= BOUNDARY_TOLERANCE, f"{over} of {BOUNDARY_REPS} runs certified a radius > 0"
+
+
+def test_the_boundary_check_catches_selection_reuse():
+    over = boundary_overclaims(reuses_selection)
+    assert over > BOUNDARY_TOLERANCE, f"only {over} of {BOUNDARY_REPS}: the check is too weak"
+
+
+class BatchCentred(nn.Module):
+    """In eval mode, yet each logit is centred on the batch mean (like BatchNorm's batch
+    statistics): one sample's class depends on the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).sum(1)
+        m = m - m.mean()
+        return torch.stack([-m, m], dim=1)
+
+
+def test_a_batch_dependent_model_is_refused():
+    smooth = Smooth(BatchCentred(), 2, SIGMA)
+    with pytest.raises(PeftsError, match="depends on the rest of its batch"):
+        smooth.certify(torch.rand(3, 4, 4), 10, 100, 0.001, 50)
+    with pytest.raises(PeftsError, match="depends on the rest of its batch"):
+        smooth.predict(torch.rand(3, 4, 4), 100, 0.001, 50)
+
+
+def test_a_model_in_training_mode_is_refused():
+    model, x = linear_case(1.0)
+    model.train()
+    with pytest.raises(PeftsError, match="training mode"):
+        Smooth(model, 2, SIGMA).certify(x, 10, 100, 0.001, 50)
+    with pytest.raises(PeftsError, match="training mode"):
+        Smooth(nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(48, 2)).eval().train(),
+               2, SIGMA).predict(x, 100, 0.001, 50)
+
+
+def test_the_batch_probe_leaves_the_noise_streams_alone():
+    """The once-per-Smooth batch probe draws its own noise: a certificate is the same
+    whether or not the probe ran first."""
+    from pefts.certification.noise import ESTIMATION, SELECTION, generator
+
+    model, x = linear_case(0.1)
+    probed, unprobed = Smooth(model, 2, SIGMA), Smooth(model, 2, SIGMA)
+    unprobed._batch_checked = True
+    certs = [s.certify_detailed(x, 50, 500, 0.001, 128, generator(0, 7, SELECTION, "cpu"),
+                                generator(0, 7, ESTIMATION, "cpu")) for s in (probed, unprobed)]
+    assert certs[0] == certs[1]
 
 
 def test_linear_classifier_radius_converges_to_the_truth():

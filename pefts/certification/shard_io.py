@@ -1,13 +1,15 @@
 """Write a shard of per-image rows resumably into a Cohen-format TSV.
 
-Finished rows go to ``<out>.partial`` (flushed per row) behind a line that records the
-run's settings; a rerun with the same settings resumes there. The output appears by
-atomic rename only when every image of the shard is done.
+Finished rows go to ``<out>.partial`` (fsynced per row) behind a line that records the
+run's settings; a rerun with the same settings resumes there. The partial is only ever
+replaced whole (temp file, fsync, rename, fsync of the folder), so a kill at any moment
+leaves either the old or the new partial, never a truncated one. The output appears by
+atomic rename only when every image of the shard is done, with its settings beside it
+in ``<out>.json`` (``pefts.provenance``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -16,22 +18,38 @@ from typing import Any
 
 from pefts.errors import PeftsError
 from pefts.progress import progress
+from pefts.provenance import write_sidecar
 
 SETTINGS_PREFIX = "# pefts "
-
-
-def file_digest(path: str | Path) -> str:
-    """Fingerprint of the weights, so rows from another model are never resumed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def partial_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".partial")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: the entry lives in the folder)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(path: Path, lines: Iterable[str]) -> None:
+    """Replace ``path`` by ``lines`` via temp file + fsync + rename + fsync of the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.writelines(line + "\n" for line in lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    return SETTINGS_PREFIX + json.dumps(settings, sort_keys=True)
 
 
 def read_partial(path: Path, settings: dict[str, Any], columns: list[str]) -> list[str]:
@@ -40,9 +58,9 @@ def read_partial(path: Path, settings: dict[str, Any], columns: list[str]) -> li
         return []
     text = path.read_text()
     lines = text.split("\n")
-    if lines[0] != SETTINGS_PREFIX + json.dumps(settings, sort_keys=True):
+    if lines[0] != settings_line(settings):
         raise PeftsError(
-            f"{path} holds rows of a run with other settings or another model; "
+            f"{path} holds rows of a run with other settings, data or model; "
             "move it away (or delete it) to start afresh"
         )
     if len(lines) < 3:  # stopped before the header was complete
@@ -74,11 +92,8 @@ def run_shard(
     done_rows = read_partial(partial, settings, columns)
     done = {int(row.split("\t", 1)[0]) for row in done_rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    # rewrite the partial without any torn tail before appending to it
-    with open(partial, "w") as handle:
-        handle.write(SETTINGS_PREFIX + json.dumps(settings, sort_keys=True) + "\n")
-        handle.write("\t".join(columns) + "\n")
-        handle.writelines(row + "\n" for row in done_rows)
+    # drop a torn tail before appending; never truncate the file that holds finished rows
+    replace_durably(partial, [settings_line(settings), "\t".join(columns), *done_rows])
     todo = [i for i in indices if i not in done]
     with open(partial, "a") as handle, progress(desc=desc, unit="img", initial=len(indices) - len(todo),
                                                 total=len(indices)) as bar:
@@ -88,10 +103,9 @@ def run_shard(
             os.fsync(handle.fileno())
             bar.update()
     by_idx = {int(r.split("\t", 1)[0]): r for r in read_partial(partial, settings, columns)}
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write("\t".join(columns) + "\n")
-        handle.writelines(by_idx[i] + "\n" for i in indices)
-    os.replace(tmp, out)
+    text = "\t".join(columns) + "\n" + "".join(by_idx[i] + "\n" for i in indices)
+    # the settings go beside the output first: an output without them would be refused
+    write_sidecar(out, settings, text)
+    replace_durably(out, text.rstrip("\n").split("\n"))
     partial.unlink()
     return out

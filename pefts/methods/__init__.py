@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefts.artifacts import load_artifact
+from pefts.artifacts import file_digest, load_artifact
 from pefts.errors import PeftsError
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, load_base, replace_head
@@ -51,6 +51,19 @@ def build_model(method: Method, base: PixelClassifier, num_classes: int) -> nn.M
     return method.build(base)
 
 
+def check_base(weights: str | Path, meta: dict[str, Any], base_weights: str | Path) -> None:
+    """A fine-tuned model only means something on the base it was trained on."""
+    recorded = meta.get("base_sha256")
+    if recorded is None:
+        raise PeftsError(f"{weights} records no fingerprint of its base (made by an older "
+                         "pefts?); fine-tune it again")
+    if not Path(base_weights).is_file():
+        raise PeftsError(f"weights file {base_weights} does not exist")
+    if file_digest(base_weights) != recorded:
+        raise PeftsError(f"{weights} was fine-tuned on another base than {base_weights} "
+                         f"(base sha256 {recorded[:12]}...); give the base it was trained on")
+
+
 def load_model(weights: str | Path, base_weights: str | Path,
                device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a fine-tuned model: base classifier + method + its saved trainable weights."""
@@ -58,6 +71,7 @@ def load_model(weights: str | Path, base_weights: str | Path,
     if meta.get("kind") != "finetuned":
         raise PeftsError(f"{weights} is not a fine-tuned model (kind={meta.get('kind')!r})")
     method = get_method(meta["method"], **meta.get("hparams", {}))
+    check_base(weights, meta, base_weights)
     base = load_base(base_weights)
     model = build_model(method, base, meta.get("num_classes", base.spec.num_classes))
     method.load_trainable(model, tensors)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pefts.errors import PeftsError
+from pefts.hparams import BOOL, Int
 from pefts.methods.base import Method, freeze, unfreeze_head
 from pefts.models import PixelClassifier
 
@@ -62,10 +63,18 @@ def add_adapters(net: nn.Module, bottleneck: int) -> nn.Module:
 
 class Adapter(Method):
     name = "adapter"
-    defaults = {"bottleneck": 64}
+    # Houlsby et al. also train every layer norm; off by default so the parameter count
+    # stays comparable with the paper's adapter row (see README)
+    defaults = {"bottleneck": 64, "train_norms": False}
+    specs = {"bottleneck": Int(1), "train_norms": BOOL}
 
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)
         add_adapters(base.net, int(self.hparams["bottleneck"]))
+        if self.hparams["train_norms"]:
+            for module in base.net.modules():
+                if isinstance(module, nn.LayerNorm):
+                    for p in module.parameters():
+                        p.requires_grad_(True)
         unfreeze_head(base)
         return base

@@ -14,18 +14,34 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pefts.errors import PeftsError
+from pefts.hparams import Param, check_hparams
 from pefts.models import PixelClassifier
 from pefts.training import TrainConfig, train_noisy
 
 
 class Method:
-    """Base class: subclasses set ``name`` and ``defaults`` and implement ``build``."""
+    """Base class: subclasses set ``name``, ``defaults`` and ``specs`` and implement ``build``.
+
+    ``specs`` declares every hyper-parameter of ``defaults`` (``pefts.hparams``: ``Int``,
+    ``Float``, ``Choice``, ``BOOL``); a class whose specs do not cover its defaults is
+    refused when it is defined, and every value is checked in ``__init__``, before
+    ``build`` hands it to a library.
+    """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    specs: ClassVar[dict[str, Param]] = {}
     trains: ClassVar[bool] = True
     # whether the classifier head trains, so a base trained on other classes can be adapted
     trains_head: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if set(cls.specs) != set(cls.defaults):
+            raise TypeError(f"method {cls.__name__}: specs must declare exactly the "
+                            f"hyper-parameters of defaults ({sorted(cls.defaults)}), "
+                            f"got {sorted(cls.specs)}")
+        check_hparams(getattr(cls, "name", cls.__name__), cls.specs, cls.defaults)
 
     def __init__(self, **hparams: Any):
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -34,6 +50,7 @@ class Method:
             raise PeftsError(
                 f"unknown hyper-parameter(s) {', '.join(unknown)} for method {self.name!r}; known: {known}"
             )
+        check_hparams(self.name, self.specs, hparams)
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
 
     def build(self, base: PixelClassifier) -> nn.Module:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
 from pefts.errors import PeftsError
+from pefts.hparams import BOOL, Float, Int
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier
 from pefts.progress import progress
@@ -46,6 +47,12 @@ class BlackBoxPrompt(Method):
         # BlackVIP's a = 0.01 diverged here (loss differences of order 0.1 over c = 0.01
         # make SPSA's gradient estimate large); 0.001 trains steadily
         "a": 0.001, "p": 0.4, "c": 0.01, "gamma": 0.1, "momentum": 0.9, "perturbations": 5,
+    }
+    specs = {
+        "eps": Float(0, low_open=True), "clip": BOOL,
+        "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "seed": Int(0),
+        "a": Float(0, low_open=True), "p": Float(0), "c": Float(0, low_open=True),
+        "gamma": Float(0), "momentum": Float(0, 1, high_open=True), "perturbations": Int(1),
     }
 
     def spsa_config(self) -> SPSAConfig:

@@ -7,6 +7,7 @@ sees the noisy input, which is what keeps the certificate valid for x.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pefts.errors import PeftsError
+from pefts.hparams import Choice, Float, Int
 from pefts.methods.base import Method, freeze
 from pefts.models import PixelClassifier
 from pefts.training import TrainConfig, optimise
@@ -70,15 +72,16 @@ class DenoisedClassifier(nn.Module):
 class DenoisedSmoothing(Method):
     name = "denoiser"
     trains_head = False
-    defaults = {"depth": 17, "channels": 64, "objective": "mse", "stability_epochs": 0.0}
+    # Salman et al. train with MSE, then fine-tune with the stability objective at a much
+    # smaller learning rate (their released commands: Adam, 1e-5); stability_lr is that rate
+    defaults = {"depth": 17, "channels": 64, "objective": "mse+stability", "stability_epochs": 0.0,
+                "stability_lr": 1e-5}
+    specs = {"depth": Int(2), "channels": Int(1), "objective": Choice(*OBJECTIVES),
+             "stability_epochs": Float(0), "stability_lr": Float(0, low_open=True)}
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
         objective, stab = self.hparams["objective"], float(self.hparams["stability_epochs"])
-        if objective not in OBJECTIVES:
-            raise PeftsError(f"unknown denoiser objective {objective!r}; use {' or '.join(OBJECTIVES)}")
-        if stab < 0:
-            raise PeftsError(f"stability_epochs must be >= 0, got {stab}")
         if objective == "mse" and stab > 0:
             raise PeftsError("stability_epochs > 0 needs objective 'mse+stability'")
 
@@ -122,7 +125,8 @@ class DenoisedSmoothing(Method):
         metrics["train_loss"] = metrics["mse_denoised"]
         stab_epochs = self.stability_epochs(cfg)
         if stab_epochs > 0:
-            stab = optimise(model, data, cfg, stab_epochs, stability, device,
+            stab_cfg = replace(cfg, lr=float(self.hparams["stability_lr"]))
+            stab = optimise(model, data, stab_cfg, stab_epochs, stability, device,
                             f"denoiser stability sigma={sigma}")
             metrics.update(stab, train_loss=stab["stability_loss"])
         return metrics

@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from pefts.hparams import Float, Int
 from pefts.methods.base import Method, freeze, unfreeze_head
 from pefts.models import PixelClassifier
 
@@ -48,6 +49,7 @@ def split_qkv(net: nn.Module) -> nn.Module:
 class LoRA(Method):
     name = "lora"
     defaults = {"rank": 2, "alpha": 2, "dropout": 0.0}
+    specs = {"rank": Int(1), "alpha": Float(0, low_open=True), "dropout": Float(0, 1, high_open=True)}
 
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)

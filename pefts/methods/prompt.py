@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pefts.errors import PeftsError
+from pefts.hparams import Float, Int
 from pefts.methods.base import Method, freeze, unfreeze_head
 from pefts.models import PixelClassifier
 
@@ -70,6 +71,7 @@ class PromptedViT(nn.Module):
 class VisualPromptDeep(Method):
     name = "prompt"
     defaults = {"length": 100, "dropout": 0.1}
+    specs = {"length": Int(1), "dropout": Float(0, 1, high_open=True)}
 
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)

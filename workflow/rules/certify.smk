@@ -27,7 +27,7 @@ rule certify_shard:
     shell:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
         "--sigma {wildcards.sigma} {params.sampling} --shard {params.shard} --out {output} "
-        "--device {params.device} 2> {log}"
+        "--device {params.device} --force 2> {log}"
 
 
 rule merge_shards:

@@ -1,0 +1,82 @@
+"""Declarative hyper-parameter specs: each method states the type and range of every
+hyper-parameter beside its default, and ``Method.__init__`` checks them all before
+any library (peft, timm, torch) sees a value."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pefts.errors import PeftsError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter: ``kind`` is int, float, bool or str; numbers lie in
+    [low, high] (an end is open when ``low_open``/``high_open``); a str is one of
+    ``choices``. Numbers must be finite."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind is str:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"a finite {self.kind.__name__} in {lo}{low}, {high}{hi}"
+
+    def check(self, value: Any) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if self.kind is str:
+            return isinstance(value, str) and (not self.choices or value in self.choices)
+        # bool is an int in Python, never a number here; ints are fine where floats are
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None
+                    and (value > self.high or (self.high_open and value == self.high)))
+
+
+def Int(low: float | None = None, high: float | None = None) -> Param:  # noqa: N802
+    return Param(int, low, high)
+
+
+def Float(low: float | None = None, high: float | None = None, low_open: bool = False,  # noqa: N802
+          high_open: bool = False) -> Param:
+    return Param(float, low, high, low_open, high_open)
+
+
+def Choice(*choices: str) -> Param:  # noqa: N802
+    return Param(str, choices=choices)
+
+
+BOOL = Param(bool)
+
+
+def check_values(what: str, specs: dict[str, Param], values: dict[str, Any]) -> None:
+    """One-line error naming ``what`` (e.g. "hyper-parameter rank of method 'lora'" is
+    ``what`` + name) and the range the value must lie in."""
+    for name, value in values.items():
+        spec = specs[name]
+        if not spec.check(value):
+            raise PeftsError(f"{what.format(name=name)} must be {spec.describe()}, got {value!r}")
+
+
+def check_hparams(method: str, specs: dict[str, Param], values: dict[str, Any]) -> None:
+    check_values(f"hyper-parameter {{name}} of method {method!r}", specs, values)
