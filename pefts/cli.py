@@ -353,7 +353,8 @@ def summarize(runs, radii, out_tsv, out_md) -> None:
     from pefts.results import summarize as table_of
     from pefts.results import to_markdown
 
-    table = table_of(read_runs(runs), parse_floats(radii, "--radii", 0.0))
+    grid = parse_floats(radii, "--radii", 0.0)
+    table = table_of(read_runs(runs), grid)
     click.echo(write_table(table, out_tsv, out_md, to_markdown(table)), nl=False)
 
 

@@ -9,6 +9,7 @@ from pefts.certification.rows import CERTIFY_COLUMNS, per_image
 from pefts.certification.selection import parse_shard, selected_indices, shard_indices
 from pefts.certification.shard_io import partial_path, run_shard
 from pefts.errors import PeftsError
+from pefts.provenance import write_sidecar
 from pefts.results import merge_shards
 
 COMMON = ["--n0", "16", "--n", "64", "--batch", "64", "--skip", "3", "--max", "13",
@@ -110,12 +111,22 @@ def test_partial_of_other_settings_is_not_resumed_nor_overwritten(tmp_path):
     assert partial_path(out).read_text() == before
 
 
+def shard_file(path, text: str, **settings):
+    """A shard TSV with its settings file, as `pefts certify` leaves it."""
+    path.write_text(text)
+    write_sidecar(path, {"model": "m", "sigma": 0.5, **settings}, text)
+    return path
+
+
+HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+
+
 def test_merge_sorts_and_keeps_full_precision(tmp_path):
-    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
-    header = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
-    a.write_text(header + "4\t1\t1\t0.12345678901234568\t1\t0.1\n")
-    b.write_text(header + "0\t2\t-1\t0.0\t0\t0.1\n")
-    merged = merge_shards([a, b])
+    a = shard_file(tmp_path / "a.tsv", HEADER + "4\t1\t1\t0.12345678901234568\t1\t0.1\n", shard="0/2")
+    b = shard_file(tmp_path / "b.tsv", HEADER + "0\t2\t-1\t0.0\t0\t0.1\n", shard="1/2")
+    merged, settings, parts = merge_shards([a, b])
+    assert settings == {"model": "m", "sigma": 0.5}
+    assert [p["shard"] for p in parts] == ["0/2", "1/2"]
     assert merged["idx"].tolist() == [0, 4]
     assert merged["radius"].iloc[1] == 0.12345678901234568
 

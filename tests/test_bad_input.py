@@ -1,0 +1,179 @@
+"""Bad values swept over every numeric option of every command, every hyper-parameter of
+every registered method and every training option, derived from their declarations, so a
+new option or method is covered without a new test."""
+
+from __future__ import annotations
+
+import math
+
+import click
+import pytest
+import yaml
+
+from pefts.cli import FiniteFloat, cli
+from pefts.config import check_config
+from pefts.errors import PeftsError
+from pefts.hparams import Param
+from pefts.methods import METHODS, get_method
+from pefts.methods.base import Method
+from pefts.training import TRAIN_SPECS, TrainConfig
+
+from .test_cli_errors import one_line_error
+from .test_experiments import load_config
+
+
+def numeric_types(param: click.Parameter) -> list[tuple[int | None, click.ParamType]]:
+    """(position in a tuple or None, type) of each numeric part of an option."""
+    kinds = (click.types.IntParamType, click.types.FloatParamType)
+    if isinstance(param.type, click.Tuple):
+        return [(i, t) for i, t in enumerate(param.type.types) if isinstance(t, kinds)]
+    return [(None, param.type)] if isinstance(param.type, kinds) else []
+
+
+def bad_values(kind: click.ParamType) -> list[str]:
+    values = ["nan", "inf", "-inf", "x"]
+    if isinstance(kind, click.types.IntParamType):
+        values.append("1.5")
+    low = getattr(kind, "min", None)
+    if low is not None:
+        values.append(str(low if getattr(kind, "min_open", False) else low - 1))
+    high = getattr(kind, "max", None)
+    if high is not None:
+        values.append(str(high if getattr(kind, "max_open", False) else high + 1))
+    return values
+
+
+CASES = [(name, param, position, value)
+         for name, command in sorted(cli.commands.items())
+         for param in command.params if isinstance(param, click.Option)
+         for position, kind in numeric_types(param) for value in bad_values(kind)]
+
+
+def test_the_sweep_covers_the_numeric_options():
+    swept = {(name, param.opts[0]) for name, param, _, _ in CASES}
+    for option in [("certify", "--sigma"), ("certify", "--alpha"), ("predict", "--n"),
+                   ("summarize", "--run"), ("parameters", "--radius"), ("merge", "--skip")]:
+        assert option in swept
+
+
+def test_no_numeric_option_lets_nan_through():
+    """A plain float option accepts nan and inf: each must be a FiniteFloat."""
+    for name, param, _, _ in CASES:
+        for _, kind in numeric_types(param):
+            if isinstance(kind, click.types.FloatParamType):
+                assert isinstance(kind, FiniteFloat), f"{name} {param.opts[0]} is a plain float"
+
+
+@pytest.mark.parametrize("command, param, position, value", CASES,
+                         ids=[f"{c}{p.opts[0]}={v}" for c, p, _, v in CASES])
+def test_every_numeric_option_refuses_bad_values(run_cli, command, param, position, value):
+    if position is None:
+        args = [param.opts[0], value]
+    else:
+        parts = ["lora" if isinstance(t, click.types.StringParamType) else "f.tsv"
+                 for t in param.type.types]
+        parts[position] = value
+        args = [param.opts[0], *parts]
+    code, _, err = run_cli(command, *args)
+    one_line_error(code, err, param.opts[0])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["summarize", "--radii", "0,nan", "--out-tsv", "t", "--out-md", "m"], "--radii"),
+    (["summarize", "--radii", "0,-1", "--out-tsv", "t", "--out-md", "m"], "--radii"),
+    (["train-base", "--data", "d", "--out", "o", "--arch", "a", "--input-size", "8",
+      "--std", "0.5,0,0.5"], "--std"),
+    (["train-base", "--data", "d", "--out", "o", "--arch", "a", "--input-size", "8",
+      "--mean", "0.5,inf,0.5"], "--mean"),
+    (["train-base", "--data", "d", "--out", "o", "--arch", "a", "--input-size", "8",
+      "--mean", "0.5,0.5"], "--mean"),
+    (["prepare", "--dataset", "digits", "--out", "o", "--classes", "1,x"], "--classes"),
+])
+def test_numbers_inside_text_options_are_checked(run_cli, args, needle):
+    code, _, err = run_cli(*args)
+    one_line_error(code, err, needle)
+
+
+def test_certify_refuses_nan_sigma(run_cli, digits, tiny_base, none_model, tmp_path):
+    out = tmp_path / "out.tsv"
+    code, _, err = run_cli("certify", "--model", none_model, "--base", tiny_base, "--data", digits,
+                           "--sigma", "nan", "--n0", "8", "--n", "16", "--max", "2", "--out", out)
+    one_line_error(code, err, "--sigma")
+    assert not out.exists()
+
+
+# --- hyper-parameters of every method, from their specs ---------------------------------------
+
+def bad_hparams(spec: Param) -> list:
+    if spec.kind is bool:
+        return ["yes", 1, None]
+    if spec.kind is str:
+        return ["no such choice", 3, None]
+    values = [math.nan, math.inf, -math.inf, "1", True, None]
+    if spec.kind is int:
+        values.append(1.5)
+    if spec.low is not None:
+        values.append(spec.low if spec.low_open else spec.low - 1)
+    if spec.high is not None:
+        values.append(spec.high if spec.high_open else spec.high + 1)
+    return values
+
+
+HPARAM_CASES = [(method, name, value) for method, cls in sorted(METHODS.items())
+                for name, spec in sorted(cls.specs.items()) for value in bad_hparams(spec)]
+
+
+def test_every_method_declares_a_spec_per_hyper_parameter():
+    for cls in METHODS.values():
+        assert set(cls.specs) == set(cls.defaults)
+    assert {m for m, _, _ in HPARAM_CASES} >= {"lora", "prompt", "adapter", "denoiser", "blackbox"}
+
+
+@pytest.mark.parametrize("method, name, value", HPARAM_CASES,
+                         ids=[f"{m}.{n}={v!r}" for m, n, v in HPARAM_CASES])
+def test_every_hyper_parameter_refuses_bad_values(method, name, value):
+    with pytest.raises(PeftsError, match=f"hyper-parameter {name} of method '{method}'"):
+        get_method(method, **{name: value})
+
+
+def test_finetune_refuses_a_negative_lora_rank_in_one_line(run_cli, digits, tiny_base, tmp_path):
+    out = tmp_path / "m.safetensors"
+    for hparams in ('{"rank": -2}', '{"dropout": NaN}', '{"rank": 2.5}'):
+        code, _, err = run_cli("finetune", "--data", digits, "--base", tiny_base, "--method",
+                               "lora", "--sigma", "0.5", "--hparams", hparams, "--out", out)
+        one_line_error(code, err, "of method 'lora'")
+    assert not out.exists()
+
+
+def test_a_method_without_specs_cannot_be_defined():
+    with pytest.raises(TypeError, match="specs"):
+        class Undeclared(Method):  # noqa: F841
+            name = "undeclared"
+            defaults = {"width": 3}
+
+
+# --- training options and the pipeline config -------------------------------------------------
+
+TRAIN_CASES = [(name, value) for name, spec in sorted(TRAIN_SPECS.items())
+               for value in bad_hparams(spec)]
+
+
+def test_every_training_option_has_a_spec():
+    assert set(TRAIN_SPECS) == set(TrainConfig.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("name, value", TRAIN_CASES, ids=[f"{n}={v!r}" for n, v in TRAIN_CASES])
+def test_every_training_option_refuses_bad_values(name, value):
+    with pytest.raises(PeftsError, match=f"training option {name} must be"):
+        TrainConfig.from_dict({name: value})
+
+
+@pytest.mark.parametrize("text, key", [
+    ("sigmas: [0.25, .nan]", "sigmas.1"),
+    ("certify: {alpha: .nan}", "certify.alpha"),
+    ("sigmas: [.inf]", "sigmas.0"),
+])
+def test_config_refuses_non_finite_numbers(text, key):
+    config = load_config(**yaml.safe_load(text))
+    with pytest.raises(PeftsError, match=f"config value {key} must be a finite number"):
+        check_config(config)
