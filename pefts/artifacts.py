@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +12,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pefts.errors import PeftsError
+from pefts.files import atomic_write_text, file_digest
 
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file: the fingerprint of weights and manifests in provenance records."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["atomic_write_text", "file_digest", "load_artifact", "load_meta", "save_artifact"]
 
 
 def meta_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_artifact(weights: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pefts.artifacts import atomic_write_text
 from pefts.errors import PeftsError
+from pefts.files import atomic_write_text
 
 # settings that may differ between the shards of one run
 PER_SHARD = ("shard", "device")

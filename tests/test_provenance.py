@@ -111,9 +111,9 @@ shard_io.run_shard(sys.argv[1], list(range(12)), {"model": "abc"}, columns, rows
 
 
 def test_a_kill_at_any_write_loses_no_finished_row(tmp_path):
-    """Five rows are finished; the resumed run is SIGKILLed at its k-th write for every k
-    through the partial's rewrite and the next appends: the five rows always survive,
-    and a final rerun gives exactly the uninterrupted output."""
+    """Five rows are finished; the resumed run is SIGKILLed at its k-th write, for every
+    k (the partial's rewrite, each appended row, the output): the five rows always
+    survive, and a rerun gives exactly the uninterrupted output."""
     settings, indices = {"model": "abc"}, list(range(12))
     reference = run_shard(tmp_path / "ref.tsv", indices, settings, CERTIFY_COLUMNS,
                           fake_rows()).read_text()
@@ -126,18 +126,22 @@ def test_a_kill_at_any_write_loses_no_finished_row(tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    for k in range(1, 11):  # 7 writes rewrite the partial, then rows are appended
+    # 7 writes rewrite the partial, 7 append rows, 13 publish the output: kill at each
+    for k in range(1, 100):
         folder = tmp_path / f"kill{k}"
         shutil.copytree(start.parent, folder)
         out = folder / "shard.tsv"
         result = subprocess.run([sys.executable, str(script), str(out), str(k)], env=env,
                                 capture_output=True, text=True)
+        if result.returncode == 0:  # k is past the last write
+            break
         assert result.returncode == -9, (k, result.stderr[-2000:])
         survived = partial_path(out).read_text().split("\n")
         missing = [row for row in finished if row not in survived]
         assert not missing, f"killed at write {k}: lost {missing}"
         run_shard(out, indices, settings, CERTIFY_COLUMNS, fake_rows())
         assert out.read_text() == reference
+    assert k > 20, f"only {k - 1} writes: the kill hook missed the shard's files"
 
 
 # --- provenance of rows ----------------------------------------------------------------------
@@ -184,8 +188,10 @@ def test_merge_refuses_a_shard_changed_after_it_was_written(sample, run_cli, tmp
     a, b, out = tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "m.tsv"
     assert sample(a, "--shard", "0/2")[0] == 0
     assert sample(b, "--shard", "1/2")[0] == 0
-    lines = b.read_text().splitlines()
-    b.write_text("\n".join([lines[0], lines[1].replace("\t0\t", "\t1\t", 1), *lines[2:]]) + "\n")
+    header, first, *rest = b.read_text().splitlines()
+    fields = first.split("\t")
+    fields[5] = "9.5"  # the time column: any edit at all
+    b.write_text("\n".join([header, "\t".join(fields), *rest]) + "\n")
     code, _, err = run_cli("merge", a, b, "--out", out)
     one_line_error(code, err, "was changed after")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
+from pefts.files import fsync_dir
 from pefts.progress import progress
 from pefts.provenance import write_sidecar
 
@@ -26,15 +27,6 @@ SETTINGS_PREFIX = "# pefts "
 def partial_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".partial")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX: the entry lives in the folder)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def replace_durably(path: Path, lines: Iterable[str]) -> None:
