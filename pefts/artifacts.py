@@ -37,9 +37,17 @@ def load_meta(weights: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PeftsError(f"metadata file {path} is missing (it belongs beside {weights})")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PeftsError(f"metadata file {path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("base", "finetuned"):
+        raise PeftsError(f"metadata file {path} has no kind 'base' or 'finetuned'")
+    checks = {"base": {"spec": dict}, "finetuned": {"method": str, "hparams": dict}}[meta["kind"]]
+    for key, kind in checks.items():
+        if not isinstance(meta.get(key), kind):
+            raise PeftsError(f"metadata file {path}: {key} must be a JSON {kind.__name__}, "
+                             f"got {meta.get(key)!r}")
+    return meta
 
 
 def load_artifact(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

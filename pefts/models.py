@@ -109,7 +109,11 @@ def load_base(weights: str | Path, device: torch.device | str = "cpu") -> PixelC
     tensors, meta = load_artifact(weights)
     if meta.get("kind") != "base":
         raise PeftsError(f"{weights} is not a base classifier (kind={meta.get('kind')!r})")
-    model = build_classifier(BaseSpec.from_dict(meta["spec"]))
+    try:
+        spec = BaseSpec.from_dict(meta["spec"])
+    except (TypeError, KeyError) as err:
+        raise PeftsError(f"metadata of {weights} has a malformed spec: {err}") from None
+    model = build_classifier(spec)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise PeftsError(

@@ -177,3 +177,60 @@ def test_config_refuses_non_finite_numbers(text, key):
     config = load_config(**yaml.safe_load(text))
     with pytest.raises(PeftsError, match=f"config value {key} must be a finite number"):
         check_config(config)
+
+
+# --- input files' content ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, needle", [
+    ({"num_test": -1}, "num_test must be an integer >= 0"),
+    ({"num_classes": "ten"}, "num_classes must be an integer >= 1"),
+    ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+    ({"classes": ["a"]}, "classes must list num_classes"),
+])
+def test_a_malformed_manifest_is_refused(run_cli, digits, tiny_base, none_model, tmp_path,
+                                         change, needle):
+    import json
+
+    manifest = {**json.loads(digits.read_text()), **change}
+    bad = tmp_path / "manifest.json"
+    bad.write_text(json.dumps(manifest))
+    code, _, err = run_cli("certify", "--model", none_model, "--base", tiny_base, "--data", bad,
+                           "--sigma", "0.5", "--out", tmp_path / "o.tsv")
+    one_line_error(code, err, needle)
+    bad.write_text("[1, 2]")
+    code, _, err = run_cli("certify", "--model", none_model, "--base", tiny_base, "--data", bad,
+                           "--sigma", "0.5", "--out", tmp_path / "o.tsv")
+    one_line_error(code, err, "is not a JSON object")
+
+
+@pytest.mark.parametrize("meta, needle", [
+    ([], "no kind"),
+    ({"kind": "finetuned", "method": "none", "hparams": []}, "hparams must be a JSON dict"),
+    ({"kind": "finetuned", "hparams": {}}, "method must be a JSON str"),
+])
+def test_malformed_weights_metadata_is_refused(run_cli, digits, tiny_base, none_model, tmp_path,
+                                               meta, needle):
+    import json
+    import shutil
+
+    model = tmp_path / "model.safetensors"
+    shutil.copy(none_model, model)
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    code, _, err = run_cli("certify", "--model", model, "--base", tiny_base, "--data", digits,
+                           "--sigma", "0.5", "--out", tmp_path / "o.tsv")
+    one_line_error(code, err, needle)
+
+
+def test_a_malformed_base_spec_is_refused(tiny_base, tmp_path):
+    import json
+    import shutil
+
+    from pefts.models import load_base
+
+    base = tmp_path / "base.safetensors"
+    shutil.copy(tiny_base, base)
+    meta = json.loads(tiny_base.with_suffix(".json").read_text())
+    meta["spec"]["colour"] = 3
+    base.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(PeftsError, match="malformed spec"):
+        load_base(base)

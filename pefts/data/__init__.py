@@ -53,10 +53,28 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise PeftsError(f"data manifest {path} does not exist (run `pefts prepare` first)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PeftsError(f"data manifest {path} is not valid JSON: {err}") from None
+    check_manifest(path, manifest)
     manifest["_dir"] = str(path.parent)
     return manifest
+
+
+def check_manifest(path: Path, manifest: Any) -> None:
+    """The keys every later step relies on, with sane values, before any is used."""
+    if not isinstance(manifest, dict):
+        raise PeftsError(f"data manifest {path} is not a JSON object")
+    counts = {"num_classes": 1, "num_train": 0, "num_test": 0}
+    for key, low in counts.items():
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise PeftsError(f"data manifest {path}: {key} must be an integer >= {low}, got {value!r}")
+    if manifest.get("dataset") not in DATASETS:
+        raise PeftsError(f"data manifest {path}: unknown dataset {manifest.get('dataset')!r}")
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or len(classes) != manifest["num_classes"]:
+        raise PeftsError(f"data manifest {path}: classes must list num_classes "
+                         f"({manifest['num_classes']}) names")
 
 
 def load_split(manifest: str | Path | dict[str, Any], split: str) -> Dataset:
