@@ -29,11 +29,15 @@ class Param:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind is bool:
             return "true or false"
-        lo = "(" if self.low_open else "["
-        hi = ")" if self.high_open else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"a finite {self.kind.__name__} in {lo}{low}, {high}{hi}"
+        kind = f"a finite {self.kind.__name__}"
+        if self.low is not None and self.high is not None:
+            lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {lo}{self.low:g}, {self.high:g}{hi}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        return kind
 
     def check(self, value: Any) -> bool:
         if self.kind is bool:
