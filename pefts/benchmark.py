@@ -285,3 +285,18 @@ def compare_table(runs: list[CertifyRun], radii: list[float]) -> pd.DataFrame:
         table[run.name] = [run.passes, round(run.seconds, 2), round(run.passes / run.seconds)] + \
             run.accuracy(radii)
     return pd.DataFrame(table)
+
+
+def named_subject(arch: str, num_classes: int, image_size: int, method: str, device: torch.device,
+                  sigma: float = BUILTIN_SIGMA) -> Subject:
+    """A random-weight timm model by name (no download), optionally wrapped by a PEFT method,
+    so a GPU machine can time e.g. ViT-B/16 with LoRA without any files."""
+    from pefts.methods import build_model, get_method
+    from pefts.models import BaseSpec, build_classifier
+
+    torch.manual_seed(0)
+    spec = BaseSpec(arch, num_classes, 224 if "224" in arch else image_size)
+    net = build_model(get_method(method), build_classifier(spec), num_classes)
+    x = torch.rand(3, image_size, image_size, device=device)
+    return Subject(net.to(device).eval(), num_classes, sigma, x,
+                   f"{arch} ({method}, random weights) on 3x{image_size}x{image_size}")

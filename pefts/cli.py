@@ -475,24 +475,46 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
               help="timed runs per measure; the best is reported")
 @click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@click.option("--arch", default=None,
+              help="a timm architecture with random weights (no download), e.g. vit_base_patch16_224")
+@click.option("--num-classes", default=10, show_default=True, type=AT_LEAST_ONE, help="with --arch")
+@click.option("--method", default="none", show_default=True, help="PEFT method wrapped (with --arch)")
+@fast_path_options
 @device_option
-def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, device) -> None:
+def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch, num_classes,
+              method, precision, channels_last, compile_net, merge_lora, device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
-    if image_size is not None and model is None:
-        raise PeftsError("--image-size applies only with --model")
+    if arch and model:
+        raise PeftsError("give --arch or --model, not both")
+    if image_size is not None and model is None and arch is None:
+        raise PeftsError("--image-size applies only with --model or --arch")
     import torch
 
     from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import artifact_subject, builtin_subject, run_benchmark, to_markdown
+    from pefts.benchmark import (
+        artifact_subject,
+        builtin_subject,
+        named_subject,
+        run_benchmark,
+        to_markdown,
+    )
+    from pefts.certification.fastpath import executed
     from pefts.devices import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
-    subject = (artifact_subject(model, base, torch_device, image_size) if model
-               else builtin_subject(torch_device))
+    if arch:
+        subject = named_subject(arch, num_classes, image_size or 32, method, torch_device)
+    elif model:
+        subject = artifact_subject(model, base, torch_device, image_size)
+    else:
+        subject = builtin_subject(torch_device)
+    # every row (raw forward included) runs the network as executed: same precision and layout
+    subject.net = executed(subject.net, precision, channels_last, compile_net, merge_lora)
+    subject.name += f"; {precision}" + (", merged LoRA" if merge_lora else "")
     result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 from scipy.stats import norm
-from torch import nn
 
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.bounds import lower_confidence_bound, radius_cap
@@ -21,44 +20,28 @@ from pefts.certification.sequences import (
     lowest_count_reaching,
     union_bound_looks,
 )
-from tests.test_smoothing import Constant
+from tests.test_smoothing import Constant, linear_case
 
 SIGMA = 0.5
 
 
-class Linear(nn.Module):
-    """f(x) = 1[w.x + b > 0]: P[f(x + d) = 1] = Phi((w.x + b) / (sigma ||w||))."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.w, self.b = w, b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1) @ self.w + self.b
-        return torch.stack([-z, z], 1)
-
-
-W = torch.tensor([3.0, 4.0])  # ||w|| = 5
-X = torch.tensor([0.2, 0.2])  # w.x + b = 1.4 - 0.1: true radius 0.26, p = Phi(0.52) = 0.70
-
-
-def true_radius(b: float = -0.1) -> float:
-    return float(abs(W @ X + b) / W.norm())
+TRUE_RADIUS = 0.26  # p = Phi(0.26 / 0.5) = 0.70
+NET, X = linear_case(TRUE_RADIUS)
 
 
 class StopWhenWrong(AdaptivePlan):
     """The adversary: stop at the first look whose bound exceeds the true p, if ever."""
 
     def settled(self, lower: float, upper: float) -> bool:
-        return lower > float(norm.cdf(true_radius() / self.sigma))
+        return lower > float(norm.cdf(TRUE_RADIUS / self.sigma))
 
 
 def over_claim_rate(looks: Looks, reps: int, alpha: float) -> float:
     plan = StopWhenWrong(SIGMA, alpha, looks.counts[-1], looks=looks)
-    pool = Pool(Linear(W, -0.1), 2, plan, n0=64, seed=1, device="cpu", batch=8192, pool=reps)
+    pool = Pool(NET, 2, plan, n0=64, seed=1, device="cpu", batch=8192, pool=reps)
     results = list(pool.run((i, X, 1) for i in range(reps)))
     assert len(results) == reps and all(r.prediction in (1, -1) for r in results)
-    return float(np.mean([r.radius > true_radius() for r in results]))
+    return float(np.mean([r.radius > TRUE_RADIUS for r in results]))
 
 
 def tolerance(alpha: float, reps: int) -> float:
@@ -114,8 +97,8 @@ def test_constant_classifier_stays_below_the_cap_of_n_max():
 
 def test_grid_mode_stops_early_and_certifies_what_fixed_n_certifies():
     plan = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, 0.25))
-    [result] = Pool(Linear(W, 1.0), 2, plan, n0=64, seed=0, device="cpu", batch=4096).run(
-        [(0, X, 1)])
+    net, x = linear_case(0.48)
+    [result] = Pool(net, 2, plan, n0=64, seed=0, device="cpu", batch=4096).run([(0, x, 1)])
     # true radius 0.48: p = Phi(0.96) = 0.83 is well clear of both thresholds (0.5, Phi(0.5))
     assert result.prediction == 1 and 0.25 <= result.radius <= 0.48 and result.n_used < 5000
 
@@ -173,8 +156,8 @@ def test_adaptive_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, no
 
     args = [sys.executable, "-m", "pefts", "certify", "--model", str(none_model), "--base",
             str(tiny_base), "--data", str(digits), "--sigma", "0.25", "--adaptive", "--n0", "16",
-            "--n", "20000", "--radii", "0,0.25,0.5,0.75", "--batch", "1000", "--pool", "2",
-            "--skip", "20", "--max", "12", "--device", "cpu"]
+            "--n", "8000", "--radii", "0,0.25,0.5,0.75", "--batch", "1000", "--pool", "2",
+            "--skip", "20", "--max", "8", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = tmp_path / "whole.tsv"
     subprocess.run([*args, "--out", str(whole)], check=True, env=env, capture_output=True)
@@ -196,6 +179,6 @@ def test_adaptive_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, no
                    capture_output=True)  # the pool size may change on resume
 
     a, b = pd.read_csv(whole, sep="\t"), pd.read_csv(out, sep="\t")
-    assert a["idx"].tolist() == b["idx"].tolist() == list(range(0, 240, 20))
+    assert a["idx"].tolist() == b["idx"].tolist() == list(range(0, 160, 20))
     for column in ("predict", "radius", "nA", "n_used", "pA_lower"):
         assert a[column].tolist() == b[column].tolist()
