@@ -258,21 +258,80 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     return net, manifest, dataset, indices, torch_device, settings
 
 
+def fast_path_options(func):
+    for option in reversed([
+        click.option("--precision", default="fp32", show_default=True,
+                     type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="autocast the network (noise stays fp32); recorded in the rows"),
+        click.option("--channels-last", is_flag=True, help="channels-last memory layout"),
+        click.option("--compile", "compile_net", is_flag=True, help="torch.compile the network"),
+        click.option("--merge-lora", is_flag=True,
+                     help="fold LoRA into the weights for inference (outputs equal up to rounding)"),
+    ]):
+        func = option(func)
+    return func
+
+
+def adaptive_options(func):
+    for option in reversed([
+        click.option("--adaptive", is_flag=True,
+                     help="anytime-valid sequential certification of a pool of images"),
+        click.option("--n-max", default=None, type=AT_LEAST_ONE,
+                     help="adaptive: most estimation samples per image (default: --n)"),
+        click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True,
+                     help="adaptive: stop once the decision at each of these radii is settled"),
+        click.option("--rtol", default=None, type=POSITIVE,
+                     help="adaptive: stop once the radius is within this relative tolerance "
+                          "(instead of grid decisions)"),
+        click.option("--pool", default=32, show_default=True, type=AT_LEAST_ONE,
+                     help="adaptive: images in flight at once"),
+    ]):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @sampling_options
 @click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
+@adaptive_options
+@fast_path_options
 def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
-            device, force, n0) -> None:
+            device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
+            compile_net, merge_lora) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
-    from pefts.certification.rows import CERTIFY_COLUMNS, certify_rows
+    from pefts.certification.adaptive import AdaptivePlan
+    from pefts.certification.fastpath import executed
+    from pefts.certification.rows import (
+        ADAPTIVE_COLUMNS,
+        CERTIFY_COLUMNS,
+        adaptive_rows,
+        certify_rows,
+    )
     from pefts.certification.shard_io import run_shard
 
+    grid = parse_floats(radii, "--radii")
+    if any(r < 0 for r in grid):
+        raise PeftsError(f"--radii must be non-negative, got {radii!r}")
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma, out, force)
     settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")
-    rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch, seed,
-                        torch_device)
-    run_shard(out, indices, settings, CERTIFY_COLUMNS, rows, desc=f"certify {shard}")
+    fast = {"precision": precision, "channels_last": channels_last, "compile": compile_net,
+            "merge_lora": merge_lora}
+    if fast != {"precision": "fp32", "channels_last": False, "compile": False, "merge_lora": False}:
+        settings.update(fast)  # only when used, so resuming an older run still matches
+    net = executed(net, precision, channels_last, compile_net, merge_lora)
+    if adaptive:
+        plan = AdaptivePlan(sigma, alpha, n_max or n, grid, rtol)
+        settings.update(adaptive=True, n_max=plan.n_max, radii=list(grid), rtol=rtol,
+                        futility=plan.futility, precision=precision)
+        columns = ADAPTIVE_COLUMNS
+        rows = adaptive_rows(net, dataset, manifest["num_classes"], plan, n0, batch, pool, seed,
+                             torch_device, precision)
+    else:
+        columns = CERTIFY_COLUMNS + (["precision"] if precision != "fp32" else [])
+        rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch,
+                            seed, torch_device, precision)
+    run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}")
     click.echo(f"certified {len(indices)} images -> {out}")
 
 
@@ -473,30 +532,116 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
               help="timed runs per measure; the best is reported")
 @click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@click.option("--arch", default=None,
+              help="a timm architecture with random weights (no download), e.g. vit_base_patch16_224")
+@click.option("--num-classes", default=10, show_default=True, type=AT_LEAST_ONE, help="with --arch")
+@click.option("--method", default="none", show_default=True, help="PEFT method wrapped (with --arch)")
+@fast_path_options
 @device_option
-def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, device) -> None:
+def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch, num_classes,
+              method, precision, channels_last, compile_net, merge_lora, device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
-    if image_size is not None and model is None:
-        raise PeftsError("--image-size applies only with --model")
+    if arch and model:
+        raise PeftsError("give --arch or --model, not both")
+    if image_size is not None and model is None and arch is None:
+        raise PeftsError("--image-size applies only with --model or --arch")
     import torch
 
     from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import artifact_subject, builtin_subject, run_benchmark, to_markdown
+    from pefts.benchmark import (
+        artifact_subject,
+        builtin_subject,
+        named_subject,
+        run_benchmark,
+        to_markdown,
+    )
+    from pefts.certification.fastpath import executed
     from pefts.devices import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
-    subject = (artifact_subject(model, base, torch_device, image_size) if model
-               else builtin_subject(torch_device))
+    if arch:
+        subject = named_subject(arch, num_classes, image_size or 32, method, torch_device)
+    elif model:
+        subject = artifact_subject(model, base, torch_device, image_size)
+    else:
+        subject = builtin_subject(torch_device)
+    # every row (raw forward included) runs the network as executed: same precision and layout
+    subject.net = executed(subject.net, precision, channels_last, compile_net, merge_lora)
+    subject.name += f"; {precision}" + (", merged LoRA" if merge_lora else "")
     result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
     click.echo(result.header())
     click.echo(to_markdown(result.table), nl=False)
     click.echo(result.summary())
+
+
+@cli.command("benchmark-adaptive")
+@click.option("--model", required=True, type=click.Path(dir_okay=False))
+@click.option("--base", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False))
+@click.option("--sigma", required=True, type=POSITIVE)
+@click.option("--n", "n", default=100_000, show_default=True, type=AT_LEAST_ONE,
+              help="fixed n, and n_max of the adaptive run")
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE)
+@click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY)
+@click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
+@click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE)
+@click.option("--pool", default=32, show_default=True, type=AT_LEAST_ONE)
+@click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
+@click.option("--max", "max_count", default=30, show_default=True)
+@click.option("--seeds", default="0,1", show_default=True,
+              help="noise seeds of the fixed-n runs (two show their spread); adaptive uses the first")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@device_option
+def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
+                       max_count, seeds, out, device) -> None:
+    """The same images certified with fixed n and adaptively (n_max = n), side by side."""
+    from pefts.artifacts import atomic_write_text
+    from pefts.benchmark import certify_run, compare_table, device_name
+    from pefts.certification.adaptive import AdaptivePlan
+    from pefts.certification.rows import (
+        ADAPTIVE_COLUMNS,
+        CERTIFY_COLUMNS,
+        adaptive_rows,
+        certify_rows,
+    )
+
+    grid = list(parse_floats(radii, "--radii"))
+    seed_list = [int(s) for s in parse_floats(seeds, "--seeds")]
+    net, manifest, dataset, indices, torch_device, _ = shard_setup(
+        model, base, data, skip, max_count, "0/1", device, sigma)
+    classes = manifest["num_classes"]
+    plan = AdaptivePlan(sigma, alpha, n, tuple(grid))
+    runs = [certify_run(f"fixed n seed {s}", net,
+                        lambda m, s=s: certify_rows(m, dataset, classes, sigma, n0, n, alpha,
+                                                    batch, s, torch_device),
+                        indices, CERTIFY_COLUMNS, torch_device) for s in seed_list]
+    runs.append(certify_run("adaptive", net,
+                            lambda m: adaptive_rows(m, dataset, classes, plan, n0, batch, pool,
+                                                    seed_list[0], torch_device),
+                            indices, ADAPTIVE_COLUMNS, torch_device))
+    table = compare_table(runs, grid)
+    fixed, adaptive = runs[0], runs[-1]
+    within = [r for r in grid if r <= 2 * sigma + 1e-12]
+    gap = max(abs(a - b) for a, b in zip(fixed.accuracy(within), adaptive.accuracy(within), strict=False))
+    spread = (max(abs(a - b) for a, b in zip(fixed.accuracy(within), runs[1].accuracy(within), strict=False))
+              if len(runs) > 2 else float("nan"))
+    if out:
+        atomic_write_text(out, table.to_csv(sep="\t", index=False))
+    click.echo(f"device: {device_name(torch_device)}; {len(indices)} images; {Path(model).name}; "
+               f"sigma {sigma:g}; n0 {n0}, n = n_max {n}, alpha {alpha:g}; batch {batch}, "
+               f"pool {pool}")
+    click.echo(table.to_markdown(index=False))
+    rate = (adaptive.passes / adaptive.seconds) / (fixed.passes / fixed.seconds)
+    click.echo(f"passes fixed/adaptive = {fixed.passes / adaptive.passes:.1f}x; samples/s "
+               f"adaptive/fixed = {rate:.2f}; "
+               f"largest certified-count difference up to 2 sigma: adaptive vs fixed {gap}, "
+               f"fixed seed vs seed {spread}")
 
 
 def main() -> None:

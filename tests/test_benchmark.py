@@ -89,3 +89,28 @@ def test_cohen_loop_sees_the_same_noise_as_sample_counts():
     got = cohen_sample_counts(subject.net, subject.x, 90, 40, 1.0, subject.num_classes).tolist()
     assert got == want and sum(got) == 90
     assert sum(c > 0 for c in got) > 1, "noise does not move the prediction; test is vacuous"
+
+
+def test_benchmark_builds_a_named_random_model_with_lora_in_bf16(run_cli, keep_threads):
+    code, stdout, err = run_cli("benchmark", "--arch", "vit_tiny_patch16_224", "--method", "lora",
+                                "--image-size", "8", "--precision", "bf16", "--merge-lora",
+                                "--n", "8", "--n0", "2", "--batch", "4", "--repeats", "1",
+                                "--threads", "1", "--device", "cpu")
+    assert code == 0, err
+    assert "vit_tiny_patch16_224 (lora, random weights)" in stdout and "bf16" in stdout
+
+
+def test_benchmark_adaptive_prints_both_runs_side_by_side(run_cli, digits, tiny_base, none_model,
+                                                          tmp_path):
+    out = tmp_path / "cmp.tsv"
+    code, stdout, err = run_cli("benchmark-adaptive", "--model", none_model, "--base", tiny_base,
+                                "--data", digits, "--sigma", "0.25", "--n", "400", "--n0", "8",
+                                "--max", "3", "--skip", "50", "--seeds", "0,1", "--device", "cpu",
+                                "--out", out)
+    assert code == 0, err
+    table = pd.read_csv(out, sep="\t")
+    assert list(table.columns) == ["measure", "fixed n seed 0", "fixed n seed 1", "adaptive"]
+    passes = table.set_index("measure").loc["forward passes"]
+    assert passes["fixed n seed 0"] == 3 * (8 + 400)  # counted at the network's input
+    assert passes["adaptive"] <= passes["fixed n seed 0"]
+    assert "passes fixed/adaptive" in stdout and "fixed seed vs seed" in stdout

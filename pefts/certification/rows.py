@@ -10,11 +10,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.noise import ESTIMATION, SELECTION, generator
+from pefts.certification.pool import Pool
 from pefts.certification.shard_io import RowSource
 from pefts.smoothing import Smooth
 
 CERTIFY_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "n0", "n", "nA", "pA_lower"]
+# n_used: estimation samples the image used; the radius is valid at any n_used <= n_max
+ADAPTIVE_COLUMNS = [*CERTIFY_COLUMNS[:6], "n0", "n_used", "nA", "pA_lower", "n_max", "precision"]
 PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "n"]
 
 
@@ -30,8 +34,8 @@ def per_image(dataset: Dataset, row: Callable[[torch.Tensor, int, int], list[Any
 
 
 def certify_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n0: int,
-                 n: int, alpha: float, batch: int, seed: int, device: torch.device | str
-                 ) -> RowSource:
+                 n: int, alpha: float, batch: int, seed: int, device: torch.device | str,
+                 precision: str = "fp32") -> RowSource:
     smooth = Smooth(model, num_classes, sigma)
 
     def row(x: torch.Tensor, label: int, idx: int) -> list[Any]:
@@ -43,9 +47,26 @@ def certify_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: fl
         )
         elapsed = time.perf_counter() - start
         return [idx, label, cert.prediction, repr(cert.radius), int(cert.prediction == label),
-                f"{elapsed:.4f}", n0, n, cert.n_a, repr(cert.p_a_lower)]
+                f"{elapsed:.4f}", n0, n, cert.n_a, repr(cert.p_a_lower)] + (
+                    [precision] if precision != "fp32" else [])
 
     return per_image(dataset, row)
+
+
+def adaptive_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: AdaptivePlan,
+                  n0: int, batch: int, pool: int, seed: int, device: torch.device | str,
+                  precision: str = "fp32") -> RowSource:
+    """Adaptive certification of a pool of images at once; rows come as images finish."""
+    runner = Pool(model, num_classes, plan, n0, seed, device, batch, pool)
+
+    def rows(todo: list[int]) -> Iterator[list[Any]]:
+        images = ((idx, *dataset[idx]) for idx in todo)
+        for r in runner.run(images):
+            yield [r.idx, r.label, r.prediction, repr(r.radius), int(r.prediction == r.label),
+                   f"{r.seconds:.4f}", n0, r.n_used, r.n_a, repr(r.p_a_lower), plan.n_max,
+                   precision]
+
+    return rows
 
 
 def predict_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n: int,

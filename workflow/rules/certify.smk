@@ -13,7 +13,12 @@ rule certify_shard:
     params:
         sampling=(
             f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
-            f"--seed {CERT['seed']} {SELECTION}"
+            f"--seed {CERT['seed']} {SELECTION} --precision {CERT['precision']}"
+        ),
+        adaptive=(
+            f"--adaptive --pool {CERT['pool']} --radii {','.join(map(str, config['summary']['radii']))}"
+            + (f" --rtol {CERT['rtol']}" if CERT["rtol"] else "")
+            if CERT["adaptive"] else ""
         ),
         shard=lambda w: f"{w.k}/{SHARDS}",
         device=DEVICE,
@@ -26,8 +31,8 @@ rule certify_shard:
         path("logs", "certify", f"{{runname}}_sigma{{sigma}}_{{k}}-of-{SHARDS}.log"),
     shell:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
-        "--sigma {wildcards.sigma} {params.sampling} --shard {params.shard} --out {output} "
-        "--device {params.device} --force 2> {log}"
+        "--sigma {wildcards.sigma} {params.sampling} {params.adaptive} --shard {params.shard} "
+        "--out {output} --device {params.device} --force 2> {log}"
 
 
 rule merge_shards:

@@ -1,0 +1,83 @@
+"""When to stop sampling an image: the stopping rule of adaptive certification.
+
+The lower bound comes from a confidence sequence (``sequences.union_bound_looks``), so it
+is valid whatever this rule decides. The rule only saves samples: it stops once more
+samples cannot change the answer that matters.
+
+* Grid mode: every radius r of the grid is settled, either certified (L >= Phi(r/sigma))
+  or out of reach. A threshold is out of reach once an optimistic upper bound U on p
+  (an anytime bound at level ``futility``, which affects efficiency only, never
+  soundness) falls below the p that n_max samples would need to certify it. An image
+  that clearly abstains is the case r = 0; one certifying the largest radius has
+  every threshold certified.
+* Tolerance mode (``rtol``): stop once the radius certified now is within a relative
+  tolerance of the radius n_max samples would give if p were as large as U.
+* Always: stop at n_max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scipy.stats import norm
+
+from pefts.certification.sequences import (
+    Looks,
+    cp_lower,
+    cp_upper,
+    lowest_count_reaching,
+    union_bound_looks,
+)
+
+FUTILITY = 0.01
+
+
+@dataclass
+class AdaptivePlan:
+    """Looks, budgets and stopping rule shared by every image of a run."""
+
+    sigma: float
+    alpha: float
+    n_max: int
+    radii: tuple[float, ...] = (0.0,)
+    rtol: float | None = None
+    futility: float = FUTILITY
+    looks: Looks | None = None  # None: the union-bound CP sequence at level alpha
+    _needed: list[float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.looks is None:
+            self.looks = union_bound_looks(self.n_max, self.alpha)
+        self.n_max = self.looks.counts[-1]
+        # the same looks at level futility: a sequence too, so U holds at every look
+        scale = self.futility / self.alpha
+        self._optimistic = Looks(self.looks.counts, tuple(b * scale for b in self.looks.budgets))
+        self.thresholds = [float(norm.cdf(r / self.sigma)) for r in sorted(set(self.radii))]
+        self._needed = [self._needed_p(t) for t in self.thresholds]
+        self._abstain_below = self._needed_p(0.5)
+
+    def _needed_p(self, threshold: float) -> float:
+        """The hit rate at which the last look certifies ``threshold`` (inf: never)."""
+        count = lowest_count_reaching(threshold, self.n_max, self.looks.budgets[-1])
+        return float("inf") if count is None else count / self.n_max
+
+    def radius(self, lower: float) -> float:
+        return float(self.sigma * norm.ppf(lower)) if lower >= 0.5 else 0.0
+
+    def look(self, k: int, n_a: int, lower: float) -> tuple[float, bool]:
+        """At look k with n_a hits: the running lower bound and whether to stop."""
+        t = self.looks.counts[k]
+        lower = max(lower, cp_lower(n_a, t, self.looks.budgets[k]))
+        if k == len(self.looks.counts) - 1:
+            return lower, True
+        return lower, self.settled(lower, cp_upper(n_a, t, self._optimistic.budgets[k]))
+
+    def settled(self, lower: float, upper: float) -> bool:
+        if upper < self._abstain_below:
+            return True
+        if self.rtol is None:
+            pairs = zip(self.thresholds, self._needed, strict=True)
+            return all(lower >= t or upper < need for t, need in pairs)
+        best = cp_lower(int(upper * self.n_max), self.n_max, self.looks.budgets[-1])
+        radius = self.radius(lower)
+        return radius > 0 and self.radius(best) <= radius * (1 + self.rtol)

@@ -1,0 +1,64 @@
+"""The network as the certifier executes it: precision, memory layout, compilation.
+
+A certificate holds for the model as executed, so the precision is part of a run's
+settings and rows. Noise and noisy inputs stay fp32; only the network runs under
+autocast, which keeps the smoothing distribution exactly Gaussian.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pefts.errors import PeftsError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Executed(nn.Module):
+    """Runs ``net`` under autocast (bf16/fp16) and in channels-last layout if asked."""
+
+    def __init__(self, net: nn.Module, precision: str = "fp32", channels_last: bool = False):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise PeftsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.net, self.precision, self.channels_last = net, precision, channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return self.net(x)
+        with torch.autocast(x.device.type, dtype=dtype):
+            return self.net(x).float()
+
+
+def merge_lora(net: nn.Module) -> int:
+    """Fold every peft LoRA layer into its base weight (inference only); returns how many.
+
+    One Linear instead of base + two low-rank matmuls per projection; the outputs agree
+    up to float rounding, which is why merging is an option recorded in the settings.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for module in net.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+            merged += 1
+    return merged
+
+
+def executed(net: nn.Module, precision: str = "fp32", channels_last: bool = False,
+             compile_net: bool = False, merge: bool = False) -> nn.Module:
+    """The network with the fast-path options applied, in eval mode."""
+    net = net.eval()
+    if merge:
+        merge_lora(net)
+    model: nn.Module = Executed(net, precision, channels_last)
+    if compile_net:
+        model = torch.compile(model, dynamic=True)
+    return model

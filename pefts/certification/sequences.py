@@ -1,0 +1,115 @@
+"""Anytime-valid confidence sequences for the top-class probability p.
+
+A fixed-n Clopper-Pearson bound is valid only if the sample count is fixed in advance:
+looking after every batch and stopping when it looks good over-claims (naive peeking).
+A confidence sequence holds at every look at once, so any stopping rule is valid.
+
+* Union-bound Clopper-Pearson (Voracek 2024, appendix C.2): look j at the first count
+  t > 1.1 ** (11 + j) with error budget alpha_j = 5 alpha / ((j + 4)(j + 5)); the
+  budgets sum to alpha, so by the union bound all looks hold together.
+* Betting (same paper): a plug-in likelihood ratio that is a martingale under p; by
+  Ville's inequality it crosses 1/alpha with probability at most alpha, ever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import betaincinv
+
+GROWTH = 1.1
+OFFSET = 11
+
+
+def cp_lower(n_a: int, n: int, alpha: float) -> float:
+    """``bounds.lower_confidence_bound`` without scipy.stats' per-call overhead (it is
+    called at every look of every image); the same Beta quantile, bit for bit."""
+    return 0.0 if n_a == 0 else float(betaincinv(n_a, n - n_a + 1, alpha))
+
+
+def cp_upper(n_a: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound."""
+    return 1.0 - cp_lower(n - n_a, n, alpha)
+
+
+@dataclass(frozen=True)
+class Looks:
+    """Cumulative sample counts of the looks and the error budget spent at each."""
+
+    counts: tuple[int, ...]
+    budgets: tuple[float, ...]
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """Samples drawn between consecutive looks: an image's noise comes in these chunks."""
+        return tuple(b - a for a, b in zip((0, *self.counts[:-1]), self.counts, strict=False))
+
+
+def union_bound_looks(n_max: int, alpha: float) -> Looks:
+    """Voracek's geometric checkpoints up to n_max, with the budgets of the union bound.
+
+    Checkpoints that round to the same count pool their budgets (one event, the sum of
+    their probabilities). No look happens after n_max, so the last look gets the whole
+    unspent tail, sum over j >= J of alpha_j = 5 alpha / (J + 4): its bound is the
+    tightest, and the budgets still sum to alpha.
+    """
+    if n_max < 1:
+        raise ValueError(f"n_max must be at least 1, got {n_max}")
+    counts: list[int] = []
+    budgets: list[float] = []
+    j = 1
+    while True:
+        t = math.floor(GROWTH ** (OFFSET + j)) + 1
+        if t >= n_max:
+            counts.append(n_max)
+            budgets.append(5 * alpha / (j + 4))
+            return Looks(tuple(counts), tuple(budgets))
+        a_j = 5 * alpha / ((j + 4) * (j + 5))
+        if counts and counts[-1] == t:
+            budgets[-1] += a_j
+        else:
+            counts.append(t)
+            budgets.append(a_j)
+        j += 1
+
+
+def betting_lower_bounds(hits: np.ndarray, alpha: float, at: np.ndarray) -> np.ndarray:
+    """Running lower bounds of the betting confidence sequence at sample counts ``at``.
+
+    Before sample i the bettor predicts q_i = (H + 1/2) / (i + 1) from the H hits of the
+    i samples so far; log W_t = sum of log q_i or log(1 - q_i). A value p is rejected
+    once log W_t - [H_t log p + (t - H_t) log(1 - p)] > log(1 / alpha); checking only at
+    the looks ``at`` is still valid (Ville's inequality holds for every stopping time).
+    """
+    hits = np.asarray(hits, dtype=np.float64)
+    before = np.concatenate([[0.0], np.cumsum(hits)[:-1]])
+    q = (before + 0.5) / (np.arange(len(hits)) + 1.0)
+    log_w = np.cumsum(hits * np.log(q) + (1 - hits) * np.log1p(-q))
+    at = np.asarray(at)
+    h_t, w_t = np.cumsum(hits)[at - 1], log_w[at - 1]
+    lo, hi = np.zeros(len(at)), h_t / at  # the statistic falls in p below the hit rate
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        with np.errstate(divide="ignore"):
+            stat = w_t - (h_t * np.log(mid) + (at - h_t) * np.log1p(-mid))
+        rejected = stat > math.log(1 / alpha)
+        lo, hi = np.where(rejected, mid, lo), np.where(rejected, hi, mid)
+    return np.maximum.accumulate(lo)
+
+
+def lowest_count_reaching(threshold: float, n: int, alpha: float) -> int | None:
+    """The fewest hits of n whose CP lower bound at alpha reaches ``threshold`` (None: none)."""
+    if threshold <= 0:
+        return 0
+    if cp_lower(n, n, alpha) < threshold:
+        return None
+    lo, hi = 0, n  # invariant: bound(lo) < threshold <= bound(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cp_lower(mid, n, alpha) >= threshold:
+            hi = mid
+        else:
+            lo = mid
+    return hi
