@@ -13,6 +13,7 @@ import torch
 from scipy.stats import binomtest, norm
 
 from pefts.certification.bounds import lower_confidence_bound, radius_cap
+from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
 from pefts.errors import PeftsError
 
 __all__ = ["Certificate", "Smooth", "lower_confidence_bound", "radius_cap"]
@@ -109,28 +110,10 @@ class Smooth:
         return counts
 
     def _check_model(self, x: torch.Tensor) -> None:
-        """The bound needs f(x + d) to depend on d alone: refuse a model in training mode
-        (dropout, BatchNorm batch statistics) and, once per Smooth, one whose output for a
-        sample changes with the rest of its batch."""
-        model = self.base_classifier
-        if isinstance(model, torch.nn.Module):
-            training = next((name or type(model).__name__ for name, m in model.named_modules()
-                             if m.training), None)
-            if training is not None:
-                raise PeftsError(f"cannot certify a model in training mode ({training} is "
-                                 "training): call .eval() first")
-        if self._batch_checked:
-            return
-        gen = torch.Generator(device=x.device).manual_seed(0)  # leaves the callers' streams alone
-        probe = x.unsqueeze(0) + torch.randn((4, *x.shape), generator=gen, device=x.device) * self.sigma
-        batched = model(probe).float()
-        alone = torch.cat([model(probe[i:i + 1]) for i in range(len(probe))]).float()
-        # loose enough for batched vs single kernels (TF32 convs), far below a batch effect
-        tolerance = 1e-2 * (1.0 + float(alone.abs().max()))
-        if float((batched - alone).abs().max()) > tolerance:
-            raise PeftsError("the model's output for one input depends on the rest of its batch "
-                             "(batch statistics?): randomized smoothing needs independent samples")
-        self._batch_checked = True
+        refuse_training_mode(self.base_classifier)
+        if not self._batch_checked:  # once per Smooth: it costs a few forward passes
+            refuse_batch_dependence(self.base_classifier, x, self.sigma)
+            self._batch_checked = True
 
     def _device(self, x: torch.Tensor) -> torch.device:
         param = next(iter(getattr(self.base_classifier, "parameters", lambda: [])()), None)

@@ -248,3 +248,17 @@ def test_no_radius_above_the_cap_on_random_inputs():
     model, x = linear_case(10.0)  # far from the boundary: pA ~ 1
     cls, radius = Smooth(model, 2, SIGMA).certify(x, 10, 1000, 0.001, 1000)
     assert cls == 1 and radius <= radius_cap(SIGMA, 1000, 0.001) and math.isfinite(radius)
+
+
+def test_the_adaptive_pool_refuses_the_same_models():
+    """The pooled certifier runs the model without Smooth: the same guards hold there."""
+    from pefts.certification.adaptive import AdaptivePlan
+    from pefts.certification.pool import Pool
+
+    plan = AdaptivePlan(SIGMA, 0.001, 1000, (0.0, 0.25))
+    images = [(0, torch.rand(3, 4, 4), 1)]
+    with pytest.raises(PeftsError, match="depends on the rest of its batch"):
+        list(Pool(BatchCentred(), 2, plan, 10, 0, "cpu").run(images))
+    model, _ = linear_case(1.0)
+    with pytest.raises(PeftsError, match="training mode"):
+        list(Pool(model.train(), 2, plan, 10, 0, "cpu").run(images))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pefts.certification.adaptive import AdaptivePlan
+from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
 from pefts.certification.noise import ESTIMATION, SELECTION, generator
 
 DRAW = 1024  # noise is drawn in pieces of at most this many samples (part of the stream)
@@ -91,12 +92,17 @@ class Pool:
     def run(self, images: Iterable[tuple[int, torch.Tensor, int]]) -> Iterator[PoolResult]:
         """Certify (idx, x, label) triples; yields each result as soon as it is final."""
         source = iter(images)
+        refuse_training_mode(self.model)
+        probed = False
         active: list[_Image] = []
         free = list(range(self.pool))
         counts = torch.zeros((self.pool, self.num_classes), dtype=torch.long, device=self.device)
         while True:
             while free and (item := next(source, None)) is not None:
                 active.append(self._admit(item, free.pop(0)))
+                if not probed:
+                    refuse_batch_dependence(self.model, active[-1].x, self.plan.sigma)
+                    probed = True
                 counts[active[-1].slot] = 0
             if not active:
                 return

@@ -1,0 +1,35 @@
+"""What the bound assumes of the base classifier, checked where the certifier runs.
+
+The Clopper-Pearson bound needs the predictions f(x + d) to be independent draws: a
+model in training mode (dropout, BatchNorm batch statistics) or one whose output for a
+sample depends on the rest of its batch breaks that, whatever the method.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pefts.errors import PeftsError
+
+
+def refuse_training_mode(model: object) -> None:
+    if isinstance(model, torch.nn.Module):
+        training = next((name or type(model).__name__ for name, m in model.named_modules()
+                         if m.training), None)
+        if training is not None:
+            raise PeftsError(f"cannot certify a model in training mode ({training} is "
+                             "training): call .eval() first")
+
+
+@torch.inference_mode()
+def refuse_batch_dependence(model: object, x: torch.Tensor, sigma: float) -> None:
+    """Compare a small noisy batch with its samples run one by one."""
+    gen = torch.Generator(device=x.device).manual_seed(0)  # leaves the callers' streams alone
+    probe = x.unsqueeze(0) + torch.randn((4, *x.shape), generator=gen, device=x.device) * sigma
+    batched = model(probe).float()
+    alone = torch.cat([model(probe[i:i + 1]) for i in range(len(probe))]).float()
+    # loose enough for batched vs single kernels (TF32, bf16), far below a batch effect
+    tolerance = 1e-2 * (1.0 + float(alone.abs().max()))
+    if float((batched - alone).abs().max()) > tolerance:
+        raise PeftsError("the model's output for one input depends on the rest of its batch "
+                         "(batch statistics?): randomized smoothing needs independent samples")
