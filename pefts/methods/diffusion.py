@@ -64,7 +64,7 @@ def load_unet(weights: str | Path) -> tuple[nn.Module, torch.Tensor]:
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         raise PeftsError(f"cannot load the diffusion model from {weights}: "
                          f"{str(err).splitlines()[0]}") from None
     return unet, scheduler.alphas_cumprod.to(torch.float32)

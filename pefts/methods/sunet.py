@@ -67,7 +67,7 @@ class SUNet(nn.Module):
             raise PeftsError(f"SUNet img_size {img_size} must be a multiple of patch_size x "
                              f"2^(stages - 1) = {patch_size * 2 ** (levels - 1)}")
         dims = [embed_dim * 2 ** i for i in range(levels)]
-        for dim, head in zip(dims, heads):
+        for dim, head in zip(dims, heads, strict=True):
             if dim % head:
                 raise PeftsError(f"SUNet stage width {dim} is not divisible by its {head} heads")
         self.img_size = img_size
@@ -117,7 +117,8 @@ class SUNet(nn.Module):
             x = stage(x)
             skips.append(x)
         x = self.bottleneck_norm(x)
-        for up, fuse, stage, skip in zip(self.up, self.fuse, self.decoder, reversed(skips[:-1])):
+        for up, fuse, stage, skip in zip(self.up, self.fuse, self.decoder, reversed(skips[:-1]),
+                                             strict=True):
             x = stage(fuse(torch.cat([up(x), skip], dim=-1)))
         x = self.final_up(self.out_norm(x)).permute(0, 3, 1, 2)
         return z - self.output(x)
