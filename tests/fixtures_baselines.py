@@ -51,3 +51,15 @@ def timm_weights_file(path: str | Path, arch: str = "vit_base_patch16_224.mae",
     net = timm.create_model(arch, pretrained=False, num_classes=0)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return Path(path)
+
+
+def paper_baseline_overrides(folder: str | Path, image_size: int = 32) -> dict[str, Any]:
+    """``method_params`` entries that point a paper preset's diffusion and black-box runs
+    at local random stand-ins built under ``folder`` (a tiny UNet at the data's
+    ``image_size``, a random MAE ViT-B/16 file); merge them into the preset's own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unet = unet_folder(folder / "ddpm", sample_size=image_size)
+    mae = timm_weights_file(folder / "mae_vitb16.safetensors")
+    return {"diffusion": {"hparams": {"weights": str(unet)}},
+            "blackbox": {"hparams": {"encoder_file": str(mae)}}}
