@@ -16,21 +16,13 @@ from pefts.models import BaseSpec, build_classifier
 from pefts.smoothing import Smooth
 from pefts.training import TrainConfig
 from tests.fixtures_baselines import paper_baseline_overrides
+from tests.test_baselines import one_thread  # noqa: F401  (one intra-op thread: much faster here)
 from tests.test_experiments import ROOT
 
 pytestmark = pytest.mark.slow
 
 PRESET = yaml.safe_load((ROOT / "configs" / "cifar10-vitb16.yaml").read_text())
 SIGMA, N0, N, ALPHA = 0.25, 1, 4, 0.1  # the smallest n whose certificates can be > 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # on a shared 2-core machine a second intra-op thread made these runs several times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
