@@ -416,8 +416,11 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
               help="timed runs per measure; the best is reported")
 @click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@click.option("--diffusion", default=None, type=click.Path(file_okay=False),
+              help="also time a diffusion denoiser (local diffusers folder) in front of the model")
 @device_option
-def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, device) -> None:
+def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, diffusion,
+              device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
@@ -426,15 +429,27 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, devi
     import torch
 
     from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import artifact_subject, builtin_subject, run_benchmark, to_markdown
+    from pefts.benchmark import (
+        add_diffusion_row,
+        artifact_subject,
+        builtin_subject,
+        run_benchmark,
+        to_markdown,
+    )
     from pefts.devices import resolve_device
 
+    if diffusion:  # refuse a bad folder before minutes of timing, not after
+        from pefts.methods.diffusion import unet_folder
+
+        unet_folder(diffusion)
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
     subject = (artifact_subject(model, base, torch_device, image_size) if model
                else builtin_subject(torch_device))
     result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
+    if diffusion:
+        add_diffusion_row(result, subject, diffusion, torch_device)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
     click.echo(result.header())

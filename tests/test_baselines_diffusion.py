@@ -216,3 +216,20 @@ def test_smooth_certifies_through_the_denoiser(weights):
     gen = (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     label, radius = smooth.certify(torch.rand(3, 8, 8), 8, 32, 0.001, 16, *gen)
     assert label == Smooth.ABSTAIN or (label in range(10) and radius > 0)
+
+
+def test_benchmark_reports_the_diffusion_denoiser_beside_the_plain_model(weights, run_cli, tmp_path):
+    out = tmp_path / "bench.tsv"
+    code, stdout, err = run_cli("benchmark", "--diffusion", weights, "--n", "40", "--batch", "20",
+                                "--n0", "4", "--repeats", "1", "--threads", "1", "--out", out)
+    assert code == 0, err
+    import pandas as pd
+
+    table = pd.read_csv(out, sep="\t").set_index("measure")
+    row = next(m for m in table.index if m.startswith("raw forward, diffusion denoiser"))
+    assert "-parameter UNet" in row and row in stdout
+    assert table.loc[row, "samples"] == 40 and table.loc[row, "samples_per_s"] > 0
+    # a UNet pass per sample costs more than the tiny classifier alone
+    assert table.loc[row, "vs_raw_forward"] < 1
+    code, _, err = run_cli("benchmark", "--diffusion", str(tmp_path / "none"))
+    assert code != 0 and "does not exist" in err
