@@ -233,3 +233,16 @@ def test_benchmark_reports_the_diffusion_denoiser_beside_the_plain_model(weights
     assert table.loc[row, "vs_raw_forward"] < 1
     code, _, err = run_cli("benchmark", "--diffusion", str(tmp_path / "none"))
     assert code != 0 and "does not exist" in err
+
+
+def test_a_saved_ddpm_pipeline_is_a_weights_folder(tmp_path):
+    """The README's recipe: DDPMPipeline.from_pretrained(name).save_pretrained(folder),
+    here with a local random pipeline in place of the hub's."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from tests.fixtures_baselines import TINY_UNET
+
+    DDPMPipeline(unet=UNet2DModel(**TINY_UNET), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "p")
+    method = get_method("diffusion", weights=str(tmp_path / "p"))
+    model = method.build(small_base())
+    assert method.fit(model, None, 0.25, None, "cpu")["timestep"] == 145
