@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pefts.errors import PeftsError
+from pefts.models import count_parameters
 from pefts.smoothing import Smooth
 
 RAW = "raw forward (inference_mode)"
@@ -300,3 +301,38 @@ def named_subject(arch: str, num_classes: int, image_size: int, method: str, dev
     x = torch.rand(3, image_size, image_size, device=device)
     return Subject(net.to(device).eval(), num_classes, sigma, x,
                    f"{arch} ({method}, random weights) on 3x{image_size}x{image_size}")
+
+
+DIFFUSION = "raw forward, diffusion denoiser in front"
+
+
+def add_diffusion_row(result: BenchmarkResult, subject: Subject, weights: str | Path,
+                      device: torch.device) -> BenchmarkResult:
+    """Time the raw forward pass with a diffusion denoiser (one UNet pass per sample, the
+    dominant cost of diffusion denoised smoothing) in front of the subject's network,
+    with the same batch schedule, and add it to the table beside the plain forward."""
+    from pefts.methods.denoiser import DenoisedClassifier
+    from pefts.methods.diffusion import DiffusionDenoiser, load_unet
+
+    unet, alphas_cumprod = load_unet(weights)
+    denoiser = DiffusionDenoiser(unet, alphas_cumprod).to(device)
+    denoiser.set_sigma(subject.sigma)
+    net = DenoisedClassifier(denoiser, subject.net).eval()
+    x, n = subject.x.to(device), result.n
+    schedule = batch_sizes(n, result.batch)
+    noisy = x.unsqueeze(0) + subject.sigma * torch.randn((min(result.batch, n), *x.shape), device=device)
+
+    @torch.inference_mode()
+    def raw() -> None:
+        for size in schedule:
+            net(noisy[:size])
+
+    raw()  # warm-up, as for the other rows
+    times = [timed(raw, device) for _ in range(result.repeats)]
+    plain = float(result.table.set_index("measure").loc[RAW, "samples_per_s"])
+    rate = n / min(times)
+    row = {"measure": f"{DIFFUSION} ({count_parameters(unet):,}-parameter UNet)",
+           "samples": n, "best_s": min(times), "median_s": statistics.median(times),
+           "samples_per_s": rate, "vs_raw_forward": rate / plain}
+    result.table = pd.concat([result.table, pd.DataFrame([row])], ignore_index=True)
+    return result

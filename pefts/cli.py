@@ -536,10 +536,12 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
               help="a timm architecture with random weights (no download), e.g. vit_base_patch16_224")
 @click.option("--num-classes", default=10, show_default=True, type=AT_LEAST_ONE, help="with --arch")
 @click.option("--method", default="none", show_default=True, help="PEFT method wrapped (with --arch)")
+@click.option("--diffusion", default=None, type=click.Path(file_okay=False),
+              help="also time a diffusion denoiser (local diffusers folder) in front of the model")
 @fast_path_options
 @device_option
 def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch, num_classes,
-              method, precision, channels_last, compile_net, merge_lora, device) -> None:
+              method, diffusion, precision, channels_last, compile_net, merge_lora, device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
@@ -551,6 +553,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
 
     from pefts.artifacts import atomic_write_text
     from pefts.benchmark import (
+        add_diffusion_row,
         artifact_subject,
         builtin_subject,
         named_subject,
@@ -560,6 +563,10 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
     from pefts.certification.fastpath import executed
     from pefts.devices import resolve_device
 
+    if diffusion:  # refuse a bad folder before minutes of timing, not after
+        from pefts.methods.diffusion import unet_folder
+
+        unet_folder(diffusion)
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
@@ -573,6 +580,8 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
     subject.net = executed(subject.net, precision, channels_last, compile_net, merge_lora)
     subject.name += f"; {precision}" + (", merged LoRA" if merge_lora else "")
     result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
+    if diffusion:
+        add_diffusion_row(result, subject, diffusion, torch_device)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
     click.echo(result.header())

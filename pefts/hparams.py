@@ -13,9 +13,10 @@ from pefts.errors import PeftsError
 
 @dataclass(frozen=True)
 class Param:
-    """One hyper-parameter: ``kind`` is int, float, bool or str; numbers lie in
+    """One hyper-parameter: ``kind`` is int, float, bool, str or list; numbers lie in
     [low, high] (an end is open when ``low_open``/``high_open``); a str is one of
-    ``choices``. Numbers must be finite."""
+    ``choices`` (any non-empty text when there are none); a list is non-empty and each
+    item meets ``items``. Numbers must be finite; None only where ``optional``."""
 
     kind: type
     low: float | None = None
@@ -23,8 +24,18 @@ class Param:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    items: Param | None = None
+    optional: bool = False
 
     def describe(self) -> str:
+        text = self._describe()
+        return f"{text} (or null)" if self.optional else text
+
+    def _describe(self) -> str:
+        if self.kind is list:
+            return f"a non-empty list, each item {self.items.describe()}"
+        if self.kind is str and not self.choices:
+            return "a non-empty text"
         if self.kind is str:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind is bool:
@@ -40,10 +51,15 @@ class Param:
         return kind
 
     def check(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind is list:
+            return (isinstance(value, list | tuple) and len(value) > 0
+                    and all(self.items.check(v) for v in value))
         if self.kind is bool:
             return isinstance(value, bool)
         if self.kind is str:
-            return isinstance(value, str) and (not self.choices or value in self.choices)
+            return isinstance(value, str) and (value in self.choices if self.choices else value != "")
         # bool is an int in Python, never a number here; ints are fine where floats are
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
@@ -68,6 +84,15 @@ def Float(low: float | None = None, high: float | None = None, low_open: bool = 
 
 def Choice(*choices: str) -> Param:  # noqa: N802
     return Param(str, choices=choices)
+
+
+def Text(optional: bool = False) -> Param:  # noqa: N802
+    """Free text such as a model name or a path."""
+    return Param(str, optional=optional)
+
+
+def IntList(low: float | None = None) -> Param:  # noqa: N802
+    return Param(list, items=Int(low))
 
 
 BOOL = Param(bool)

@@ -11,8 +11,10 @@ from pefts.artifacts import load_meta
 
 
 def parameter_table(models: Sequence[tuple[str, float, str | Path]]) -> pd.DataFrame:
-    """One row per method: trainable parameters, share of the base model, bytes on disk,
-    and the queries to the base model that a black-box method spent."""
+    """One row per method: trainable parameters, share of the base model, frozen
+    parameters the method adds (a pretrained denoiser or encoder: the diffusion UNet,
+    which the paper's Table 2 counts as the diffusion denoiser's parameters), bytes on
+    disk, and the queries to the base model that a black-box method spent."""
     rows, seen = [], set()
     for method, _sigma, weights in models:
         if method in seen:  # counts do not depend on sigma
@@ -25,6 +27,8 @@ def parameter_table(models: Sequence[tuple[str, float, str | Path]]) -> pd.DataF
             "trainable": meta["trainable_params"],
             "base_total": meta["base_params"],
             "trainable %": 100.0 * meta["trainable_params"] / meta["base_params"],
+            # artifacts written before this column existed added nothing frozen
+            "frozen added": meta.get("frozen_added_params", 0),
             "saved bytes": Path(weights).stat().st_size,
             # black-box training is measured in queries to the model, not in gradients
             "queries": meta.get("metrics", {}).get("queries"),
@@ -37,10 +41,10 @@ def parameter_table(models: Sequence[tuple[str, float, str | Path]]) -> pd.DataF
 def parameter_markdown(table: pd.DataFrame) -> str:
     """The table as a reader pastes it: counts with thousands separators, '-' for none."""
     shown = table.copy()
-    for column in ("trainable", "base_total", "saved bytes", "queries"):
+    for column in ("trainable", "base_total", "frozen added", "saved bytes", "queries"):
         shown[column] = [f"{v:,}" if pd.notna(v) else "-" for v in shown[column]]
     shown["trainable %"] = [f"{v:.3g}" for v in shown["trainable %"]]
-    return shown.to_markdown(index=False, colalign=["left"] * 2 + ["right"] * 5) + "\n"
+    return shown.to_markdown(index=False, colalign=["left"] * 2 + ["right"] * 6) + "\n"
 
 
 def accuracy_vs_parameters(params: pd.DataFrame, summary: pd.DataFrame, radius_column: str

@@ -112,6 +112,7 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
         "classes": manifest["classes"], "num_classes": manifest["num_classes"],
         "base": str(base_weights), "base_sha256": file_digest(base_weights), "metrics": metrics,
         "trainable_params": count_parameters(model, trainable_only=True),
+        "frozen_added_params": method.frozen_parameters(model),
         "total_params": count_parameters(model),
         "base_params": base_params,
     }

@@ -105,11 +105,14 @@ def test_certify_refuses_nan_sigma(run_cli, digits, tiny_base, none_model, tmp_p
 # --- hyper-parameters of every method, from their specs ---------------------------------------
 
 def bad_hparams(spec: Param) -> list:
+    missing = [] if spec.optional else [None]
+    if spec.kind is list:
+        return [[], 3, "1,2", *[[v] for v in bad_hparams(spec.items)], *missing]
     if spec.kind is bool:
-        return ["yes", 1, None]
+        return ["yes", 1, *missing]
     if spec.kind is str:
-        return ["no such choice", 3, None]
-    values = [math.nan, math.inf, -math.inf, "1", True, None]
+        return ["no such choice" if spec.choices else "", 3, *missing]
+    values = [math.nan, math.inf, -math.inf, "1", True, *missing]
     if spec.kind is int:
         values.append(1.5)
     if spec.low is not None:
@@ -126,7 +129,8 @@ HPARAM_CASES = [(method, name, value) for method, cls in sorted(METHODS.items())
 def test_every_method_declares_a_spec_per_hyper_parameter():
     for cls in METHODS.values():
         assert set(cls.specs) == set(cls.defaults)
-    assert {m for m, _, _ in HPARAM_CASES} >= {"lora", "prompt", "adapter", "denoiser", "blackbox"}
+    assert {m for m, _, _ in HPARAM_CASES} >= {"lora", "prompt", "adapter", "denoiser", "blackbox",
+                                               "sunet", "diffusion"}
 
 
 @pytest.mark.parametrize("method, name, value", HPARAM_CASES,

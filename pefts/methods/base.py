@@ -67,6 +67,13 @@ class Method:
         """Only what this method trained, so a LoRA run of ViT-B/16 stays small on disk."""
         return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
+    def frozen_parameters(self, model: nn.Module) -> int:
+        """Parameters this method adds around the base that stay frozen here: a denoiser
+        or encoder pretrained elsewhere (the diffusion UNet, the black box's encoder).
+        The parameter table shows them beside the trainable ones, because the paper's
+        Table 2 counts the diffusion denoiser's."""
+        return 0
+
     def load_trainable(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Copy saved tensors into the model, in place: ``trainable_state`` returns views of
         the model's own parameters and buffers, so every method loads through it."""

@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 
 from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
 from pefts.errors import PeftsError
-from pefts.hparams import BOOL, Float, Int
+from pefts.hparams import BOOL, Float, Int, Text
 from pefts.methods.base import Method
-from pefts.models import PixelClassifier
+from pefts.models import PixelClassifier, count_parameters
 from pefts.progress import progress
 from pefts.training import TrainConfig, loader
 
@@ -44,6 +44,9 @@ class BlackBoxPrompt(Method):
     defaults = {
         "eps": 1.0, "clip": True,  # prompt scale; clip prompted images to [0, 1]
         "features": 8, "trigger": 8, "hidden": 16, "grid": 8, "seed": 0,  # coordinator
+        # the coordinator's frozen encoder: "conv" (random, seeded) or a timm model name,
+        # e.g. the paper's vit_base_patch16_224.mae; encoder_file reads its weights locally
+        "encoder": "conv", "encoder_file": None, "encoder_pretrained": True,
         # BlackVIP's a = 0.01 diverged here (loss differences of order 0.1 over c = 0.01
         # make SPSA's gradient estimate large); 0.001 trains steadily
         "a": 0.001, "p": 0.4, "c": 0.01, "gamma": 0.1, "momentum": 0.9, "perturbations": 5,
@@ -53,6 +56,7 @@ class BlackBoxPrompt(Method):
         "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "seed": Int(0),
         "a": Float(0, low_open=True), "p": Float(0), "c": Float(0, low_open=True),
         "gamma": Float(0), "momentum": Float(0, 1, high_open=True), "perturbations": Int(1),
+        "encoder": Text(), "encoder_file": Text(optional=True), "encoder_pretrained": BOOL,
     }
 
     def spsa_config(self) -> SPSAConfig:
@@ -64,7 +68,8 @@ class BlackBoxPrompt(Method):
     def build(self, base: PixelClassifier) -> nn.Module:
         h = self.hparams
         coordinator = Coordinator(len(base.spec.mean), int(h["features"]), int(h["trigger"]),
-                                  int(h["hidden"]), int(h["grid"]), int(h["seed"]))
+                                  int(h["hidden"]), int(h["grid"]), int(h["seed"]),
+                                  str(h["encoder"]), h["encoder_file"], bool(h["encoder_pretrained"]))
         return PromptedClassifier(coordinator, QueryModel(base), float(h["eps"]), bool(h["clip"]))
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -72,6 +77,9 @@ class BlackBoxPrompt(Method):
         learnable = {id(p) for p in model.coordinator.learnable()}
         return {f"coordinator.{name}": p.detach()
                 for name, p in model.coordinator.named_parameters() if id(p) in learnable}
+
+    def frozen_parameters(self, model: nn.Module) -> int:
+        return count_parameters(model.coordinator.encoder)
 
     def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
             device: torch.device | str) -> dict[str, Any]:

@@ -85,10 +85,13 @@ class DenoisedSmoothing(Method):
         if objective == "mse" and stab > 0:
             raise PeftsError("stability_epochs > 0 needs objective 'mse+stability'")
 
+    def make_denoiser(self, channels: int) -> nn.Module:
+        """The denoiser network for images with ``channels`` channels; subclasses swap it."""
+        return DnCNN(channels, int(self.hparams["depth"]), int(self.hparams["channels"]))
+
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)
-        denoiser = DnCNN(len(base.spec.mean), int(self.hparams["depth"]), int(self.hparams["channels"]))
-        return DenoisedClassifier(denoiser, base)
+        return DenoisedClassifier(self.make_denoiser(len(base.spec.mean)), base)
 
     def stability_epochs(self, cfg: TrainConfig) -> float:
         """Epochs of the stability fine-tune: 0 when off; 'mse+stability' without a count
@@ -121,13 +124,13 @@ class DenoisedSmoothing(Method):
                           "train_accuracy": float((pred == y).sum())}
 
         torch.manual_seed(cfg.seed)
-        metrics = optimise(model, data, cfg, cfg.epochs, mse, device, f"denoiser mse sigma={sigma}")
+        metrics = optimise(model, data, cfg, cfg.epochs, mse, device, f"{self.name} mse sigma={sigma}")
         metrics["train_loss"] = metrics["mse_denoised"]
         stab_epochs = self.stability_epochs(cfg)
         if stab_epochs > 0:
             stab_cfg = replace(cfg, lr=float(self.hparams["stability_lr"]))
             stab = optimise(model, data, stab_cfg, stab_epochs, stability, device,
-                            f"denoiser stability sigma={sigma}")
+                            f"{self.name} stability sigma={sigma}")
             metrics.update(stab, train_loss=stab["stability_loss"])
         return metrics
 

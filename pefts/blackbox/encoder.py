@@ -1,0 +1,87 @@
+"""The coordinator's frozen encoder: a fixed random conv (the embedded default) or any
+timm model, by name or from a local weights file (the paper: an ImageNet-pretrained MAE
+ViT-B/16, ``vit_base_patch16_224.mae``, read at the CLS token of its last hidden state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pefts.errors import PeftsError
+
+CONV = "conv"
+
+
+class ConvEncoder(nn.Module):
+    """A random conv drawn from ``gen`` and pooled to a ``grid`` x ``grid`` feature map."""
+
+    def __init__(self, image_channels: int, features: int, grid: int, gen: torch.Generator):
+        super().__init__()
+        self.conv = nn.Conv2d(image_channels, features, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        with torch.no_grad():
+            fan_in = self.conv.weight[0].numel()
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
+            self.conv.bias.zero_()
+        self.out_features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.gelu(self.conv(x)))
+
+
+class TimmEncoder(nn.Module):
+    """A timm backbone seen as a feature vector: images in [0,1] at any size are resized
+    to the model's input size and normalised with its own mean and std."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        cfg = net.pretrained_cfg
+        self.input_size = tuple(cfg.get("input_size", (3, 224, 224))[-2:])
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5,) * 3)).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5,) * 3)).view(1, -1, 1, 1),
+                             persistent=False)
+        self.out_features = net.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        tokens = self.net.forward_features((x - self.mean) / self.std)
+        if tokens.ndim == 3 and getattr(self.net, "num_prefix_tokens", 0) > 0:
+            return tokens[:, 0]  # BlackVIP reads the CLS token of the last hidden state
+        return self.net.forward_head(tokens, pre_logits=True)
+
+
+def build_encoder(name: str, image_channels: int, features: int, grid: int,
+                  gen: torch.Generator, file: str | None = None,
+                  pretrained: bool = True) -> nn.Module:
+    """The frozen encoder: ``conv`` or a timm model name; ``file`` holds its weights
+    locally (nothing is downloaded then), otherwise ``pretrained`` fetches timm's."""
+    if name == CONV:
+        encoder: nn.Module = ConvEncoder(image_channels, features, grid, gen)
+    else:
+        kwargs: dict = {"num_classes": 0}
+        if file:
+            if not Path(file).is_file():
+                raise PeftsError(f"coordinator encoder weights {file} do not exist "
+                                 "(blackbox hparam encoder_file)")
+            # custom_load=False: read a torch/safetensors state dict, not a JAX npz
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(file), custom_load=False)
+            pretrained = True
+        try:
+            net = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except RuntimeError as err:  # timm's message for an unknown name or a bad file
+            raise PeftsError(f"cannot build the coordinator encoder {name!r}: "
+                             f"{str(err).splitlines()[0]}") from None
+        encoder = TimmEncoder(net)
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder

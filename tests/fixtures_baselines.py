@@ -1,0 +1,65 @@
+"""Local stand-ins for the paper baselines' pretrained weights, so tests download nothing:
+a random UNet in a diffusers folder, a random-weight timm encoder in a weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# google/ddpm-cifar10-32's UNet2DModel config (35.7M parameters), written out so a
+# realistic UNet can be built with random weights and no download
+DDPM_CIFAR10_UNET: dict[str, Any] = dict(
+    sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, dropout=0.1,
+    flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, act_fn="silu")
+
+TINY_UNET: dict[str, Any] = dict(
+    sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+    block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
+
+
+def unet_folder(path: str | Path, seed: int = 0, pipeline_layout: bool = True,
+                **config: Any) -> Path:
+    """A random UNet2DModel plus a default DDPMScheduler (1000 linear-beta steps, as
+    google/ddpm-cifar10-32) saved where ``diffusion``'s ``weights`` hparam can point:
+    unet/ and scheduler/ subfolders like a saved pipeline, or both at the top."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**{**TINY_UNET, **config})
+    unet.save_pretrained(path / "unet" if pipeline_layout else path)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(
+        path / "scheduler" if pipeline_layout else path)
+    return path
+
+
+def timm_weights_file(path: str | Path, arch: str = "vit_base_patch16_224.mae",
+                      seed: int = 0) -> Path:
+    """Random weights of a timm model in a safetensors file, as the black box's
+    ``encoder_file`` reads them (the paper's MAE ViT-B/16 by default)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    net = timm.create_model(arch, pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return Path(path)
+
+
+def paper_baseline_overrides(folder: str | Path, image_size: int = 32) -> dict[str, Any]:
+    """``method_params`` entries that point a paper preset's diffusion and black-box runs
+    at local random stand-ins built under ``folder`` (a tiny UNet at the data's
+    ``image_size``, a random MAE ViT-B/16 file); merge them into the preset's own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unet = unet_folder(folder / "ddpm", sample_size=image_size)
+    mae = timm_weights_file(folder / "mae_vitb16.safetensors")
+    return {"diffusion": {"hparams": {"weights": str(unet)}},
+            "blackbox": {"hparams": {"encoder_file": str(mae)}}}

@@ -1,0 +1,84 @@
+"""The paper's baselines at their real sizes on 2-3 CIFAR-sized images: a random
+ViT-B/16 base, the CIFAR-10 preset's SUNet (99.6M), a tiny random UNet in a local
+diffusers folder and a random-weight MAE ViT-B/16 file as the coordinator's encoder.
+Nothing is downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from scipy.stats import norm
+from torch.utils.data import TensorDataset
+
+from pefts.methods import get_method
+from pefts.models import BaseSpec, build_classifier
+from pefts.smoothing import Smooth
+from pefts.training import TrainConfig
+from tests.fixtures_baselines import paper_baseline_overrides
+from tests.test_baselines import one_thread  # noqa: F401  (one intra-op thread: much faster here)
+from tests.test_experiments import ROOT
+
+pytestmark = pytest.mark.slow
+
+PRESET = yaml.safe_load((ROOT / "configs" / "cifar10-vitb16.yaml").read_text())
+SIGMA, N0, N, ALPHA = 0.25, 1, 4, 0.1  # the smallest n whose certificates can be > 0
+
+
+@pytest.fixture(scope="module")
+def overrides(tmp_path_factory) -> dict:
+    return paper_baseline_overrides(tmp_path_factory.mktemp("weights"), image_size=32)
+
+
+def preset_hparams(method: str, overrides: dict) -> dict:
+    return {**PRESET["method_params"][method].get("hparams", {}),
+            **overrides.get(method, {}).get("hparams", {})}
+
+
+def vitb16_base() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_classifier(BaseSpec("vit_base_patch16_224", 10, 224)).eval()
+
+
+def images(count: int) -> TensorDataset:
+    gen = torch.Generator().manual_seed(4)
+    return TensorDataset(torch.rand(count, 3, 32, 32, generator=gen), torch.arange(count) % 10)
+
+
+def certify_two(model: torch.nn.Module) -> None:
+    smooth = Smooth(model.eval(), 10, SIGMA)
+    cap = SIGMA * norm.ppf(ALPHA ** (1 / N))
+    for i, x in enumerate(images(2).tensors[0]):
+        gens = (torch.Generator().manual_seed(2 * i), torch.Generator().manual_seed(2 * i + 1))
+        label, radius = smooth.certify(x, N0, N, ALPHA, N, *gens)
+        assert label in range(-1, 10) and 0 <= radius <= cap + 1e-9
+
+
+@pytest.mark.parametrize("method", ["diffusion", "sunet", "blackbox"])
+def test_paper_baseline_at_real_size(method, overrides):
+    hparams = preset_hparams(method, overrides)
+    if method == "blackbox":
+        hparams["perturbations"] = 1
+    if method == "sunet":
+        hparams["stability_epochs"] = 1  # one step of each phase, not the preset's 20 epochs
+    peft = get_method(method, **hparams)
+    model = peft.build(vitb16_base())
+    cfg = TrainConfig(epochs=1, batch_size=3, lr=2e-4, optimizer="adam")
+    before = {k: v.clone() for k, v in peft.trainable_state(model).items()}
+    metrics = peft.fit(model, images(3), SIGMA, cfg, "cpu")
+    after = peft.trainable_state(model)
+    if method == "diffusion":
+        assert metrics["timestep"] == int(after["denoiser.timestep"]) > 0
+        assert peft.frozen_parameters(model) > 0
+    else:  # one step of each phase moved the trained weights
+        assert any(not torch.equal(before[k], after[k]) for k in after if after[k].is_floating_point())
+    if method == "sunet":
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"SUNet (CIFAR-10 preset) trains {trained:,} parameters (paper: 99.7M)")
+        assert abs(trained - 99.7e6) < 0.002 * 99.7e6
+        assert "stability_loss" in metrics
+    if method == "blackbox":
+        assert model.coordinator.encoder.out_features == 768  # the MAE ViT-B/16's CLS token
+        assert peft.frozen_parameters(model) > 85e6
+        assert metrics["queries"] == 2 * 3
+    certify_two(model)
