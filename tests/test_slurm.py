@@ -26,7 +26,10 @@ def slurm_missing() -> str | None:
     """Why no job can be submitted here, or None when an idle node answers."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return f"SLURM is not installed (no sbatch/sinfo); {START}"
-    info = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    try:
+        info = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:  # sinfo retries a missing slurm.conf for a minute
+        return f"no SLURM controller answers within 20 s; {START}"
     if info.returncode != 0:
         return f"no SLURM controller answers ({info.stderr.strip()}); {START}"
     if "idle" not in info.stdout.split() and "mix" not in info.stdout.split():
