@@ -47,10 +47,11 @@ write_conf() {
     [[ -n $mem ]] || die "slurmd -C did not report RealMemory"
     mkdir -p /etc/slurm "$STATE/slurmctld" "$STATE/slurmd" "$LOGS"
     chown slurm:slurm "$STATE/slurmctld" "$LOGS"
+    # addresses given: the machine's name need not resolve (containers, fresh images)
     cat >"$CONF" <<EOF
 $MARK
 ClusterName=pefts-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=slurm
 StateSaveLocation=$STATE/slurmctld
 SlurmdSpoolDir=$STATE/slurmd
@@ -68,7 +69,7 @@ AccountingStorageType=accounting_storage/none
 MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
