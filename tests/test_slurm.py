@@ -1,0 +1,100 @@
+"""The cluster path: the tiny config through `snakemake --profile slurm` on a real SLURM
+(one node, started by slurm/local-cluster.sh), every job through sbatch, giving the same
+certification as a local `snakemake --cores` run.
+
+Without a SLURM controller the test skips, except under CI=true, where it fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.test_workflow import TINY, job_counts, snakemake
+
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+START = "start one as root with `slurm/local-cluster.sh start`"
+
+
+def slurm_missing() -> str | None:
+    """Why no job can be submitted here, or None when an idle node answers."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return f"SLURM is not installed (no sbatch/sinfo); {START}"
+    try:
+        info = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:  # sinfo retries a missing slurm.conf for a minute
+        return f"no SLURM controller answers within 20 s; {START}"
+    if info.returncode != 0:
+        return f"no SLURM controller answers ({info.stderr.strip()}); {START}"
+    if "idle" not in info.stdout.split() and "mix" not in info.stdout.split():
+        return f"no SLURM node is idle (states: {info.stdout.split()}); {START}"
+    return None
+
+
+@pytest.fixture
+def slurm() -> None:
+    reason = slurm_missing()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"CI must run the SLURM test: {reason}")
+        pytest.skip(reason)
+
+
+def run_config(tmp_path: Path, name: str) -> Path:
+    # one method: every rule of the main comparison, the fewest job waves on a small node
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "methods": ["lora"], "results": str(tmp_path / name)}))
+    return config
+
+
+def certified(results: Path) -> dict[str, pd.DataFrame]:
+    """The merged certification tables, without the wall-clock column."""
+    tables = sorted((results / "certify").glob("*/sigma*/certified.tsv"))
+    return {str(t.relative_to(results)): pd.read_csv(t, sep="\t").drop(columns="time") for t in tables}
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    # no accounting here: squeue still lists finished jobs for MinJobAge
+    out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return dict(line.split() for line in out.splitlines())
+
+
+@pytest.mark.slow
+def test_profile_runs_every_job_through_sbatch_like_a_local_run(slurm, tmp_path):
+    logs = tmp_path / "slurm_logs"
+    result = snakemake("--profile", "slurm", "--profile", "slurm/local",
+                       "--configfile", str(run_config(tmp_path, "cluster")), "--nolock",
+                       "--slurm-logdir", str(logs), "--slurm-keep-successful-logs", timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    counts = job_counts(output)
+    counts.pop("total")
+    # only the target rule may run in the submitting process
+    assert set(re.findall(r"^localrule (\w+):", output, re.M)) <= {"all"}, output[-4000:]
+    counts.pop("all")
+
+    # the executor names each job's log after its SLURM job id: one per job, per rule
+    job_logs = sorted(logs.rglob("*.log"))
+    per_rule: dict[str, int] = {}
+    for log in job_logs:
+        rule = log.relative_to(logs).parts[0].removeprefix("rule_")
+        per_rule[rule] = per_rule.get(rule, 0) + 1
+    assert per_rule == counts
+    job_ids = [log.stem for log in job_logs]
+    assert set(slurm_states(job_ids).values()) == {"COMPLETED"}, slurm_states(job_ids)
+
+    local = snakemake("--cores", "2", "--configfile", str(run_config(tmp_path, "local")), "--nolock",
+                      timeout=900)
+    assert local.returncode == 0, local.stderr[-4000:]
+    on_cluster, here = certified(tmp_path / "cluster"), certified(tmp_path / "local")
+    assert list(on_cluster) == ["certify/lora/sigma0.5/certified.tsv"]
+    assert list(here) == list(on_cluster)
+    for name, table in on_cluster.items():
+        pd.testing.assert_frame_equal(table, here[name], obj=name)
