@@ -92,8 +92,8 @@ def test_a_second_configfile_overlays_a_preset(tmp_path):
 
 def test_plain_config_overrides_still_use_config_yaml(tmp_path):
     default = yaml.safe_load((ROOT / "config.yaml").read_text())
-    jobs = commands("--config", f"results={tmp_path}/r", "sigmas=[0.75]")
+    jobs = commands("--config", f"results={tmp_path}/r", "device=cpu")
     [base] = [j for j in jobs if j["command"] == "train-base"]
     assert json.loads(base["model-kwargs"]) == default["base"]["model_kwargs"]
-    assert {j["sigma"] for j in jobs if j["command"] == "finetune"} == {"0.75"}
+    assert {j["device"] for j in jobs if "device" in j} == {"cpu"}
     assert {j["n"] for j in jobs if j["command"] == "certify"} == {str(default["certify"]["n"])}
