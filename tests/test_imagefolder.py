@@ -51,6 +51,17 @@ def test_a_height_width_resize_needs_no_crop_and_augment_crops_randomly(folder, 
     assert first.shape == (3, 16, 16) and not torch.equal(first, second)
 
 
+def test_a_class_subset_of_a_folder_keeps_its_images(tmp_path):
+    """Two birds on a folder: the downstream task's classes 3 and 1, relabelled 0 and 1."""
+    root = realsize.image_folder(tmp_path / "imgs", 4, 2, [1, 3], test_name="test")
+    manifest = prepare("imagefolder", tmp_path / "p", classes=[3, 1], root=str(root),
+                       images={"crop": 8})
+    assert manifest["classes"] == ["n00000003", "n00000001"]
+    assert (manifest["num_train"], manifest["num_test"]) == (4, 2)
+    train = load_split(tmp_path / "p" / "manifest.json", "train")
+    assert sorted(train[i][1] for i in range(len(train))) == [0, 0, 1, 1]
+
+
 def test_val_folder_is_the_test_split_when_there_is_no_test(tmp_path):
     root = realsize.image_folder(tmp_path / "imgs", 2, 1, [1], test_name="val")
     manifest = prepare("imagefolder", tmp_path / "p", root=str(root), images={"crop": 8})

@@ -58,7 +58,8 @@ def transform(options: dict[str, Any], split: str) -> transforms.Compose:
 
 def open_split(manifest: dict[str, Any], split: str, label: str = "image folder") -> ClassFolder:
     folder = split_folder(manifest["root"], split, label)
-    return ClassFolder(str(folder), manifest["classes"],
+    # the folder's own classes: a class subset (two birds) renames "classes" only
+    return ClassFolder(str(folder), manifest["folder_classes"],
                        transform=transform(manifest["images"], split))
 
 
@@ -88,7 +89,7 @@ def prepare(out_dir: Path, root: str | None = None, images: dict[str, Any] | Non
     classes = sorted(p.name for p in class_dir.iterdir() if p.is_dir())
     if not classes:
         raise PeftsError(f"{label} folder {class_dir} has no class folders")
-    manifest = {"root": str(Path(root).resolve()), "classes": classes,
+    manifest = {"root": str(Path(root).resolve()), "classes": classes, "folder_classes": classes,
                 "num_classes": len(classes), "images": options}
     test = open_split(manifest, "test", label)
     if not len(test):
