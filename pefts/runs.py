@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pefts.artifacts import file_digest, save_artifact
+from pefts.artifacts import file_digest, load_meta, save_artifact
 from pefts.data import load_split, read_manifest
 from pefts.errors import PeftsError
 from pefts.methods import build_model, get_method
@@ -61,8 +61,9 @@ def adapt_base(manifest_path: str | Path, source: str | Path, out: str | Path,
     cfg = TrainConfig.from_dict(train)
     torch.manual_seed(cfg.seed)
     model = load_base(source)
-    if model.spec.num_classes != manifest["num_classes"]:
-        replace_head(model, manifest["num_classes"])
+    # always a fresh head: with as many classes, the source head would still map the
+    # downstream classes onto the source ones
+    replace_head(model, manifest["num_classes"])
     return fit_clean_and_save(model, manifest, cfg, out, device, eval_max,
                               {"pretrained": None, "adapted_from": str(source)})
 
@@ -98,7 +99,8 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     base = load_base(base_weights)
     base_params = count_parameters(base)
     torch.manual_seed(cfg.seed)  # also seeds a fresh head
-    model = build_model(method, base, manifest["num_classes"]).to(device)
+    model = build_model(method, base, manifest["classes"], load_meta(base_weights)["classes"])
+    model = model.to(device)
     metrics: dict[str, Any] = {}
     train, val = split_validation(load_split(manifest, "train"), cfg)
     if method.trains:

@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import Dataset
 
 from pefts.artifacts import atomic_write_text
-from pefts.data import cifar10, digits, imagenet
+from pefts.data import cifar10, digits, imagefolder, imagenet
 from pefts.errors import PeftsError
 
-DATASETS = {"digits": digits, "cifar10": cifar10, "imagenet": imagenet}
+DATASETS = {"digits": digits, "cifar10": cifar10, "imagenet": imagenet, "imagefolder": imagefolder}
 
 
 def dataset_module(name: str):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefts.artifacts import file_digest, load_artifact
+from pefts.artifacts import file_digest, load_artifact, load_meta
 from pefts.errors import PeftsError
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, load_base, replace_head
@@ -40,14 +40,19 @@ def get_method(name: str, **hparams: Any) -> Method:
     return METHODS[name](**hparams)
 
 
-def build_model(method: Method, base: PixelClassifier, num_classes: int) -> nn.Module:
-    """``method`` on ``base``; a base trained on another set of classes gets a fresh head
-    first (one-round adaptation to a downstream task), if the method trains the head."""
-    if base.spec.num_classes != num_classes:
+def build_model(method: Method, base: PixelClassifier, classes: list[str],
+                base_classes: list[str]) -> nn.Module:
+    """``method`` on ``base``. Data of other classes than the base was trained on (a
+    downstream task) always gets a fresh head first, even with as many classes: the
+    source task's head would map the new classes onto the old ones."""
+    if list(classes) != list(base_classes):
         if not method.trains_head:
-            raise PeftsError(f"method {method.name!r} keeps the base classifier's "
-                             f"{base.spec.num_classes}-class head; the data has {num_classes} classes")
-        replace_head(base, num_classes)
+            raise PeftsError(
+                f"method {method.name!r} keeps the base classifier's {base.spec.num_classes}-class "
+                f"head (classes {', '.join(base_classes[:5])}...), so it cannot serve a downstream "
+                f"task with other classes ({', '.join(classes[:5])}...); use a method that trains "
+                "the head (e.g. lora or prompt)")
+        replace_head(base, len(classes))
     return method.build(base)
 
 
@@ -73,6 +78,6 @@ def load_model(weights: str | Path, base_weights: str | Path,
     method = get_method(meta["method"], **meta.get("hparams", {}))
     check_base(weights, meta, base_weights)
     base = load_base(base_weights)
-    model = build_model(method, base, meta.get("num_classes", base.spec.num_classes))
+    model = build_model(method, base, meta["classes"], load_meta(base_weights)["classes"])
     method.load_trainable(model, tensors)
     return model.to(device).eval(), meta

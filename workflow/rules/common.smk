@@ -32,6 +32,22 @@ path = STUDY.path
 ENV = "../../envs/pefts.yaml"  # used only with --sdm conda (opt-in)
 
 
+def data_options(dataset):
+    """The `pefts prepare` options shared by the main data and the two-birds tasks."""
+    images = {k: dataset[k] for k in ("resize", "crop", "augment") if dataset.get(k) is not None}
+    words = [f"--dataset {dataset['name']}", f"--seed {dataset['seed']}"]
+    if dataset["root"]:
+        words.append(f"--root {dataset['root']}")
+    if dataset["download"]:
+        words.append("--download")
+    if images:
+        words.append(f"--images '{json.dumps(images)}'")
+    return " ".join(words)
+
+
+DATA_OPTIONS = data_options(config["dataset"])
+
+
 wildcard_constraints:
     runname="|".join(sorted(STUDY.runs, key=len, reverse=True)),
     sigma="[0-9.e+-]+",

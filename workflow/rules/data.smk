@@ -2,31 +2,23 @@ rule prepare:
     output:
         STUDY.setups()["main"]["data"],
     params:
-        root=f"--root {config['dataset']['root']}" if config["dataset"]["root"] else "",
-        download="--download" if config["dataset"]["download"] else "",
-        dataset=config["dataset"]["name"],
-        seed=config["dataset"]["seed"],
+        options=DATA_OPTIONS,
+        classes="",
     conda:
         ENV
     log:
         path("logs", "prepare.log"),
     shell:
-        "pefts prepare --dataset {params.dataset} --out $(dirname {output}) "
-        "--seed {params.seed} {params.root} {params.download} 2> {log}"
+        "pefts prepare {params.options} --out $(dirname {output}) {params.classes} 2> {log}"
 
 
-# Two birds, one stone: a source task and a downstream task with disjoint classes.
-rule prepare_task:
+# Two birds, one stone: a source task and a downstream task with disjoint classes, from
+# the same data (root, download, image options) as the main comparison.
+use rule prepare as prepare_task with:
     output:
         path("twobirds", "data_{task}", "manifest.json"),
     params:
-        classes=lambda w: ",".join(map(str, EXP["twobirds"][f"{w.task}_classes"])),
-        dataset=config["dataset"]["name"],
-        seed=config["dataset"]["seed"],
-    conda:
-        ENV
+        options=DATA_OPTIONS,
+        classes=lambda w: "--classes " + ",".join(map(str, EXP["twobirds"][f"{w.task}_classes"])),
     log:
         path("logs", "prepare_{task}.log"),
-    shell:
-        "pefts prepare --dataset {params.dataset} --out $(dirname {output}) "
-        "--seed {params.seed} --classes {params.classes} 2> {log}"

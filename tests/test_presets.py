@@ -1,0 +1,98 @@
+"""A preset passed with --configfile is the whole run: nothing of config.yaml leaks into
+any job (checked on the shell commands of a dry run), and a second --configfile overlays it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import yaml
+
+from tests.test_workflow import ROOT, snakemake
+
+PRESETS = ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"]
+
+
+def commands(*args: str) -> list[dict[str, str]]:
+    """The `pefts` commands of a dry run, each as {"command": ..., option: value}."""
+    result = snakemake("-n", "-p", "--cores", "1", *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs = []
+    for line in result.stdout.splitlines():
+        line = line.removeprefix("Shell command: ").strip()
+        if line.startswith("pefts "):
+            words = shlex.split(line.split(" 2>", 1)[0].split(" > ", 1)[0])
+            job = {"command": words[1]}
+            for i, word in enumerate(words):
+                if word.startswith("--"):
+                    nxt = words[i + 1] if i + 1 < len(words) else ""
+                    job[word[2:]] = "" if nxt.startswith("--") else nxt
+            jobs.append(job)
+    return jobs
+
+
+def expected_train(preset: dict, method: str) -> dict:
+    return preset.get("method_params", {}).get(method, {}).get("train", {})
+
+
+@pytest.mark.parametrize("configfile", PRESETS)
+def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
+    preset = yaml.safe_load((ROOT / configfile).read_text())
+    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={tmp_path}/r")
+    by_command: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        by_command.setdefault(job["command"], []).append(job)
+    base = preset["base"]
+    [main_base, source_base] = by_command["train-base"]
+    for job in (main_base, source_base):
+        assert job["arch"] == base["arch"] and int(job["input-size"]) == base["input_size"]
+        assert json.loads(job["model-kwargs"]) == base["model_kwargs"]
+        assert json.loads(job["train"]) == base["train"]
+        assert job["mean"] == ",".join(map(str, base["mean"]))
+    for job in by_command["prepare"]:
+        assert job["dataset"] == preset["dataset"]["name"]
+        assert job["root"] == preset["dataset"]["root"]
+    [adapt] = by_command["adapt-base"]
+    assert json.loads(adapt["train"]) == preset["experiments"]["twobirds"]["adapt_train"]
+    finetunes = by_command["finetune"]
+    assert {j["method"] for j in finetunes} >= set(preset["methods"])
+    for job in finetunes:
+        params = preset.get("method_params", {}).get(job["method"], {})
+        assert json.loads(job["train"]) == params.get("train", {}), job
+        hparams = json.loads(job["hparams"])
+        # the ablations change exactly their own hyper-parameter
+        varied = {"length"} if "prompt_length" in job["out"] else (
+            {"rank", "alpha"} if "lora_rank" in job["out"] else set())
+        assert {k: v for k, v in hparams.items() if k not in varied} == {
+            k: v for k, v in params.get("hparams", {}).items() if k not in varied}, job
+    sigmas = {float(j["sigma"]) for j in finetunes}
+    assert sigmas == {float(s) for s in [*preset["sigmas"],
+                                         *preset["experiments"]["twobirds"]["sigmas"],
+                                         *preset["experiments"]["noise_learning"]["sigmas"]]}
+    cert = preset["certify"]
+    for job in by_command["certify"]:
+        assert (int(job["n0"]), int(job["n"]), int(job["batch"]), int(job["skip"])) == (
+            cert["n0"], cert["n"], cert["batch"], cert["skip"])
+        assert job["shard"].endswith(f"/{cert['shards']}")
+
+
+def test_a_second_configfile_overlays_a_preset(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"certify": {"n": 500},
+                                       "method_params": {"lora": {"train": {"epochs": 1}}}}))
+    preset = yaml.safe_load((ROOT / PRESETS[1]).read_text())
+    jobs = commands("--configfile", PRESETS[1], str(overlay), "--config", f"results={tmp_path}/r")
+    lora = next(j for j in jobs if j.get("method") == "lora")
+    assert json.loads(lora["train"]) == {**preset["method_params"]["lora"]["train"], "epochs": 1}
+    assert {j["n"] for j in jobs if j["command"] == "certify"} == {"500"}
+    assert {j["n0"] for j in jobs if j["command"] == "certify"} == {str(preset["certify"]["n0"])}
+
+
+def test_plain_config_overrides_still_use_config_yaml(tmp_path):
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    jobs = commands("--config", f"results={tmp_path}/r", "device=cpu")
+    [base] = [j for j in jobs if j["command"] == "train-base"]
+    assert json.loads(base["model-kwargs"]) == default["base"]["model_kwargs"]
+    assert {j["device"] for j in jobs if "device" in j} == {"cpu"}
+    assert {j["n"] for j in jobs if j["command"] == "certify"} == {str(default["certify"]["n"])}

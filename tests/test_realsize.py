@@ -1,0 +1,92 @@
+"""The paper presets at real size, no download: each preset's real DAG (every method and
+baseline, two birds, ablations, noise learning) with a random-weight ViT-B/16 from a local
+file and a small generated data folder; only epochs, n, images and grids are shrunk.
+
+PEFTS_REALSIZE_GPU=1 runs the same test on a GPU machine (device auto, one GPU per job,
+snakemake --resources gpu=1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests import realsize
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = os.environ.get("PEFTS_REALSIZE_GPU") == "1"
+
+# preset -> its data fixture: (folder builder, number of training images)
+PRESETS = {
+    "configs/imagenet-vitb16.yaml": (
+        lambda root: (realsize.image_folder(root, 20, 1, [0, 1, 10, 11]), None), 20),
+    "configs/cifar10-vitb16.yaml": (
+        lambda root: (root, realsize.cifar10_folder(root, 2, [0, 1, 5, 6])), 20),
+}
+
+
+@pytest.fixture(scope="session")
+def vitb16(tmp_path_factory) -> Path:
+    return realsize.vitb16_weights(tmp_path_factory.mktemp("weights") / "vit_base_patch16_224.safetensors")
+
+
+def expected_outputs(results: Path, sigma: str) -> list[Path]:
+    names = ["summary/certified.tsv", "summary/parameters.tsv", f"figures/certified_sigma{sigma}.png",
+             "figures/accuracy_vs_parameters.png", "summary/twobirds.tsv", "figures/twobirds.png",
+             "summary/noise_learning.tsv", "figures/noise_learning.png"]
+    names += [f"{kind}/ablation_{name}.{ext}" for name in ("prompt_length", "lora_rank")
+              for kind, ext in (("summary", "tsv"), ("figures", "png"))]
+    return [results / name for name in names]
+
+
+def body_params(meta: dict, total_key: str) -> int:
+    """Parameters of the base network without its head (768 inputs per class + bias)."""
+    classes = len(meta["classes"])
+    return meta[total_key] - 769 * classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset_file", list(PRESETS))
+def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
+    preset = yaml.safe_load((ROOT / preset_file).read_text())
+    build, num_train = PRESETS[preset_file]
+    root, checksums = build(tmp_path / "data")
+    results = tmp_path / "results"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump(realsize.overlay(
+        preset, weights=vitb16, root=root, results=results, num_train=num_train, gpu=GPU)))
+    args = ["--cores", "all" if GPU else "2", "--configfile", preset_file, str(overlay),
+            "--nolock", "experiments", *(["--resources", "gpu=1"] if GPU else [])]
+    env = {**os.environ, **realsize.fixture_env(checksums),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=3600)
+    print(f"{preset_file}: {time.monotonic() - start:.0f} s")  # shown with pytest -s
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    sigma = f"{float(preset['sigmas'][0]):g}"
+    missing = [str(p) for p in expected_outputs(results, sigma) if not p.is_file()]
+    assert not missing, missing
+    summary = pd.read_csv(results / "summary" / "certified.tsv", sep="\t")
+    assert list(summary["method"]) == preset["methods"]  # every method and baseline ran
+    for method in preset["methods"]:
+        rows = pd.read_csv(results / "certify" / method / f"sigma{sigma}" / "certified.tsv", sep="\t")
+        assert len(rows) == 2
+    # the network of every job is the real ViT-B/16
+    bases = [results / "base", results / "twobirds" / "base_source", results / "twobirds" / "base_target"]
+    for folder in bases:
+        meta = json.loads((folder / "model.json").read_text())
+        assert body_params(meta, "total_params") == realsize.VITB16_BODY_PARAMS, folder
+    finetuned = sorted((results / "finetune").glob("*/sigma*/model.json"))
+    assert len(finetuned) >= len(preset["methods"]) + 8  # main, two birds (4), ablations (4)
+    for path in finetuned:
+        meta = json.loads(path.read_text())
+        assert body_params(meta, "base_params") == realsize.VITB16_BODY_PARAMS, path
