@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests import realsize
+from tests.fixtures_baselines import paper_baseline_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = os.environ.get("PEFTS_REALSIZE_GPU") == "1"
@@ -60,8 +61,13 @@ def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
     root, checksums = build(tmp_path / "data")
     results = tmp_path / "results"
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump(realsize.overlay(
-        preset, weights=vitb16, root=root, results=results, num_train=num_train, gpu=GPU)))
+    shrunk = realsize.overlay(preset, weights=vitb16, root=root, results=results,
+                              num_train=num_train, gpu=GPU)
+    # the paper's baselines need networks of their own: local random stand-ins
+    for method, extra in paper_baseline_overrides(tmp_path / "baselines").items():
+        entry = shrunk["method_params"].setdefault(method, {})
+        entry["hparams"] = {**entry.get("hparams", {}), **extra["hparams"]}
+    overlay.write_text(yaml.safe_dump(shrunk))
     args = ["--cores", "all" if GPU else "2", "--configfile", preset_file, str(overlay),
             "--nolock", "experiments", *(["--resources", "gpu=1"] if GPU else [])]
     env = {**os.environ, **realsize.fixture_env(checksums),

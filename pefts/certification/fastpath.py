@@ -58,7 +58,7 @@ def executed(net: nn.Module, precision: str = "fp32", channels_last: bool = Fals
     net = net.eval()
     if merge:
         merge_lora(net)
-    model: nn.Module = Executed(net, precision, channels_last)
+    model: nn.Module = Executed(net, precision, channels_last).eval()
     if compile_net:
         model = torch.compile(model, dynamic=True)
     return model
