@@ -297,7 +297,8 @@ def named_subject(arch: str, num_classes: int, image_size: int, method: str, dev
 
     torch.manual_seed(0)
     spec = BaseSpec(arch, num_classes, 224 if "224" in arch else image_size)
-    net = build_model(get_method(method), build_classifier(spec), num_classes)
+    classes = [str(c) for c in range(num_classes)]
+    net = build_model(get_method(method), build_classifier(spec), classes, classes)
     x = torch.rand(3, image_size, image_size, device=device)
     return Subject(net.to(device).eval(), num_classes, sigma, x,
                    f"{arch} ({method}, random weights) on 3x{image_size}x{image_size}")
