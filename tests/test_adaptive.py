@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from scipy.stats import norm
 
@@ -20,6 +20,7 @@ from pefts.certification.sequences import (
     lowest_count_reaching,
     union_bound_looks,
 )
+from tests import killing
 from tests.test_smoothing import Constant, linear_case
 
 SIGMA = 0.5
@@ -146,37 +147,14 @@ def test_adaptive_shards_merge_to_the_single_run(run_cli, digits, tiny_base, non
 
 
 def test_adaptive_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, none_model, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from pefts.certification.shard_io import partial_path
-
     args = [sys.executable, "-m", "pefts", "certify", "--model", str(none_model), "--base",
             str(tiny_base), "--data", str(digits), "--sigma", "0.25", "--adaptive", "--n0", "16",
             "--n", "8000", "--radii", "0,0.25,0.5,0.75", "--batch", "1000", "--pool", "2",
             "--skip", "20", "--max", "8", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole.tsv"
-    subprocess.run([*args, "--out", str(whole)], check=True, env=env, capture_output=True)
-
-    out = tmp_path / "killed.tsv"
-    proc = subprocess.Popen([*args, "--out", str(out)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        partial = partial_path(out)
-        if partial.exists() and partial.read_text().count("\n") >= 2 + 3:
-            break
-        time.sleep(0.005)
-    if proc.poll() is not None:
-        pytest.skip("certify finished before it could be killed")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists() and partial_path(out).exists()
-    subprocess.run([*args, "--pool", "5", "--out", str(out)], check=True, env=env,
-                   capture_output=True)  # the pool size may change on resume
+    whole, out = tmp_path / "whole.tsv", tmp_path / "killed.tsv"
+    killing.run(args, whole)
+    killing.kill_after_rows(args, out, timeout=300)
+    killing.run([*args, "--pool", "5"], out)  # the pool size may change on resume
 
     a, b = pd.read_csv(whole, sep="\t"), pd.read_csv(out, sep="\t")
     assert a["idx"].tolist() == b["idx"].tolist() == list(range(0, 160, 20))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pandas as pd
 import pytest
 
@@ -11,6 +13,7 @@ from pefts.certification.shard_io import partial_path, run_shard
 from pefts.errors import PeftsError
 from pefts.provenance import write_sidecar
 from pefts.results import merge_shards
+from tests import killing
 
 COMMON = ["--n0", "16", "--n", "64", "--batch", "64", "--skip", "3", "--max", "13",
           "--sigma", "0.5", "--device", "cpu"]
@@ -133,33 +136,13 @@ def test_merge_sorts_and_keeps_full_precision(tmp_path):
 
 def test_certify_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, none_model, tmp_path):
     """SIGKILL a running `pefts certify`, run it again: same rows as an uninterrupted run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     args = [sys.executable, "-m", "pefts", "certify", "--model", str(none_model), "--base",
             str(tiny_base), "--data", str(digits), "--sigma", "0.5", "--n0", "16", "--n", "4000",
             "--batch", "1000", "--skip", "20", "--max", "12", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole.tsv"
-    subprocess.run([*args, "--out", str(whole)], check=True, env=env, capture_output=True)
-
-    out = tmp_path / "killed.tsv"
-    proc = subprocess.Popen([*args, "--out", str(out)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        partial = partial_path(out)
-        if partial.exists() and partial.read_text().count("\n") >= 2 + 3:  # settings, header, 3 rows
-            break
-        time.sleep(0.005)
-    if proc.poll() is not None:
-        pytest.skip("certify finished before it could be killed")  # a very fast machine
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists() and partial_path(out).exists()
-    subprocess.run([*args, "--out", str(out)], check=True, env=env, capture_output=True)
+    whole, out = tmp_path / "whole.tsv", tmp_path / "killed.tsv"
+    killing.run(args, whole)
+    killing.kill_after_rows(args, out, timeout=120)
+    killing.run(args, out)
 
     a, b = pd.read_csv(whole, sep="\t"), pd.read_csv(out, sep="\t")
     assert a["idx"].tolist() == b["idx"].tolist() == list(range(0, 240, 20))
