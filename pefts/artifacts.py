@@ -42,7 +42,9 @@ def load_meta(weights: str | Path) -> dict[str, Any]:
         raise PeftsError(f"metadata file {path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("kind") not in ("base", "finetuned"):
         raise PeftsError(f"metadata file {path} has no kind 'base' or 'finetuned'")
-    checks = {"base": {"spec": dict}, "finetuned": {"method": str, "hparams": dict}}[meta["kind"]]
+    # classes: a downstream task is told from the base's task by them (fresh head)
+    checks = {"base": {"spec": dict, "classes": list},
+              "finetuned": {"method": str, "hparams": dict, "classes": list}}[meta["kind"]]
     for key, kind in checks.items():
         if not isinstance(meta.get(key), kind):
             raise PeftsError(f"metadata file {path}: {key} must be a JSON {kind.__name__}, "

@@ -211,6 +211,7 @@ def test_a_malformed_manifest_is_refused(run_cli, digits, tiny_base, none_model,
     ([], "no kind"),
     ({"kind": "finetuned", "method": "none", "hparams": []}, "hparams must be a JSON dict"),
     ({"kind": "finetuned", "hparams": {}}, "method must be a JSON str"),
+    ({"kind": "finetuned", "method": "none", "hparams": {}}, "classes must be a JSON list"),
 ])
 def test_malformed_weights_metadata_is_refused(run_cli, digits, tiny_base, none_model, tmp_path,
                                                meta, needle):

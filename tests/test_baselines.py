@@ -207,7 +207,7 @@ def test_trainable_state_round_trip(digits, tmp_path, name, hparams):
     # a short fit moves the weights (and BatchNorm statistics) away from their init
     method.fit(model, train, 0.25, TrainConfig(epochs=0.03, batch_size=32), "cpu")
     save_artifact(tmp_path / "w.safetensors", method.trainable_state(model),
-                  {"kind": "finetuned", "method": name, "hparams": hparams})
+                  {"kind": "finetuned", "method": name, "hparams": hparams, "classes": []})
     tensors, _ = load_artifact(tmp_path / "w.safetensors")
     fresh_method = get_method(name, **hparams)
     fresh = fresh_method.build(copy.deepcopy(base))

@@ -207,8 +207,11 @@ def test_save_load_round_trip(method, tmp_path):
     # the production path: base and fine-tuned weights on disk, rebuilt by load_model
     base_file, tuned_file = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors"
     base = small_base()
-    save_artifact(base_file, base.state_dict(), {"kind": "base", "spec": base.spec.to_dict()})
+    classes = [str(c) for c in range(base.spec.num_classes)]
+    save_artifact(base_file, base.state_dict(), {"kind": "base", "spec": base.spec.to_dict(),
+                                                 "classes": classes})
     save_artifact(tuned_file, state, {"kind": "finetuned", "method": method, "hparams": hparams,
+                                      "classes": classes,
                                       "base_sha256": file_digest(base_file)})
     loaded, meta = load_model(tuned_file, base_file)
     assert meta["method"] == method
