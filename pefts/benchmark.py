@@ -268,7 +268,7 @@ class CertifyRun:
 def certify_run(name: str, net: nn.Module, rows_of, indices: list[int], columns: list[str],
                 device: torch.device) -> CertifyRun:
     """Run one row source over ``indices`` and time it, counting the network's inputs."""
-    counting = Counting(net)
+    counting = Counting(net).eval()
     synchronize(device)
     start = time.perf_counter()
     rows = list(rows_of(counting)(indices))

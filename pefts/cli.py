@@ -233,7 +233,7 @@ def sampling_options(func):
 
 
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
-                device: str, sigma: float, out: str, force: bool):
+                device: str, sigma: float, out: str | None = None, force: bool = False):
     """Everything certify and predict share: validation first, then loading."""
     from pefts.artifacts import file_digest
     from pefts.certification.selection import parse_shard, selected_indices, shard_indices
@@ -242,7 +242,8 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     from pefts.methods import load_model
 
     k, n_shards = parse_shard(shard)
-    refuse_existing(out, force)
+    if out is not None:  # None: nothing is written (the benchmark)
+        refuse_existing(out, force)
     manifest = read_manifest(data)
     dataset = load_split(manifest, "test")
     indices = shard_indices(selected_indices(len(dataset), skip, max_count), k, n_shards)

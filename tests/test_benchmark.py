@@ -111,6 +111,8 @@ def test_benchmark_adaptive_prints_both_runs_side_by_side(run_cli, digits, tiny_
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns) == ["measure", "fixed n seed 0", "fixed n seed 1", "adaptive"]
     passes = table.set_index("measure").loc["forward passes"]
-    assert passes["fixed n seed 0"] == 3 * (8 + 400)  # counted at the network's input
+    # counted at the network's input: n0 + n per image, plus the certifier's one batch
+    # independence probe (4 noisy samples as a batch and one by one)
+    assert passes["fixed n seed 0"] == 3 * (8 + 400) + 8
     assert passes["adaptive"] <= passes["fixed n seed 0"]
     assert "passes fixed/adaptive" in stdout and "fixed seed vs seed" in stdout
