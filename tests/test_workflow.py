@@ -79,8 +79,10 @@ def test_bad_config_is_one_line(override, needle):
     assert "Traceback" not in result.stderr
 
 
+# a --configfile is the whole run (config.yaml does not load under it): a complete config
 TINY = {
-    "base": {"model_kwargs": {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
+    "base": {"arch": "vit_tiny_patch16_224", "input_size": 8,
+             "model_kwargs": {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
                               "num_heads": 2},
              "train": {"epochs": 3, "lr": 0.003, "batch_size": 128}},
     "sigmas": [0.5],
