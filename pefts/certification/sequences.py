@@ -17,16 +17,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaincinv
+
+from pefts.certification.bounds import lower_confidence_bound
 
 GROWTH = 1.1
 OFFSET = 11
 
 
-def cp_lower(n_a: int, n: int, alpha: float) -> float:
-    """``bounds.lower_confidence_bound`` without scipy.stats' per-call overhead (it is
-    called at every look of every image); the same Beta quantile, bit for bit."""
-    return 0.0 if n_a == 0 else float(betaincinv(n_a, n - n_a + 1, alpha))
+cp_lower = lower_confidence_bound  # the one Clopper-Pearson bound, fixed-n and per look
 
 
 def cp_upper(n_a: int, n: int, alpha: float) -> float:
