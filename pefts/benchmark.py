@@ -240,54 +240,6 @@ def to_markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=("", "", ".4g", ".4g", ",.0f", ".3f")) + "\n"
 
 
-class Counting(nn.Module):
-    """Counts the inputs the network sees: forward passes measured, not inferred."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.passes = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.passes += len(x)
-        return self.net(x)
-
-
-@dataclass
-class CertifyRun:
-    name: str
-    rows: pd.DataFrame
-    passes: int
-    seconds: float
-
-    def accuracy(self, radii: list[float]) -> list[int]:
-        """Certified images (correct with radius >= r) at each radius: counts, not rates."""
-        frame = self.rows
-        return [int(((frame["correct"] == 1) & (frame["radius"] >= r)).sum()) for r in radii]
-
-
-def certify_run(name: str, net: nn.Module, rows_of, indices: list[int], columns: list[str],
-                device: torch.device) -> CertifyRun:
-    """Run one row source over ``indices`` and time it, counting the network's inputs."""
-    counting = Counting(net).eval()
-    synchronize(device)
-    start = time.perf_counter()
-    rows = list(rows_of(counting)(indices))
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return CertifyRun(name, pd.DataFrame(rows, columns=columns).astype({"radius": float}),
-                      counting.passes, seconds)
-
-
-def compare_table(runs: list[CertifyRun], radii: list[float]) -> pd.DataFrame:
-    """Side by side: passes, time, throughput and certified counts per grid radius."""
-    table = {"measure": ["forward passes", "wall s", "samples/s"] + [f"certified r={r:g}"
-                                                                     for r in radii]}
-    for run in runs:
-        table[run.name] = [run.passes, round(run.seconds, 2), round(run.passes / run.seconds)] + \
-            run.accuracy(radii)
-    return pd.DataFrame(table)
-
-
 def named_subject(arch: str, num_classes: int, image_size: int, method: str, device: torch.device,
                   sigma: float = BUILTIN_SIGMA) -> Subject:
     """A random-weight timm model by name (no download), optionally wrapped by a PEFT method,

@@ -286,8 +286,8 @@ def adaptive_options(func):
         click.option("--rtol", default=None, type=POSITIVE,
                      help="adaptive: stop once the radius is within this relative tolerance "
                           "(instead of grid decisions)"),
-        click.option("--pool", default=32, show_default=True, type=AT_LEAST_ONE,
-                     help="adaptive: images in flight at once"),
+        click.option("--pool", default=256, show_default=True, type=AT_LEAST_ONE,
+                     help="adaptive: most images in flight at once (their inputs stay on the device)"),
     ]):
         func = option(func)
     return func
@@ -603,7 +603,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
 @click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY)
 @click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
 @click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE)
-@click.option("--pool", default=32, show_default=True, type=AT_LEAST_ONE)
+@click.option("--pool", default=256, show_default=True, type=AT_LEAST_ONE)
 @click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
 @click.option("--max", "max_count", default=30, show_default=True)
 @click.option("--seeds", default="0,1", show_default=True,
@@ -613,8 +613,9 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
 def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
                        max_count, seeds, out, device) -> None:
     """The same images certified with fixed n and adaptively (n_max = n), side by side."""
+    from pefts.adaptive_benchmark import certify_run, compare_table, simulate_sequences
     from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import certify_run, compare_table, device_name
+    from pefts.benchmark import device_name
     from pefts.certification.adaptive import AdaptivePlan
     from pefts.certification.rows import (
         ADAPTIVE_COLUMNS,
@@ -654,6 +655,12 @@ def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, poo
                f"adaptive/fixed = {rate:.2f}; "
                f"largest certified-count difference up to 2 sigma: adaptive vs fixed {gap}, "
                f"fixed seed vs seed {spread}")
+    rates = (fixed.rows["nA"] / fixed.rows["n"]).tolist()
+    simulated = simulate_sequences(rates, plan, seed_list[0])
+    totals = simulated.groupby("sequence", sort=False)["samples"].sum()
+    click.echo("confidence sequences simulated on these images' fixed-n hit rates "
+               "(same hits, same stopping rule): estimation samples in total "
+               + ", ".join(f"{name} {int(total):,}" for name, total in totals.items()))
 
 
 def main() -> None:

@@ -122,6 +122,35 @@ def test_results_do_not_depend_on_pool_or_batch_size():
         assert pool_rows(net, images, batch, pool) == reference, (batch, pool)
 
 
+class BatchSizes(torch.nn.Module):
+    """Records the size of every batch sent through ``net``."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.sizes = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        return self.net(x)
+
+
+def test_batches_stay_full_and_running_ahead_wastes_little():
+    from pefts.benchmark import builtin_subject
+
+    torch.manual_seed(1)
+    images = [(i, torch.rand(3, 8, 8), 2) for i in range(24)]
+    plan = AdaptivePlan(0.25, 0.001, 2000, (0.0, 0.25, 0.5))
+    for pool, fill, waste in ((256, 0.98, 0.05), (6, 0.9, 0.15)):
+        net = BatchSizes(builtin_subject(torch.device("cpu")).net).eval()
+        results = list(Pool(net, 10, plan, n0=16, seed=3, device="cpu", batch=256,
+                            pool=pool).run(images))
+        sizes = net.sizes[5:]  # after the batch-dependence probe: 4 samples, then 4 alone
+        used = sum(r.n_used + 16 for r in results)
+        # without running ahead, early looks every few samples leave batches at ~1/4 full
+        assert sum(sizes) / (256 * len(sizes)) >= fill, (pool, sizes)
+        assert used <= sum(sizes) <= (1 + waste) * used, (pool, used, sum(sizes))
+
+
 ADAPTIVE = ["--adaptive", "--n0", "16", "--n", "3000", "--radii", "0,0.25,0.5", "--batch", "500",
             "--skip", "3", "--max", "13", "--sigma", "0.5", "--device", "cpu"]
 

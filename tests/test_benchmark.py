@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import norm
 
 from pefts.benchmark import (
     COLUMNS,
@@ -116,3 +117,19 @@ def test_benchmark_adaptive_prints_both_runs_side_by_side(run_cli, digits, tiny_
     assert passes["fixed n seed 0"] == 3 * (8 + 400) + 8
     assert passes["adaptive"] <= passes["fixed n seed 0"]
     assert "passes fixed/adaptive" in stdout and "fixed seed vs seed" in stdout
+    assert "union-bound CP" in stdout and "betting" in stdout
+
+
+def test_sequences_simulated_on_the_same_hits_stop_by_the_same_rule():
+    from pefts.adaptive_benchmark import simulate_sequences
+    from pefts.certification.adaptive import AdaptivePlan
+
+    plan = AdaptivePlan(0.5, 0.001, 20_000, (0.0, 0.5, 1.0))
+    table = simulate_sequences([1.0, 0.3, 0.75], plan).set_index(["image", "sequence"])
+    for sequence in ("union-bound CP", "betting"):
+        sure, hopeless, middle = (table.loc[(i, sequence)] for i in range(3))
+        # all hits: certifies 2 sigma (the last grid radius) within about 600 + a look or two
+        assert sure["samples"] < 1200 and sure["radius"] >= 1.0
+        assert hopeless["samples"] < 200 and hopeless["radius"] == 0.0  # clearly abstains
+        # p = 0.75: true radius 0.337; settles r = 0.5 as out of reach, never claims more
+        assert middle["radius"] <= 0.5 * norm.ppf(0.75) and middle["samples"] < 20_000

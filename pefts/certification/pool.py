@@ -1,9 +1,18 @@
 """Certify a pool of images at once: each forward pass holds samples of many images.
 
-An adaptive image may need only a few hundred samples, so one image per batch would
-leave the device idle. The pool keeps up to ``pool`` images in flight and fills every
-batch with their next samples; class counts are kept per image on the device and read
-back only when some image reaches a look (one small copy per such batch).
+An adaptive image may need only a few hundred samples, and its early looks come every
+few samples, so one image per batch, or a batch that waits at every image's next look,
+would leave the device idle. The pool fills each batch in three passes:
+
+1. the samples each image in flight owes up to its next look;
+2. the selection samples of newly admitted images, while fewer than ``pool`` are in flight;
+3. samples past the next look (up to ``AHEAD`` looks further), when room is left.
+
+Hits are tallied per look chunk on the device, so an image that ran ahead still takes
+its looks one at a time, in order: the stopping rule sees exactly the counts it would see
+without running ahead. Samples past the look where an image stops are wasted (and
+counted as forward passes by the benchmark); AHEAD bounds that waste. Counts are read
+back once per batch, and only when some image reaches a look.
 
 Determinism: the noise of image idx comes only from (seed, idx, stream), drawn in pieces
 fixed by that image's own look schedule (at most ``DRAW`` samples each), never by the
@@ -27,6 +36,7 @@ from pefts.certification.guards import refuse_batch_dependence, refuse_training_
 from pefts.certification.noise import ESTIMATION, SELECTION, generator
 
 DRAW = 1024  # noise is drawn in pieces of at most this many samples (part of the stream)
+AHEAD = 8  # looks an image may run past its next one: about 2x its samples at most
 
 
 @dataclass
@@ -48,124 +58,163 @@ class _Image:
     x: torch.Tensor
     slot: int
     started: float
+    gen: torch.Generator
     stage: int = SELECTION
-    gen: torch.Generator | None = None
-    chunks: list[int] = field(default_factory=list)  # samples of the looks still to come
-    to_draw: int = 0  # samples of the current chunk not yet drawn
-    to_forward: int = 0  # samples of the current chunk not yet in a batch
+    sent: int = 0  # samples of this stage forwarded
+    drawn: int = 0  # samples of this stage drawn (>= sent)
     pending: list[torch.Tensor] = field(default_factory=list)  # drawn, not yet forwarded
-    look: int = -1
+    look: int = -1  # the last look taken
     lower: float = 0.0
     top: int = -1
     n_a: int = 0
-
-    def start_chunk(self, size: int) -> None:
-        self.to_draw = self.to_forward = size
-
-    def take(self, k: int, device: torch.device) -> torch.Tensor:
-        """The next k noise samples of this image, drawn in its own fixed pieces."""
-        have = sum(len(p) for p in self.pending)
-        while have < k:
-            piece = min(DRAW, self.to_draw)
-            self.pending.append(torch.randn((piece, *self.x.shape), generator=self.gen,
-                                            device=device))
-            self.to_draw -= piece
-            have += piece
-        noise = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.pending = [noise[k:]] if have > k else []
-        self.to_forward -= k
-        return noise[:k]
 
 
 class Pool:
     """Runs ``plan`` on many images at once with the given model."""
 
     def __init__(self, model: nn.Module, num_classes: int, plan: AdaptivePlan, n0: int, seed: int,
-                 device: torch.device | str, batch: int = 1000, pool: int = 32):
+                 device: torch.device | str, batch: int = 1000, pool: int = 256):
         if min(n0, batch, pool) < 1:
             raise ValueError("n0, batch and pool must be at least 1")
         self.model, self.num_classes, self.plan = model, num_classes, plan
         self.n0, self.seed, self.batch, self.pool = n0, seed, batch, pool
         self.device = torch.device(device)
+        self.counts = plan.looks.counts
+        # ends of the noise pieces of the estimation stream: look chunks cut at DRAW
+        ends = {min(c, start + DRAW * (i + 1)) for start, c in zip((0, *self.counts[:-1]), self.counts,
+                                                                  strict=True)
+                for i in range(-(-(c - start) // DRAW))}
+        self._estimation_ends = np.array(sorted(ends))
+        # tally columns: class counts in selection, then hits per look chunk in estimation
+        chunk = np.repeat(np.arange(len(self.counts)), plan.looks.chunks)
+        self._chunk_column = torch.as_tensor(chunk + num_classes, device=self.device)
 
     @torch.inference_mode()
     def run(self, images: Iterable[tuple[int, torch.Tensor, int]]) -> Iterator[PoolResult]:
         """Certify (idx, x, label) triples; yields each result as soon as it is final."""
-        source = iter(images)
+        self._source = iter(images)
         refuse_training_mode(self.model)
-        probed = False
-        active: list[_Image] = []
-        free = list(range(self.pool))
-        counts = torch.zeros((self.pool, self.num_classes), dtype=torch.long, device=self.device)
+        self._probed = False
+        self._active: list[_Image] = []
+        self._free = list(range(self.pool))
+        width = self.num_classes + len(self.counts)
+        self._tally = torch.zeros((self.pool, width), dtype=torch.long, device=self.device)
+        self._top = torch.zeros(self.pool, dtype=torch.long, device=self.device)
         while True:
-            while free and (item := next(source, None)) is not None:
-                active.append(self._admit(item, free.pop(0)))
-                if not probed:
-                    refuse_batch_dependence(self.model, active[-1].x, self.plan.sigma)
-                    probed = True
-                counts[active[-1].slot] = 0
-            if not active:
+            parts = self._fill()
+            if not parts:
                 return
-            slots, noisy = self._fill(active)
-            predictions = self.model(torch.cat(noisy)).argmax(1)
-            counts.index_put_((slots, predictions), torch.ones_like(predictions), accumulate=True)
-            looking = [im for im in active if im.to_forward == 0]
-            if not looking:
-                continue
-            # the one host sync of this batch: counts of the images at a look
-            rows = counts[[im.slot for im in looking]].cpu().numpy()
-            for image, row in zip(looking, rows, strict=False):
-                selected = image.stage == SELECTION
-                result = self._look(image, row)
-                if selected:  # estimation counts start from zero
-                    counts[image.slot] = 0
-                if result is None:
-                    continue
-                active.remove(image)
-                free.append(image.slot)
-                free.sort()
+            yield from self._forward(parts)
+
+    def _fill(self) -> list[tuple[_Image, int, int]]:
+        """One batch as (image, first sample, samples) parts: owed samples, new images, then running ahead."""
+        space, parts = self.batch, []
+
+        def give(image: _Image, target: int) -> None:
+            nonlocal space
+            k = min(space, target - image.sent)
+            if k > 0:
+                parts.append((image, image.sent, k))
+                image.sent += k
+                space -= k
+
+        for image in self._active:
+            give(image, self._due(image, 0))
+        while space and self._free and (item := next(self._source, None)) is not None:
+            image = self._admit(item)
+            give(image, self.n0)
+        for ahead in range(1, AHEAD + 1):
+            for image in self._active:
+                if space == 0:
+                    return parts
+                if image.stage == ESTIMATION:
+                    give(image, self._due(image, ahead))
+        return parts
+
+    def _due(self, image: _Image, ahead: int) -> int:
+        """Sample count of the look ``ahead`` looks past the next one (selection: n0)."""
+        if image.stage == SELECTION:
+            return self.n0
+        return self.counts[min(image.look + 1 + ahead, len(self.counts) - 1)]
+
+    def _forward(self, parts: list[tuple[_Image, int, int]]) -> Iterator[PoolResult]:
+        noisy, slots, columns = [], [], []
+        for image, start, k in parts:
+            noisy.append(image.x.unsqueeze(0) + self._noise(image, start, k) * self.plan.sigma)
+            slots.append(torch.full((k,), image.slot, dtype=torch.long))
+            if image.stage == ESTIMATION:
+                columns.append(self._chunk_column[start:start + k])
+            else:
+                columns.append(torch.full((k,), -1, dtype=torch.long, device=self.device))
+        slot = torch.cat(slots).to(self.device, non_blocking=True)
+        column = torch.cat(columns)
+        predictions = self.model(torch.cat(noisy)).argmax(1)
+        selecting = column < 0
+        # a selection sample counts its class; an estimation sample counts a hit of the top class
+        column = torch.where(selecting, predictions, column)
+        value = torch.where(selecting, 1, (predictions == self._top[slot]).long())
+        self._tally.index_put_((slot, column), value, accumulate=True)
+        looking = list({id(im): im for im, _, _ in parts if self._at_look(im)}.values())
+        if not looking:
+            return
+        # the one host sync of this batch: the tallies of the images at a look
+        rows = self._tally[[im.slot for im in looking]].cpu().numpy()
+        for image, row in zip(looking, rows, strict=True):
+            result = self._looks(image, row)
+            if result is not None:
+                self._active.remove(image)
+                self._free.append(image.slot)
+                self._free.sort()
                 yield result
 
-    def _admit(self, item: tuple[int, torch.Tensor, int], slot: int) -> _Image:
+    def _at_look(self, image: _Image) -> bool:
+        return image.sent >= self._due(image, 0)
+
+    def _noise(self, image: _Image, start: int, k: int) -> torch.Tensor:
+        """Samples start .. start + k of this image's stage, drawn in its own fixed pieces."""
+        while image.drawn < start + k:
+            if image.stage == SELECTION:
+                end = min(self.n0, image.drawn + DRAW)
+            else:
+                ends = self._estimation_ends
+                end = int(ends[np.searchsorted(ends, image.drawn, side="right")])
+            image.pending.append(torch.randn((end - image.drawn, *image.x.shape),
+                                             generator=image.gen, device=self.device))
+            image.drawn = end
+        noise = torch.cat(image.pending) if len(image.pending) > 1 else image.pending[0]
+        image.pending = [noise[k:]] if len(noise) > k else []
+        return noise[:k]
+
+    def _admit(self, item: tuple[int, torch.Tensor, int]) -> _Image:
         idx, x, label = item
+        slot = self._free.pop(0)
         image = _Image(int(idx), int(label), x.to(self.device, torch.float32), slot,
-                       time.perf_counter())
-        image.gen = generator(self.seed, image.idx, SELECTION, self.device)
-        image.start_chunk(self.n0)
+                       time.perf_counter(), generator(self.seed, int(idx), SELECTION, self.device))
+        if not self._probed:
+            refuse_batch_dependence(self.model, image.x, self.plan.sigma)
+            self._probed = True
+        self._tally[slot] = 0
+        self._active.append(image)
         return image
 
-    def _fill(self, active: list[_Image]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One batch: the next samples of the images in flight, in slot order."""
-        space, slots, noisy = self.batch, [], []
-        for image in sorted(active, key=lambda im: im.slot):
-            if space == 0:
-                break
-            k = min(space, image.to_forward)
-            if k == 0:
-                continue
-            noise = image.take(k, self.device)
-            noisy.append(image.x.unsqueeze(0) + noise * self.plan.sigma)
-            slots.append(torch.full((k,), image.slot, dtype=torch.long))
-            space -= k
-        return torch.cat(slots).to(self.device, non_blocking=True), noisy
-
-    def _look(self, image: _Image, row: np.ndarray) -> PoolResult | None:
+    def _looks(self, image: _Image, row: np.ndarray) -> PoolResult | None:
+        """Every look the image's forwarded samples complete, in order, until it stops."""
         if image.stage == SELECTION:
-            # selection samples are never reused: estimation gets a fresh stream and counts
-            image.top = int(row.argmax())
-            image.stage = ESTIMATION
+            # selection samples are never reused: estimation gets a fresh stream and tally
+            image.top = int(row[:self.num_classes].argmax())
+            self._top[image.slot] = image.top
+            image.stage, image.sent, image.drawn = ESTIMATION, 0, 0
             image.gen = generator(self.seed, image.idx, ESTIMATION, self.device)
-            image.chunks = list(self.plan.looks.chunks)
-            image.start_chunk(image.chunks.pop(0))
             return None
-        image.look += 1
-        image.n_a = int(row[image.top])
-        image.lower, stop = self.plan.look(image.look, image.n_a, image.lower)
-        if not stop:
-            image.start_chunk(image.chunks.pop(0))
-            return None
-        radius = self.plan.radius(image.lower)
-        prediction = image.top if image.lower >= 0.5 else -1
-        return PoolResult(image.idx, image.label, prediction, radius, image.n_a,
-                          self.plan.looks.counts[image.look], image.lower,
-                          time.perf_counter() - image.started)
+        hits = row[self.num_classes:]
+        while image.look + 1 < len(self.counts) and self.counts[image.look + 1] <= image.sent:
+            image.look += 1
+            image.n_a += int(hits[image.look])
+            image.lower, stop = self.plan.look(image.look, image.n_a, image.lower)
+            if stop:
+                radius = self.plan.radius(image.lower)
+                prediction = image.top if image.lower >= 0.5 else -1
+                return PoolResult(image.idx, image.label, prediction, radius, image.n_a,
+                                  self.counts[image.look], image.lower,
+                                  time.perf_counter() - image.started)
+        return None

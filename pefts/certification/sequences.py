@@ -90,7 +90,7 @@ def betting_lower_bounds(hits: np.ndarray, alpha: float, at: np.ndarray) -> np.n
     lo, hi = np.zeros(len(at)), h_t / at  # the statistic falls in p below the hit rate
     for _ in range(60):
         mid = (lo + hi) / 2
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * log(0) at zero hits: nan, not rejected
             stat = w_t - (h_t * np.log(mid) + (at - h_t) * np.log1p(-mid))
         rejected = stat > math.log(1 / alpha)
         lo, hi = np.where(rejected, mid, lo), np.where(rejected, hi, mid)
