@@ -70,7 +70,7 @@ def compare_table(runs: list[CertifyRun], radii: list[float]) -> pd.DataFrame:
     for run in runs:
         table[run.name] = [run.passes, round(run.seconds, 2), round(run.passes / run.seconds)] + \
             run.accuracy(radii)
-    return pd.DataFrame(table)
+    return pd.DataFrame(table, dtype=object)  # counts stay integers, not 2.50161e+06
 
 
 def _cp_lower(hits: np.ndarray, n: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -88,12 +88,11 @@ def simulate_sequences(p_hats: list[float], plan: AdaptivePlan, seed: int = 0) -
     rng = np.random.default_rng(seed)
     counts = np.array(plan.looks.counts)
     budgets = np.array(plan.looks.budgets)
-    optimistic = budgets * (plan.futility / plan.alpha)
     rows = []
     for image, p in enumerate(p_hats):
         hits = rng.random(plan.n_max) < p
         h = np.cumsum(hits)[counts - 1]
-        upper = 1.0 - _cp_lower(counts - h, counts, optimistic)
+        upper = 1.0 - _cp_lower(counts - h, counts, np.full(len(counts), plan.futility))
         lowers = {"union-bound CP": np.maximum.accumulate(_cp_lower(h, counts, budgets)),
                   "betting": betting_lower_bounds(hits, plan.alpha, counts)}
         for name, lower in lowers.items():

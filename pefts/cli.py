@@ -649,7 +649,9 @@ def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, poo
     click.echo(f"device: {device_name(torch_device)}; {len(indices)} images; {Path(model).name}; "
                f"sigma {sigma:g}; n0 {n0}, n = n_max {n}, alpha {alpha:g}; batch {batch}, "
                f"pool {pool}")
-    click.echo(table.to_markdown(index=False))
+    readable = table.map(lambda v: f"{v:,}" if isinstance(v, int) else v)
+    click.echo(readable.to_markdown(index=False, disable_numparse=True,
+                                    colalign=["left"] + ["right"] * len(runs)))
     rate = (adaptive.passes / adaptive.seconds) / (fixed.passes / fixed.seconds)
     click.echo(f"passes fixed/adaptive = {fixed.passes / adaptive.passes:.1f}x; samples/s "
                f"adaptive/fixed = {rate:.2f}; "

@@ -89,7 +89,7 @@ TINY = {
     "methods": ["none", "lora"],
     "method_params": {"lora": {"hparams": {"rank": 2, "alpha": 2},
                                "train": {"epochs": 2, "lr": 0.005, "batch_size": 128}}},
-    "certify": {"n0": 8, "n": 64, "batch": 64, "skip": 30, "shards": 2},
+    "certify": {"n0": 8, "n": 300, "batch": 64, "skip": 30, "shards": 2, "adaptive": True},
 }
 
 
@@ -110,6 +110,7 @@ def test_main_pipeline_end_to_end(tmp_path):
     merged = pd.read_csv(results / "certify" / "lora" / "sigma0.5" / "certified.tsv", sep="\t")
     assert list(merged.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
     assert merged["idx"].tolist() == list(range(0, 450, 30))
+    assert (merged["n_max"] == 300).all() and (merged["n_used"] <= 300).all()  # adaptive, as the default
     # a second call finds nothing to do
     again = snakemake("-n", "--cores", "2", "--configfile", str(config), "--nolock")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -5,11 +5,14 @@ is valid whatever this rule decides. The rule only saves samples: it stops once 
 samples cannot change the answer that matters.
 
 * Grid mode: every radius r of the grid is settled, either certified (L >= Phi(r/sigma))
-  or out of reach. A threshold is out of reach once an optimistic upper bound U on p
-  (an anytime bound at level ``futility``, which affects efficiency only, never
-  soundness) falls below the p that n_max samples would need to certify it. An image
-  that clearly abstains is the case r = 0; one certifying the largest radius has
-  every threshold certified.
+  or out of reach. A threshold is out of reach once an upper bound U on p falls below
+  the p that n_max samples would need to certify it. U is a plain Clopper-Pearson bound
+  at level ``futility`` at each look, not a sequence: it decides only when to give up,
+  never what is certified, so when it errs it costs a certificate that n_max samples
+  might have given. (An anytime U made borderline images run to n_max: 9.5x fewer passes
+  than fixed n on the default's runs instead of 16x, simulated.) An image that clearly
+  abstains is the case r = 0; one certifying the largest radius has every threshold
+  certified.
 * Tolerance mode (``rtol``): stop once the radius certified now is within a relative
   tolerance of the radius n_max samples would give if p were as large as U.
 * Always: stop at n_max.
@@ -29,7 +32,7 @@ from pefts.certification.sequences import (
     union_bound_looks,
 )
 
-FUTILITY = 0.01
+FUTILITY = 0.05
 
 
 @dataclass
@@ -49,9 +52,6 @@ class AdaptivePlan:
         if self.looks is None:
             self.looks = union_bound_looks(self.n_max, self.alpha)
         self.n_max = self.looks.counts[-1]
-        # the same looks at level futility: a sequence too, so U holds at every look
-        scale = self.futility / self.alpha
-        self._optimistic = Looks(self.looks.counts, tuple(b * scale for b in self.looks.budgets))
         self.thresholds = [float(norm.cdf(r / self.sigma)) for r in sorted(set(self.radii))]
         self._needed = [self._needed_p(t) for t in self.thresholds]
         self._abstain_below = self._needed_p(0.5)
@@ -70,7 +70,7 @@ class AdaptivePlan:
         lower = max(lower, cp_lower(n_a, t, self.looks.budgets[k]))
         if k == len(self.looks.counts) - 1:
             return lower, True
-        return lower, self.settled(lower, cp_upper(n_a, t, self._optimistic.budgets[k]))
+        return lower, self.settled(lower, cp_upper(n_a, t, self.futility))
 
     def settled(self, lower: float, upper: float) -> bool:
         if upper < self._abstain_below:
