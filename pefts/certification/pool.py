@@ -48,7 +48,7 @@ class PoolResult:
     n_a: int
     n_used: int
     p_a_lower: float
-    seconds: float
+    seconds: float  # its share of the wall time of the batches it was in, by samples
 
 
 @dataclass
@@ -57,7 +57,6 @@ class _Image:
     label: int
     x: torch.Tensor
     slot: int
-    started: float
     gen: torch.Generator
     stage: int = SELECTION
     sent: int = 0  # samples of this stage forwarded
@@ -67,6 +66,7 @@ class _Image:
     lower: float = 0.0
     top: int = -1
     n_a: int = 0
+    seconds: float = 0.0
 
 
 class Pool:
@@ -101,10 +101,11 @@ class Pool:
         self._tally = torch.zeros((self.pool, width), dtype=torch.long, device=self.device)
         self._top = torch.zeros(self.pool, dtype=torch.long, device=self.device)
         while True:
+            start = time.perf_counter()
             parts = self._fill()
             if not parts:
                 return
-            yield from self._forward(parts)
+            yield from self._forward(parts, start)
 
     def _fill(self) -> list[tuple[_Image, int, int]]:
         """One batch as (image, first sample, samples) parts: owed samples, new images, then running ahead."""
@@ -137,13 +138,13 @@ class Pool:
             return self.n0
         return self.counts[min(image.look + 1 + ahead, len(self.counts) - 1)]
 
-    def _forward(self, parts: list[tuple[_Image, int, int]]) -> Iterator[PoolResult]:
+    def _forward(self, parts: list[tuple[_Image, int, int]], start: float) -> Iterator[PoolResult]:
         noisy, slots, columns = [], [], []
-        for image, start, k in parts:
-            noisy.append(image.x.unsqueeze(0) + self._noise(image, start, k) * self.plan.sigma)
+        for image, first, k in parts:
+            noisy.append(image.x.unsqueeze(0) + self._noise(image, first, k) * self.plan.sigma)
             slots.append(torch.full((k,), image.slot, dtype=torch.long))
             if image.stage == ESTIMATION:
-                columns.append(self._chunk_column[start:start + k])
+                columns.append(self._chunk_column[first:first + k])
             else:
                 columns.append(torch.full((k,), -1, dtype=torch.long, device=self.device))
         slot = torch.cat(slots).to(self.device, non_blocking=True)
@@ -155,10 +156,13 @@ class Pool:
         value = torch.where(selecting, 1, (predictions == self._top[slot]).long())
         self._tally.index_put_((slot, column), value, accumulate=True)
         looking = list({id(im): im for im, _, _ in parts if self._at_look(im)}.values())
-        if not looking:
-            return
         # the one host sync of this batch: the tallies of the images at a look
-        rows = self._tally[[im.slot for im in looking]].cpu().numpy()
+        rows = self._tally[[im.slot for im in looking]].cpu().numpy() if looking else []
+        # Cohen's time column: an image's share of each batch's wall time, so that the
+        # times add up to the shard's and compare with fixed-n rows
+        elapsed = (time.perf_counter() - start) / sum(k for _, _, k in parts)
+        for image, _, k in parts:
+            image.seconds += elapsed * k
         for image, row in zip(looking, rows, strict=True):
             result = self._looks(image, row)
             if result is not None:
@@ -189,7 +193,7 @@ class Pool:
         idx, x, label = item
         slot = self._free.pop(0)
         image = _Image(int(idx), int(label), x.to(self.device, torch.float32), slot,
-                       time.perf_counter(), generator(self.seed, int(idx), SELECTION, self.device))
+                       generator(self.seed, int(idx), SELECTION, self.device))
         if not self._probed:
             refuse_batch_dependence(self.model, image.x, self.plan.sigma)
             self._probed = True
@@ -215,6 +219,5 @@ class Pool:
                 radius = self.plan.radius(image.lower)
                 prediction = image.top if image.lower >= 0.5 else -1
                 return PoolResult(image.idx, image.label, prediction, radius, image.n_a,
-                                  self.counts[image.look], image.lower,
-                                  time.perf_counter() - image.started)
+                                  self.counts[image.look], image.lower, image.seconds)
         return None
