@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import betaincinv
 from torch import nn
 
 from pefts.benchmark import synchronize
 from pefts.certification.adaptive import AdaptivePlan
-from pefts.certification.sequences import betting_lower_bounds
+from pefts.certification.sequences import betting_lower_bounds, cp_lower, cp_upper
 
 
 class Counting(nn.Module):
@@ -73,12 +72,6 @@ def compare_table(runs: list[CertifyRun], radii: list[float]) -> pd.DataFrame:
     return pd.DataFrame(table, dtype=object)  # counts stay integers, not 2.50161e+06
 
 
-def _cp_lower(hits: np.ndarray, n: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``bounds.lower_confidence_bound`` over arrays of looks."""
-    with np.errstate(invalid="ignore"):
-        return np.where(hits > 0, betaincinv(np.maximum(hits, 1), n - hits + 1, alpha), 0.0)
-
-
 def simulate_sequences(p_hats: list[float], plan: AdaptivePlan, seed: int = 0) -> pd.DataFrame:
     """Samples each sequence needs, and the radius it certifies, per simulated image.
 
@@ -86,15 +79,16 @@ def simulate_sequences(p_hats: list[float], plan: AdaptivePlan, seed: int = 0) -
     counts, share the futility bound, and stop by ``plan.settled``.
     """
     rng = np.random.default_rng(seed)
-    counts = np.array(plan.looks.counts)
-    budgets = np.array(plan.looks.budgets)
+    counts = plan.looks.counts
     rows = []
     for image, p in enumerate(p_hats):
         hits = rng.random(plan.n_max) < p
-        h = np.cumsum(hits)[counts - 1]
-        upper = 1.0 - _cp_lower(counts - h, counts, np.full(len(counts), plan.futility))
-        lowers = {"union-bound CP": np.maximum.accumulate(_cp_lower(h, counts, budgets)),
-                  "betting": betting_lower_bounds(hits, plan.alpha, counts)}
+        h = [int(a) for a in np.cumsum(hits)[np.array(counts) - 1]]
+        # the bounds plan.look computes, at every look
+        upper = [cp_upper(a, t, plan.futility) for a, t in zip(h, counts, strict=True)]
+        union = [cp_lower(a, t, b) for a, t, b in zip(h, counts, plan.looks.budgets, strict=True)]
+        lowers = {"union-bound CP": np.maximum.accumulate(union),
+                  "betting": betting_lower_bounds(hits, plan.alpha, np.array(counts))}
         for name, lower in lowers.items():
             stop = next((k for k in range(len(counts) - 1) if plan.settled(lower[k], upper[k])),
                         len(counts) - 1)

@@ -39,6 +39,15 @@ DRAW = 1024  # noise is drawn in pieces of at most this many samples (part of th
 AHEAD = 8  # looks an image may run past its next one: about 2x its samples at most
 
 
+def _piece_ends(counts: tuple[int, ...]) -> np.ndarray:
+    """Ends of the noise pieces of a stream whose looks fall at ``counts``."""
+    ends: list[int] = []
+    for start, end in zip((0, *counts[:-1]), counts, strict=True):
+        ends.extend(range(start + DRAW, end, DRAW))
+        ends.append(end)
+    return np.array(ends)
+
+
 @dataclass
 class PoolResult:
     idx: int
@@ -80,11 +89,8 @@ class Pool:
         self.n0, self.seed, self.batch, self.pool = n0, seed, batch, pool
         self.device = torch.device(device)
         self.counts = plan.looks.counts
-        # ends of the noise pieces of the estimation stream: look chunks cut at DRAW
-        ends = {min(c, start + DRAW * (i + 1)) for start, c in zip((0, *self.counts[:-1]), self.counts,
-                                                                  strict=True)
-                for i in range(-(-(c - start) // DRAW))}
-        self._estimation_ends = np.array(sorted(ends))
+        # where each stage's noise pieces end: its look chunks, cut at DRAW
+        self._piece_ends = {SELECTION: _piece_ends((n0,)), ESTIMATION: _piece_ends(self.counts)}
         # tally columns: class counts in selection, then hits per look chunk in estimation
         chunk = np.repeat(np.arange(len(self.counts)), plan.looks.chunks)
         self._chunk_column = torch.as_tensor(chunk + num_classes, device=self.device)
@@ -176,12 +182,9 @@ class Pool:
 
     def _noise(self, image: _Image, start: int, k: int) -> torch.Tensor:
         """Samples start .. start + k of this image's stage, drawn in its own fixed pieces."""
+        ends = self._piece_ends[image.stage]
         while image.drawn < start + k:
-            if image.stage == SELECTION:
-                end = min(self.n0, image.drawn + DRAW)
-            else:
-                ends = self._estimation_ends
-                end = int(ends[np.searchsorted(ends, image.drawn, side="right")])
+            end = int(ends[np.searchsorted(ends, image.drawn, side="right")])
             image.pending.append(torch.randn((end - image.drawn, *image.x.shape),
                                              generator=image.gen, device=self.device))
             image.drawn = end
