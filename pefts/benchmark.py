@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pefts.certification.smoothing import Smooth
 from pefts.errors import PeftsError
 from pefts.models import count_parameters
-from pefts.smoothing import Smooth
 
 RAW = "raw forward (inference_mode)"
 SAMPLER = "Smooth.sample_counts"

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from pefts.errors import PeftsError
+
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file: the fingerprint of weights and manifests in provenance records."""
@@ -40,3 +42,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+
+
+def refuse_existing(path: str | Path, force: bool) -> None:
+    """Nothing costly is replaced without --force."""
+    if Path(path).exists() and not force:
+        raise PeftsError(f"{path} already exists; pass --force to replace it")

@@ -14,7 +14,7 @@ from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.noise import ESTIMATION, SELECTION, generator
 from pefts.certification.pool import Pool
 from pefts.certification.shard_io import RowSource
-from pefts.smoothing import Smooth
+from pefts.certification.smoothing import Smooth
 
 CERTIFY_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "n0", "n", "nA", "pA_lower"]
 # n_used: estimation samples the image used; the radius is valid at any n_used <= n_max

@@ -1,0 +1,167 @@
+"""Benchmarks: throughput side by side, fixed n against adaptive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pefts.certification.setup import shard_setup
+from pefts.cli.certification import fast_path_options
+from pefts.cli.options import (
+    AT_LEAST_ONE,
+    POSITIVE,
+    PROBABILITY,
+    device_option,
+    parse_floats,
+)
+from pefts.errors import PeftsError
+
+
+@click.command()
+@click.option("--model", default=None, type=click.Path(dir_okay=False),
+              help="fine-tuned weights (default: a built-in tiny ViT on random 3x8x8 inputs)")
+@click.option("--base", default=None, type=click.Path(dir_okay=False),
+              help="base weights (with --model)")
+@click.option("--image-size", default=None, type=AT_LEAST_ONE,
+              help="side of the random input image (with --model; default: network input size)")
+@click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE)
+@click.option("--n", "n", default=10000, show_default=True, type=AT_LEAST_ONE,
+              help="noisy samples per measure")
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE,
+              help="selection samples of certify")
+@click.option("--repeats", default=3, show_default=True, type=AT_LEAST_ONE,
+              help="timed runs per measure; the best is reported")
+@click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@click.option("--arch", default=None,
+              help="a timm architecture with random weights (no download), e.g. vit_base_patch16_224")
+@click.option("--num-classes", default=10, show_default=True, type=AT_LEAST_ONE, help="with --arch")
+@click.option("--method", default="none", show_default=True, help="PEFT method wrapped (with --arch)")
+@click.option("--diffusion", default=None, type=click.Path(file_okay=False),
+              help="also time a diffusion denoiser (local diffusers folder) in front of the model")
+@fast_path_options
+@device_option
+def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch, num_classes,
+              method, diffusion, precision, channels_last, compile_net, merge_lora, device) -> None:
+    """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
+    if (model is None) != (base is None):
+        raise PeftsError("give --model and --base together, or neither for the built-in model")
+    if arch and model:
+        raise PeftsError("give --arch or --model, not both")
+    if image_size is not None and model is None and arch is None:
+        raise PeftsError("--image-size applies only with --model or --arch")
+    import torch
+
+    from pefts.artifacts import atomic_write_text
+    from pefts.benchmark import (
+        add_diffusion_row,
+        artifact_subject,
+        builtin_subject,
+        named_subject,
+        run_benchmark,
+        to_markdown,
+    )
+    from pefts.certification.fastpath import executed
+    from pefts.devices import resolve_device
+
+    if diffusion:  # refuse a bad folder before minutes of timing, not after
+        from pefts.methods.diffusion import unet_folder
+
+        unet_folder(diffusion)
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    if arch:
+        subject = named_subject(arch, num_classes, image_size or 32, method, torch_device)
+    elif model:
+        subject = artifact_subject(model, base, torch_device, image_size)
+    else:
+        subject = builtin_subject(torch_device)
+    # every row (raw forward included) runs the network as executed: same precision and layout
+    subject.net = executed(subject.net, precision, channels_last, compile_net, merge_lora)
+    subject.name += f"; {precision}" + (", merged LoRA" if merge_lora else "")
+    result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
+    if diffusion:
+        add_diffusion_row(result, subject, diffusion, torch_device)
+    if out:
+        atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
+    click.echo(result.header())
+    click.echo(to_markdown(result.table), nl=False)
+    click.echo(result.summary())
+
+
+@click.command("benchmark-adaptive")
+@click.option("--model", required=True, type=click.Path(dir_okay=False))
+@click.option("--base", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False))
+@click.option("--sigma", required=True, type=POSITIVE)
+@click.option("--n", "n", default=100_000, show_default=True, type=AT_LEAST_ONE,
+              help="fixed n, and n_max of the adaptive run")
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE)
+@click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY)
+@click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
+@click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE)
+@click.option("--pool", default=256, show_default=True, type=AT_LEAST_ONE)
+@click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
+@click.option("--max", "max_count", default=30, show_default=True)
+@click.option("--seeds", default="0,1", show_default=True,
+              help="noise seeds of the fixed-n runs (two show their spread); adaptive uses the first")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@device_option
+def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
+                       max_count, seeds, out, device) -> None:
+    """The same images certified with fixed n and adaptively (n_max = n), side by side."""
+    from pefts.adaptive_benchmark import certify_run, compare_table, simulate_sequences
+    from pefts.artifacts import atomic_write_text
+    from pefts.benchmark import device_name
+    from pefts.certification.adaptive import AdaptivePlan
+    from pefts.certification.rows import (
+        ADAPTIVE_COLUMNS,
+        CERTIFY_COLUMNS,
+        adaptive_rows,
+        certify_rows,
+    )
+
+    grid = list(parse_floats(radii, "--radii"))
+    seed_list = [int(s) for s in parse_floats(seeds, "--seeds")]
+    net, manifest, dataset, indices, torch_device, _ = shard_setup(
+        model, base, data, skip, max_count, "0/1", device, sigma)
+    classes = manifest["num_classes"]
+    plan = AdaptivePlan(sigma, alpha, n, tuple(grid))
+    runs = [certify_run(f"fixed n seed {s}", net,
+                        lambda m, s=s: certify_rows(m, dataset, classes, sigma, n0, n, alpha,
+                                                    batch, s, torch_device),
+                        indices, CERTIFY_COLUMNS, torch_device) for s in seed_list]
+    runs.append(certify_run("adaptive", net,
+                            lambda m: adaptive_rows(m, dataset, classes, plan, n0, batch, pool,
+                                                    seed_list[0], torch_device),
+                            indices, ADAPTIVE_COLUMNS, torch_device))
+    table = compare_table(runs, grid)
+    fixed, adaptive = runs[0], runs[-1]
+    within = [r for r in grid if r <= 2 * sigma + 1e-12]
+    gap = max(abs(a - b) for a, b in zip(fixed.accuracy(within), adaptive.accuracy(within), strict=False))
+    spread = (max(abs(a - b) for a, b in zip(fixed.accuracy(within), runs[1].accuracy(within), strict=False))
+              if len(runs) > 2 else float("nan"))
+    if out:
+        atomic_write_text(out, table.to_csv(sep="\t", index=False))
+    click.echo(f"device: {device_name(torch_device)}; {len(indices)} images; {Path(model).name}; "
+               f"sigma {sigma:g}; n0 {n0}, n = n_max {n}, alpha {alpha:g}; batch {batch}, "
+               f"pool {pool}")
+    readable = table.map(lambda v: f"{v:,}" if isinstance(v, int) else v)
+    click.echo(readable.to_markdown(index=False, disable_numparse=True,
+                                    colalign=["left"] + ["right"] * len(runs)))
+    rate = (adaptive.passes / adaptive.seconds) / (fixed.passes / fixed.seconds)
+    click.echo(f"passes fixed/adaptive = {fixed.passes / adaptive.passes:.1f}x; samples/s "
+               f"adaptive/fixed = {rate:.2f}; "
+               f"largest certified-count difference up to 2 sigma: adaptive vs fixed {gap}, "
+               f"fixed seed vs seed {spread}")
+    rates = (fixed.rows["nA"] / fixed.rows["n"]).tolist()
+    simulated = simulate_sequences(rates, plan, seed_list[0])
+    totals = simulated.groupby("sequence", sort=False)["samples"].sum()
+    click.echo("confidence sequences simulated on these images' fixed-n hit rates "
+               "(same hits, same stopping rule): estimation samples in total "
+               + ", ".join(f"{name} {int(total):,}" for name, total in totals.items()))
+
+
+COMMANDS = [benchmark, benchmark_adaptive]

@@ -1,0 +1,173 @@
+"""Certification commands: CERTIFY and PREDICT on a shard, and merging shards."""
+
+from __future__ import annotations
+
+import click
+
+from pefts.certification.setup import shard_setup
+from pefts.cli.options import (
+    AT_LEAST_ONE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    device_option,
+    force_option,
+    parse_floats,
+    refuse_existing,
+)
+from pefts.errors import PeftsError
+
+
+def sampling_options(func):
+    for option in reversed([
+        click.option("--model", required=True, type=click.Path(dir_okay=False),
+                     help="fine-tuned weights (.safetensors)"),
+        click.option("--base", required=True, type=click.Path(dir_okay=False), help="base weights"),
+        click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest"),
+        click.option("--sigma", required=True, type=POSITIVE, help="smoothing noise level"),
+        click.option("--n", "n", default=1000, show_default=True, type=AT_LEAST_ONE,
+                     help="estimation samples"),
+        click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY,
+                     help="failure probability"),
+        click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE),
+        click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE,
+                     help="use every skip-th test image"),
+        click.option("--max", "max_count", default=-1, show_default=True, type=int,
+                     help="at most this many images after skipping (<= 0: all)"),
+        click.option("--seed", default=0, show_default=True, type=SEED, help="noise seed"),
+        click.option("--shard", default="0/1", show_default=True,
+                     help="K/N: the K-th of N interleaved slices"),
+        click.option("--out", required=True, type=click.Path(dir_okay=False), help="TSV"),
+        device_option,
+        click.option("--force", is_flag=True,
+                     help="replace a finished output (an interrupted run resumes without it)"),
+    ]):
+        func = option(func)
+    return func
+
+
+def fast_path_options(func):
+    for option in reversed([
+        click.option("--precision", default="fp32", show_default=True,
+                     type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="autocast the network (noise stays fp32); recorded in the rows"),
+        click.option("--channels-last", is_flag=True, help="channels-last memory layout"),
+        click.option("--compile", "compile_net", is_flag=True, help="torch.compile the network"),
+        click.option("--merge-lora", is_flag=True,
+                     help="fold LoRA into the weights for inference (outputs equal up to rounding)"),
+    ]):
+        func = option(func)
+    return func
+
+
+def adaptive_options(func):
+    for option in reversed([
+        click.option("--adaptive", is_flag=True,
+                     help="anytime-valid sequential certification of a pool of images"),
+        click.option("--n-max", default=None, type=AT_LEAST_ONE,
+                     help="adaptive: most estimation samples per image (default: --n)"),
+        click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True,
+                     help="adaptive: stop once the decision at each of these radii is settled"),
+        click.option("--rtol", default=None, type=POSITIVE,
+                     help="adaptive: stop once the radius is within this relative tolerance "
+                          "(instead of grid decisions)"),
+        click.option("--pool", default=256, show_default=True, type=AT_LEAST_ONE,
+                     help="adaptive: most images in flight at once (their inputs stay on the device)"),
+    ]):
+        func = option(func)
+    return func
+
+
+@click.command()
+@sampling_options
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
+@adaptive_options
+@fast_path_options
+def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
+            device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
+            compile_net, merge_lora) -> None:
+    """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
+    from pefts.certification.adaptive import AdaptivePlan
+    from pefts.certification.fastpath import executed
+    from pefts.certification.rows import (
+        ADAPTIVE_COLUMNS,
+        CERTIFY_COLUMNS,
+        adaptive_rows,
+        certify_rows,
+    )
+    from pefts.certification.shard_io import run_shard
+
+    grid = parse_floats(radii, "--radii")
+    if any(r < 0 for r in grid):
+        raise PeftsError(f"--radii must be non-negative, got {radii!r}")
+    net, manifest, dataset, indices, torch_device, settings = shard_setup(
+        model, base, data, skip, max_count, shard, device, sigma, out, force)
+    settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")
+    fast = {"precision": precision, "channels_last": channels_last, "compile": compile_net,
+            "merge_lora": merge_lora}
+    if fast != {"precision": "fp32", "channels_last": False, "compile": False, "merge_lora": False}:
+        settings.update(fast)  # only when used, so resuming an older run still matches
+    net = executed(net, precision, channels_last, compile_net, merge_lora)
+    if adaptive:
+        plan = AdaptivePlan(sigma, alpha, n_max or n, grid, rtol)
+        settings.update(adaptive=True, n_max=plan.n_max, radii=list(grid), rtol=rtol,
+                        futility=plan.futility, precision=precision)
+        columns = ADAPTIVE_COLUMNS
+        rows = adaptive_rows(net, dataset, manifest["num_classes"], plan, n0, batch, pool, seed,
+                             torch_device, precision)
+    else:
+        columns = CERTIFY_COLUMNS + (["precision"] if precision != "fp32" else [])
+        rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch,
+                            seed, torch_device, precision)
+    run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}")
+    click.echo(f"certified {len(indices)} images -> {out}")
+
+
+@click.command()
+@sampling_options
+def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
+            device, force) -> None:
+    """Cohen's PREDICT (binomial test, may abstain) on a shard of test images."""
+    from pefts.certification.rows import PREDICT_COLUMNS, predict_rows
+    from pefts.certification.shard_io import run_shard
+
+    net, manifest, dataset, indices, torch_device, settings = shard_setup(
+        model, base, data, skip, max_count, shard, device, sigma, out, force)
+    settings.update(n=n, alpha=alpha, seed=seed, command="predict")
+    rows = predict_rows(net, dataset, manifest["num_classes"], sigma, n, alpha, batch, seed,
+                        torch_device)
+    run_shard(out, indices, settings, PREDICT_COLUMNS, rows, desc=f"predict {shard}")
+    click.echo(f"predicted {len(indices)} images -> {out}")
+
+
+@click.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="data manifest: with --skip/--max, check that every selected image is there")
+@click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
+@click.option("--max", "max_count", default=-1, show_default=True, type=int)
+@force_option
+def merge(shards, out, data, skip, max_count, force) -> None:
+    """Merge shard TSVs; refuses shards that miss or repeat an image."""
+    from pefts.artifacts import file_digest
+    from pefts.certification.selection import selected_indices
+    from pefts.data import read_manifest
+    from pefts.results import merge_shards, write_tsv
+
+    refuse_existing(out, force)
+    expected = None
+    if data:
+        expected = selected_indices(read_manifest(data)["num_test"], skip, max_count)
+    merged, settings, parts = merge_shards(shards, expected)
+    if data:
+        given = {"manifest": file_digest(data), "skip": skip, "max": max_count}
+        for key, value in given.items():
+            if settings.get(key) != value:
+                raise PeftsError(f"the shards were certified with {key} {settings.get(key)!r}, "
+                                 f"merge was given {value!r} (--data/--skip/--max)")
+    write_tsv(merged, out, settings, shards=parts)
+    click.echo(f"merged {len(shards)} shard(s), {len(merged)} images -> {out}")
+
+
+COMMANDS = [certify, predict, merge]

@@ -1,0 +1,81 @@
+"""Option types and parsers shared by every stage's commands.
+
+Every numeric option of every command has one of these types (or click.INT, which
+refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import click
+
+from pefts.errors import PeftsError
+from pefts.files import refuse_existing
+
+__all__ = ["refuse_existing"]  # re-exported for the commands
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that also refuses nan and +-inf (FloatRange lets nan through:
+    every comparison with nan is false)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return value
+
+
+# every numeric option of every command has one of these types (or click.INT, which
+# refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over them
+POSITIVE = FiniteFloat(min=0.0, min_open=True)
+NON_NEGATIVE = FiniteFloat(min=0.0)
+PROBABILITY = FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True)
+AT_LEAST_ONE = click.IntRange(min=1)
+SEED = click.IntRange(min=0, max=2**63 - 1)
+RUN = click.Tuple([str, POSITIVE, click.Path(dir_okay=False)])
+
+
+def parse_json(text: str | None, option: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PeftsError(f"{option} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise PeftsError(f"{option} must be a JSON object, got {text!r}")
+    return value
+
+
+def device_option(func):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (a leased GPU if any, else CPU), cpu, cuda or cuda:N")(func)
+
+
+def force_option(func):
+    return click.option("--force", is_flag=True, help="replace an existing output")(func)
+
+
+def fmt_accuracy(value: float | None) -> str:
+    return "n/a (val_fraction 0)" if value is None else f"{value:.3f}"
+
+
+def parse_floats(text: str, option: str, low: float = -math.inf,
+                 low_open: bool = False) -> tuple[float, ...]:
+    """Comma-separated finite numbers, each >= ``low`` (> ``low`` when ``low_open``)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise PeftsError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    for v in values:
+        if not math.isfinite(v) or v < low or (low_open and v == low):
+            bound = f"{'>' if low_open else '>='} {low:g}" if math.isfinite(low) else "finite"
+            raise PeftsError(f"{option} must be comma-separated finite numbers {bound}, "
+                             f"got {text!r}")
+    return values

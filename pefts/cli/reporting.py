@@ -1,0 +1,151 @@
+"""Reporting commands: tables (TSV + Markdown) and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pefts.cli.options import (
+    NON_NEGATIVE,
+    RUN,
+    parse_floats,
+)
+from pefts.errors import PeftsError
+
+
+def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:
+    """Every table goes out twice: TSV for programs, Markdown for papers."""
+    from pefts.artifacts import atomic_write_text
+
+    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
+    atomic_write_text(out_md, markdown)
+    return markdown
+
+
+def read_runs(runs) -> list:
+    from pefts.provenance import check_comparable
+    from pefts.results import read_tsv
+
+    if not runs:
+        raise PeftsError("give at least one --run METHOD SIGMA TSV")
+    frames = [(method, sigma, read_tsv(path)) for method, sigma, path in runs]
+    check_comparable(runs)
+    return frames
+
+
+@click.command()
+@click.option("--run", "runs", multiple=True, type=RUN, help="METHOD SIGMA merged.tsv (repeat)")
+@click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+def summarize(runs, radii, out_tsv, out_md) -> None:
+    """Certified accuracy at a radius grid and ACR, per method and sigma."""
+    from pefts.results import summarize as table_of
+    from pefts.results import to_markdown
+
+    grid = parse_floats(radii, "--radii", 0.0)
+    table = table_of(read_runs(runs), grid)
+    click.echo(write_table(table, out_tsv, out_md, to_markdown(table)), nl=False)
+
+
+@click.command()
+@click.option("--run", "runs", multiple=True, type=RUN, help="METHOD SIGMA merged.tsv (repeat)")
+@click.option("--out", "pattern", required=True,
+              help="PNG path with {sigma}: one figure per sigma, one line per method "
+                   "(a plain path when every run has the same sigma)")
+def plot(runs, pattern) -> None:
+    """Certified accuracy against L2 radius (paper Figure 3)."""
+    from pefts.plots import plot_certified_curves
+
+    loaded = read_runs(runs)
+    sigmas = sorted({s for _, s, _ in loaded})
+    if "{sigma}" not in pattern and len(sigmas) > 1:
+        raise PeftsError("--out must contain {sigma} when the runs have several sigmas, "
+                         "e.g. results/figures/certified_sigma{sigma}.png")
+    for sigma in sigmas:
+        curves = [(method, frame) for method, s, frame in loaded if s == sigma]
+        out = pattern.replace("{sigma}", f"{sigma:g}")
+        plot_certified_curves(curves, f"certified accuracy, sigma = {sigma:g}", out)
+        click.echo(f"sigma={sigma:g}: {len(curves)} method(s) -> {out}")
+
+
+@click.command("plot-vs-sigma")
+@click.option("--summary", required=True, type=click.Path(dir_okay=False),
+              help="summary TSV from `pefts summarize`")
+@click.option("--columns", default="r=0,ACR", show_default=True,
+              help="comma-separated summary columns, one panel each")
+@click.option("--title", default="", help="figure title")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG")
+def plot_vs_sigma(summary, columns, title, out) -> None:
+    """Summary columns against sigma, one line per method (paper Figure 8)."""
+    from pefts.plots import plot_against_sigma
+
+    table = read_summary(summary)
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    missing = [c for c in wanted if c not in table.columns]
+    if missing or not wanted:
+        raise PeftsError(f"{summary} has no column(s) {', '.join(missing) or '(none given)'}; "
+                         f"it has {', '.join(table.columns)}")
+    plot_against_sigma(table, wanted, title, out)
+    click.echo(f"{len(wanted)} panel(s) -> {out}")
+
+
+def read_summary(path: str):
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise PeftsError(f"summary {path} does not exist (run `pefts summarize` first)")
+    return pd.read_csv(path, sep="\t")
+
+
+@click.command("noise-accuracy")
+@click.option("--run", "runs", multiple=True, type=RUN,
+              help="METHOD SIGMA model.safetensors (repeat)")
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+@click.option("--figure", required=True, type=click.Path(dir_okay=False))
+def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
+    """Accuracy on noisy inputs against sigma per method (paper Figure 2)."""
+    from pefts.noise_learning import noise_accuracy_table
+    from pefts.plots import plot_lines
+    from pefts.results import to_markdown
+
+    if not runs:
+        raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
+    table = noise_accuracy_table(runs)
+    markdown = write_table(table, out_tsv, out_md, to_markdown(table))
+    plot_lines(table, "sigma", "noisy accuracy", "method", "accuracy of f on x + noise", figure,
+               ylabel="accuracy on noisy test images")
+    click.echo(markdown, nl=False)
+
+
+@click.command()
+@click.option("--run", "runs", multiple=True, type=RUN,
+              help="METHOD SIGMA model.safetensors (repeat)")
+@click.option("--summary", required=True, type=click.Path(dir_okay=False),
+              help="summary TSV from `pefts summarize`")
+@click.option("--radius", default=0.0, show_default=True, type=NON_NEGATIVE,
+              help="radius of the figure's accuracy")
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False))
+@click.option("--figure", required=True, type=click.Path(dir_okay=False))
+def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
+    """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
+    from pefts.parameters import accuracy_vs_parameters, parameter_markdown, parameter_table
+    from pefts.plots import plot_lines
+
+    if not runs:
+        raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
+    table = parameter_table(runs)
+    markdown = write_table(table, out_tsv, out_md, parameter_markdown(table))
+    column = f"r={radius:g}"
+    points = accuracy_vs_parameters(table, read_summary(summary), column)
+    points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
+    plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
+               figure, logx=True, xlabel="trainable parameters (none plotted at 1)",
+               ylabel=f"certified accuracy (r = {radius:g})", labels="method", connect=False)
+    click.echo(markdown, nl=False)
+
+
+COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters]
