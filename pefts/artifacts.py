@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pefts.errors import PeftsError
-from pefts.files import atomic_write_text, file_digest
+from pefts.files import atomic_write_text, durable_path, file_digest
 
 __all__ = ["atomic_write_text", "file_digest", "load_artifact", "load_meta", "save_artifact"]
 
@@ -23,13 +22,11 @@ def meta_path(weights: str | Path) -> Path:
 
 def save_artifact(weights: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Save ``tensors`` to ``weights`` (.safetensors) and ``meta`` to the .json beside it."""
-    weights = Path(weights)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    # safetensors refuses shared or non-contiguous storage; a PEFT state is small, copy it
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    # the metadata first: weights without it would be refused, metadata alone is inert
     atomic_write_text(meta_path(weights), json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, weights)
+    with durable_path(weights) as tmp:
+        # safetensors refuses shared or non-contiguous storage; a PEFT state is small, copy it
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
 
 
 def load_meta(weights: str | Path) -> dict[str, Any]:

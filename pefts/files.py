@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pefts.errors import PeftsError
@@ -20,17 +22,37 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
+@contextmanager
+def durable_path(path: str | Path) -> Iterator[Path]:
+    """The one way pefts writes a file durably: yield a temporary path in ``path``'s folder
+    for the caller to fill, then fsync it, rename it over ``path`` and fsync the folder.
+
+    A kill at any moment leaves either the old file or the new one, never half a file;
+    on an exception the temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)  # the writer may have closed its handle: fsync by name
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` durably (``durable_path``): readers never see half a file."""
+    with durable_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -40,8 +62,6 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
 
 
 def refuse_existing(path: str | Path, force: bool) -> None:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pefts.files import durable_path  # noqa: E402
 from pefts.results import certified_accuracy  # noqa: E402
 
 
@@ -23,9 +24,9 @@ def accuracy_curve(frame: pd.DataFrame, max_radius: float, points: int = 200
 
 def save(fig: plt.Figure, out: str | Path) -> None:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=150)
+    with durable_path(out) as tmp:
+        fig.savefig(tmp, dpi=150, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import fsync_dir
+from pefts.files import atomic_write_text
 from pefts.progress import progress
 from pefts.provenance import write_sidecar
 
@@ -30,14 +30,8 @@ def partial_path(out: str | Path) -> Path:
 
 
 def replace_durably(path: Path, lines: Iterable[str]) -> None:
-    """Replace ``path`` by ``lines`` via temp file + fsync + rename + fsync of the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.writelines(line + "\n" for line in lines)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Replace ``path`` by ``lines`` through the one durable writer (``pefts.files``)."""
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def settings_line(settings: dict[str, Any]) -> str:

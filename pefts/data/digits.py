@@ -12,6 +12,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
+from pefts.files import durable_path
+
 TENSORS = "digits.safetensors"
 
 
@@ -32,10 +34,11 @@ def prepare(out_dir: Path, seed: int = 0, test_fraction: float = 0.25,
         return x.contiguous(), torch.from_numpy(labels[idx])
 
     (train_x, train_y), (test_x, test_y) = split(train_idx), split(test_idx)
-    save_file({
-        "train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
-        "train_index": torch.from_numpy(train_idx), "test_index": torch.from_numpy(test_idx),
-    }, str(out_dir / TENSORS))
+    with durable_path(out_dir / TENSORS) as tmp:
+        save_file({
+            "train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
+            "train_index": torch.from_numpy(train_idx), "test_index": torch.from_numpy(test_idx),
+        }, str(tmp))
     return {
         "num_classes": len(class_list),
         "classes": [str(c) for c in class_list],
