@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pefts.certification.smoothing import Smooth
+from pefts.certification.smoothing import Smooth, batch_sizes
 from pefts.errors import PeftsError
 from pefts.models import count_parameters
 
@@ -118,11 +118,6 @@ def artifact_subject(model: str | Path, base: str | Path, device: torch.device,
     x = torch.rand(channels, side, side, device=device)
     return Subject(net, int(meta["num_classes"]), float(meta.get("sigma", BUILTIN_SIGMA)), x,
                    f"{Path(model).name} ({meta.get('method')}) on {channels}x{side}x{side}")
-
-
-def batch_sizes(num: int, batch_size: int) -> list[int]:
-    """The batch schedule ``Smooth.sample_counts`` uses, so every row does the same work."""
-    return [batch_size] * (num // batch_size) + ([num % batch_size] if num % batch_size else [])
 
 
 def count_arr(arr: np.ndarray, length: int) -> np.ndarray:

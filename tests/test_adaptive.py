@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from scipy.stats import norm
 
@@ -189,3 +190,42 @@ def test_adaptive_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, no
     assert a["idx"].tolist() == b["idx"].tolist() == list(range(0, 160, 20))
     for column in ("predict", "radius", "nA", "n_used", "pA_lower"):
         assert a[column].tolist() == b[column].tolist()
+
+
+def test_fixed_n_is_adaptive_with_one_look_and_counts_the_same_hits():
+    """Fixed n = N, adaptive with n_max = N, and Cohen's ``Smooth.certify`` draw the same
+    noise from the same (seed, image) streams: an adaptive image that runs to n_max counts
+    exactly the hits of its fixed-n row, and the fixed-n bound is Cohen's at the full alpha."""
+    from scipy.stats import beta
+
+    from pefts.certification.noise import ESTIMATION, SELECTION, generator
+    from pefts.certification.rows import adaptive_rows, certify_rows
+    from pefts.certification.smoothing import Smooth
+
+    # a random linear classifier on 3x5x5 images: noise moves its predictions, and 75 values
+    # per sample (not a multiple of 16) make torch's CPU sampler give other values when a
+    # stream is drawn in other pieces (on CUDA any other split does)
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(75, 10)).eval()
+    images = [(torch.rand(3, 5, 5), 2) for _ in range(20)]
+    n, alpha, sigma, seed = 1500, 0.001, 0.5, 4
+    fixed = {r[0]: r for r in certify_rows(net, images, 10, sigma, 16, n, alpha, 300, seed,
+                                           "cpu")(list(range(20)))}
+    # rtol this small is never met: every image that does not clearly abstain runs to n_max
+    plan = AdaptivePlan(sigma, alpha, n, (0.0,), rtol=1e-12)
+    adaptive = {r[0]: r for r in adaptive_rows(net, images, 10, plan, 16, 700, 3, seed,
+                                               "cpu")(list(range(20)))}
+    full = [i for i, r in adaptive.items() if r[7] == n]
+    assert len(full) >= 3, "too few images ran to n_max: test is vacuous"
+    assert len({fixed[i][8] for i in full}) > 1, "every image had the same hits: vacuous"
+    for i in full:
+        assert adaptive[i][8] == fixed[i][8], (i, adaptive[i], fixed[i])
+    smooth = Smooth(net, 10, sigma)
+    for i, (x, _) in enumerate(images):
+        cert = smooth.certify_detailed(x, 16, n, alpha, 128, generator(seed, i, SELECTION, "cpu"),
+                                       generator(seed, i, ESTIMATION, "cpu"))
+        row = fixed[i]
+        assert (cert.prediction if cert.p_a_lower >= 0.5 else -1, cert.n_a) == (row[2], row[8])
+        n_a = row[8]
+        cohen = beta.ppf(alpha, n_a, n - n_a + 1) if n_a else 0.0
+        assert float(row[9]) == pytest.approx(cohen, rel=1e-12, abs=1e-15)

@@ -56,6 +56,7 @@ def test_a_finished_output_is_replaced_only_with_force(sample, tmp_path, command
 
 KILLER = r'''
 import os, signal, sys
+from pefts import files
 from pefts.certification import shard_io
 
 kill_at, count = int(sys.argv[2]), [0]
@@ -97,7 +98,8 @@ def killing_open(path, mode="r", *args, **kwargs):
     return Killed(handle) if ("w" in mode or "a" in mode) else handle
 
 
-shard_io.open = killing_open  # every file shard_io writes, whatever way it writes it
+# every file a shard writes: its rows (shard_io) and whatever the one durable writer writes
+shard_io.open = files.open = killing_open
 
 
 def rows(todo):

@@ -81,3 +81,9 @@ class AdaptivePlan:
         best = cp_lower(int(upper * self.n_max), self.n_max, self.looks.budgets[-1])
         radius = self.radius(lower)
         return radius > 0 and self.radius(best) <= radius * (1 + self.rtol)
+
+
+def fixed_plan(sigma: float, alpha: float, n: int) -> AdaptivePlan:
+    """Cohen's fixed n as a plan: one look at n with the whole alpha, so its bound is
+    Cohen's Clopper-Pearson bound exactly (one look needs no union bound)."""
+    return AdaptivePlan(sigma, alpha, n, looks=Looks((n,), (alpha,)))

@@ -14,18 +14,20 @@ without running ahead. Samples past the look where an image stops are wasted (an
 counted as forward passes by the benchmark); AHEAD bounds that waste. Counts are read
 back once per batch, and only when some image reaches a look.
 
-Determinism: the noise of image idx comes only from (seed, idx, stream), drawn in pieces
-fixed by that image's own look schedule (at most ``DRAW`` samples each), never by the
-batch size or the pool's other images. Batching happens only at the forward pass, so
-the results do not depend on shards, pool size, batch size or resuming, up to the last
-bits a BLAS kernel may change with the batch's composition.
+Determinism: the noise of image idx comes only from (seed, idx, stream), drawn in the
+pieces ``noise.piece_ends`` fixes by the stream's length alone, never by the batch size,
+the look schedule or the pool's other images: fixed n = N (one look) and adaptive
+n_max = N count the same hits, and so does ``Smooth`` with the same generators.
+Batching happens only at the forward pass, so the results do not depend on shards, pool
+size, batch size or resuming, up to the last bits a BLAS kernel may change with the
+batch's composition.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,19 +35,9 @@ from torch import nn
 
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
-from pefts.certification.noise import ESTIMATION, SELECTION, generator
+from pefts.certification.noise import ESTIMATION, SELECTION, NoiseStream, generator
 
-DRAW = 1024  # noise is drawn in pieces of at most this many samples (part of the stream)
 AHEAD = 8  # looks an image may run past its next one: about 2x its samples at most
-
-
-def _piece_ends(counts: tuple[int, ...]) -> np.ndarray:
-    """Ends of the noise pieces of a stream whose looks fall at ``counts``."""
-    ends: list[int] = []
-    for start, end in zip((0, *counts[:-1]), counts, strict=True):
-        ends.extend(range(start + DRAW, end, DRAW))
-        ends.append(end)
-    return np.array(ends)
 
 
 @dataclass
@@ -66,11 +58,9 @@ class _Image:
     label: int
     x: torch.Tensor
     slot: int
-    gen: torch.Generator
+    noise: NoiseStream
     stage: int = SELECTION
     sent: int = 0  # samples of this stage forwarded
-    drawn: int = 0  # samples of this stage drawn (>= sent)
-    pending: list[torch.Tensor] = field(default_factory=list)  # drawn, not yet forwarded
     look: int = -1  # the last look taken
     lower: float = 0.0
     top: int = -1
@@ -89,8 +79,6 @@ class Pool:
         self.n0, self.seed, self.batch, self.pool = n0, seed, batch, pool
         self.device = torch.device(device)
         self.counts = plan.looks.counts
-        # where each stage's noise pieces end: its look chunks, cut at DRAW
-        self._piece_ends = {SELECTION: _piece_ends((n0,)), ESTIMATION: _piece_ends(self.counts)}
         # tally columns: class counts in selection, then hits per look chunk in estimation
         chunk = np.repeat(np.arange(len(self.counts)), plan.looks.chunks)
         self._chunk_column = torch.as_tensor(chunk + num_classes, device=self.device)
@@ -147,7 +135,8 @@ class Pool:
     def _forward(self, parts: list[tuple[_Image, int, int]], start: float) -> Iterator[PoolResult]:
         noisy, slots, columns = [], [], []
         for image, first, k in parts:
-            noisy.append(image.x.unsqueeze(0) + self._noise(image, first, k) * self.plan.sigma)
+            # parts of one image come in sample order, so the stream hands out first .. first + k
+            noisy.append(image.x.unsqueeze(0) + image.noise.take(k) * self.plan.sigma)
             slots.append(torch.full((k,), image.slot, dtype=torch.long))
             if image.stage == ESTIMATION:
                 columns.append(self._chunk_column[first:first + k])
@@ -180,23 +169,11 @@ class Pool:
     def _at_look(self, image: _Image) -> bool:
         return image.sent >= self._due(image, 0)
 
-    def _noise(self, image: _Image, start: int, k: int) -> torch.Tensor:
-        """Samples start .. start + k of this image's stage, drawn in its own fixed pieces."""
-        ends = self._piece_ends[image.stage]
-        while image.drawn < start + k:
-            end = int(ends[np.searchsorted(ends, image.drawn, side="right")])
-            image.pending.append(torch.randn((end - image.drawn, *image.x.shape),
-                                             generator=image.gen, device=self.device))
-            image.drawn = end
-        noise = torch.cat(image.pending) if len(image.pending) > 1 else image.pending[0]
-        image.pending = [noise[k:]] if len(noise) > k else []
-        return noise[:k]
-
     def _admit(self, item: tuple[int, torch.Tensor, int]) -> _Image:
         idx, x, label = item
         slot = self._free.pop(0)
-        image = _Image(int(idx), int(label), x.to(self.device, torch.float32), slot,
-                       generator(self.seed, int(idx), SELECTION, self.device))
+        x = x.to(self.device, torch.float32)
+        image = _Image(int(idx), int(label), x, slot, self._stream(int(idx), SELECTION, x))
         if not self._probed:
             refuse_batch_dependence(self.model, image.x, self.plan.sigma)
             self._probed = True
@@ -204,14 +181,18 @@ class Pool:
         self._active.append(image)
         return image
 
+    def _stream(self, idx: int, stage: int, x: torch.Tensor) -> NoiseStream:
+        total = self.n0 if stage == SELECTION else self.plan.n_max
+        return NoiseStream(generator(self.seed, idx, stage, self.device), x.shape, total, self.device)
+
     def _looks(self, image: _Image, row: np.ndarray) -> PoolResult | None:
         """Every look the image's forwarded samples complete, in order, until it stops."""
         if image.stage == SELECTION:
             # selection samples are never reused: estimation gets a fresh stream and tally
             image.top = int(row[:self.num_classes].argmax())
             self._top[image.slot] = image.top
-            image.stage, image.sent, image.drawn = ESTIMATION, 0, 0
-            image.gen = generator(self.seed, image.idx, ESTIMATION, self.device)
+            image.stage, image.sent = ESTIMATION, 0
+            image.noise = self._stream(image.idx, ESTIMATION, image.x)
             return None
         hits = row[self.num_classes:]
         while image.look + 1 < len(self.counts) and self.counts[image.look + 1] <= image.sent:

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pefts.certification.adaptive import AdaptivePlan
-from pefts.certification.noise import ESTIMATION, SELECTION, generator
-from pefts.certification.pool import Pool
+from pefts.certification.adaptive import AdaptivePlan, fixed_plan
+from pefts.certification.noise import ESTIMATION, generator
+from pefts.certification.pool import Pool, PoolResult
 from pefts.certification.shard_io import RowSource
 from pefts.certification.smoothing import Smooth
 
@@ -33,40 +33,37 @@ def per_image(dataset: Dataset, row: Callable[[torch.Tensor, int, int], list[Any
     return rows
 
 
-def certify_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n0: int,
-                 n: int, alpha: float, batch: int, seed: int, device: torch.device | str,
-                 precision: str = "fp32") -> RowSource:
-    smooth = Smooth(model, num_classes, sigma)
-
-    def row(x: torch.Tensor, label: int, idx: int) -> list[Any]:
-        start = time.perf_counter()
-        cert = smooth.certify_detailed(
-            x, n0, n, alpha, batch,
-            selection=generator(seed, idx, SELECTION, device),
-            estimation=generator(seed, idx, ESTIMATION, device),
-        )
-        elapsed = time.perf_counter() - start
-        return [idx, label, cert.prediction, repr(cert.radius), int(cert.prediction == label),
-                f"{elapsed:.4f}", n0, n, cert.n_a, repr(cert.p_a_lower)] + (
-                    [precision] if precision != "fp32" else [])
-
-    return per_image(dataset, row)
-
-
-def adaptive_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: AdaptivePlan,
-                  n0: int, batch: int, pool: int, seed: int, device: torch.device | str,
-                  precision: str = "fp32") -> RowSource:
-    """Adaptive certification of a pool of images at once; rows come as images finish."""
+def pooled_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: AdaptivePlan,
+                n0: int, batch: int, pool: int, seed: int, device: torch.device | str,
+                cells: Callable[[PoolResult], list[Any]]) -> RowSource:
+    """Certify a pool of images at once under ``plan``; rows come as images finish."""
     runner = Pool(model, num_classes, plan, n0, seed, device, batch, pool)
 
     def rows(todo: list[int]) -> Iterator[list[Any]]:
         images = ((idx, *dataset[idx]) for idx in todo)
         for r in runner.run(images):
             yield [r.idx, r.label, r.prediction, repr(r.radius), int(r.prediction == r.label),
-                   f"{r.seconds:.4f}", n0, r.n_used, r.n_a, repr(r.p_a_lower), plan.n_max,
-                   precision]
+                   f"{r.seconds:.4f}", n0, *cells(r)]
 
     return rows
+
+
+def certify_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n0: int,
+                 n: int, alpha: float, batch: int, seed: int, device: torch.device | str,
+                 precision: str = "fp32", pool: int = 256) -> RowSource:
+    """Cohen's CERTIFY rows: adaptive certification with a single look at n (same noise,
+    same hits as an adaptive image that runs to n_max = n); his columns, unchanged."""
+    extra = [precision] if precision != "fp32" else []
+    return pooled_rows(model, dataset, num_classes, fixed_plan(sigma, alpha, n), n0, batch, pool,
+                       seed, device, lambda r: [n, r.n_a, repr(r.p_a_lower), *extra])
+
+
+def adaptive_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: AdaptivePlan,
+                  n0: int, batch: int, pool: int, seed: int, device: torch.device | str,
+                  precision: str = "fp32") -> RowSource:
+    """Adaptive certification of a pool of images at once; rows come as images finish."""
+    return pooled_rows(model, dataset, num_classes, plan, n0, batch, pool, seed, device,
+                       lambda r: [r.n_used, r.n_a, repr(r.p_a_lower), plan.n_max, precision])
 
 
 def predict_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n: int,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy.stats import binomtest, norm
 
 from pefts.certification.bounds import lower_confidence_bound, radius_cap
 from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
+from pefts.certification.noise import NoiseStream
 from pefts.errors import PeftsError
 
 __all__ = ["Certificate", "Smooth", "lower_confidence_bound", "radius_cap"]
@@ -36,6 +38,11 @@ def check_sampling_args(n0: int | None, n: int, alpha: float, batch_size: int) -
         raise PeftsError(f"alpha must lie in (0, 1), got {alpha}")
     if batch_size < 1:
         raise PeftsError(f"batch size must be at least 1, got {batch_size}")
+
+
+def batch_sizes(num: int, batch_size: int) -> list[int]:
+    """Cohen's batch schedule: full batches, then the rest."""
+    return [batch_size] * (num // batch_size) + ([num % batch_size] if num % batch_size else [])
 
 
 class Smooth:
@@ -100,11 +107,15 @@ class Smooth:
         x = x.to(device)
         self._check_model(x)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        # a seeded stream is drawn in the pieces every pefts sampler uses (the pool's fixed
+        # and adaptive runs see the same noise); the global RNG as Cohen's code draws it,
+        # one piece per batch
+        ends = None if generator is not None else np.cumsum(batch_sizes(num, batch_size))
+        stream = NoiseStream(generator, x.shape, num, device, ends)
         remaining = num
         while remaining > 0:
             size = min(batch_size, remaining)
-            noise = torch.randn((size, *x.shape), generator=generator, device=device)
-            logits = self.base_classifier(x.unsqueeze(0) + noise * self.sigma)
+            logits = self.base_classifier(x.unsqueeze(0) + stream.take(size) * self.sigma)
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             remaining -= size
         return counts

@@ -118,7 +118,7 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
     else:
         columns = CERTIFY_COLUMNS + (["precision"] if precision != "fp32" else [])
         rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch,
-                            seed, torch_device, precision)
+                            seed, torch_device, precision, pool)
     run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}")
     click.echo(f"certified {len(indices)} images -> {out}")
 
