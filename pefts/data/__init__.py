@@ -6,24 +6,26 @@ every later step reads the data through ``load_split(manifest, split)``.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from pefts.artifacts import atomic_write_text
-from pefts.data import cifar10, digits, imagefolder, imagenet
 from pefts.errors import PeftsError
 
-DATASETS = {"digits": digits, "cifar10": cifar10, "imagenet": imagenet, "imagefolder": imagefolder}
+# imported on use: torchvision (cifar10, imagefolder) costs seconds every digits job would pay
+DATASETS = ("cifar10", "digits", "imagefolder", "imagenet")
 
 
-def dataset_module(name: str):
+def dataset_module(name: str) -> ModuleType:
     if name not in DATASETS:
         raise PeftsError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    return importlib.import_module(f"pefts.data.{name}")
 
 
 def prepare(name: str, out_dir: str | Path, classes: list[int] | None = None,

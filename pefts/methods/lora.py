@@ -7,7 +7,6 @@ each fused qkv is first split into three Linears that reproduce its output exact
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from pefts.hparams import Float, Int
@@ -54,6 +53,8 @@ class LoRA(Method):
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)
         split_qkv(base.net)
+        from peft import LoraConfig, inject_adapter_in_model  # 1.4 s: only jobs that inject LoRA
+
         config = LoraConfig(r=int(self.hparams["rank"]), lora_alpha=self.hparams["alpha"],
                             lora_dropout=self.hparams["dropout"], target_modules=TARGETS,
                             bias="none")
