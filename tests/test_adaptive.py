@@ -111,6 +111,7 @@ def pool_rows(net, images, batch, pool, n_max=3000):
     return sorted((r.idx, r.prediction, r.radius, r.n_a, r.n_used) for r in runner.run(images))
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_pool_or_batch_size():
     from pefts.benchmark import builtin_subject
 
@@ -135,6 +136,7 @@ class BatchSizes(torch.nn.Module):
         return self.net(x)
 
 
+@pytest.mark.slow
 def test_batches_stay_full_and_running_ahead_wastes_little():
     from pefts.benchmark import builtin_subject
 
@@ -176,6 +178,7 @@ def test_adaptive_shards_merge_to_the_single_run(run_cli, digits, tiny_base, non
         assert merged[column].tolist() == whole[column].tolist(), column
 
 
+@pytest.mark.slow
 def test_adaptive_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, none_model, tmp_path):
     args = [sys.executable, "-m", "pefts", "certify", "--model", str(none_model), "--base",
             str(tiny_base), "--data", str(digits), "--sigma", "0.25", "--adaptive", "--n0", "16",

@@ -68,6 +68,7 @@ def test_dncnn_has_the_published_architecture():
     assert torch.equal(model.denoiser.eval()(z), z)  # residual branch starts at zero
 
 
+@pytest.mark.slow
 def test_mse_training_denoises_held_out_images(digits):
     train, test = digits
     sigma = 0.5

@@ -90,6 +90,7 @@ def test_imagenet_is_an_image_folder_cropped_to_224(tmp_path):
     assert x.shape == (3, 224, 224)
 
 
+@pytest.mark.slow
 def test_the_readme_example_config_prepares_a_folder(folder, tmp_path):
     """The README's own-images command, run as written up to the prepared data."""
     example = yaml.safe_load((ROOT / "configs" / "imagefolder-example.yaml").read_text())
@@ -127,6 +128,7 @@ def test_cifar10_fixture_passes_torchvision_checks_only_with_its_own_checksums(t
         prepare("cifar10", tmp_path / "q", root=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_child_processes_get_the_checksum_patch_only_from_the_fixture_env(tmp_path):
     checksums = realsize.cifar10_folder(tmp_path, 1, [0])
     code = ("from torchvision.datasets import CIFAR10; "

@@ -134,6 +134,7 @@ def test_merge_sorts_and_keeps_full_precision(tmp_path):
     assert merged["radius"].iloc[1] == 0.12345678901234568
 
 
+@pytest.mark.slow
 def test_certify_killed_for_real_resumes_to_the_same_rows(digits, tiny_base, none_model, tmp_path):
     """SIGKILL a running `pefts certify`, run it again: same rows as an uninterrupted run."""
     args = [sys.executable, "-m", "pefts", "certify", "--model", str(none_model), "--base",

@@ -52,6 +52,7 @@ def test_dry_run_of_every_experiment():
     assert counts["ablation_report"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configfile", ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"])
 def test_preset_without_data_stops_naming_the_config_key(configfile, tmp_path):
     result = snakemake("--cores", "1", "--configfile", configfile, "--nolock",

@@ -156,10 +156,14 @@ rule docs:
     output:
         page="docs/default-run.md",
         figure="docs/figures/certified.png",
+    conda:
+        ENV
+    log:
+        path("logs", "docs.log"),
     shell:
         "(echo '# One run of the embedded default'; echo;"
         " echo 'Written by `snakemake --cores all docs` from `{input.certified}` and"
         " `{input.parameters}`; the figure is `{input.figure}`.'; echo;"
         " echo '## Certified accuracy'; echo; cat {input.certified}; echo;"
         " echo '## Trainable parameters'; echo; cat {input.parameters}) > {output.page}"
-        " && cp {input.figure} {output.figure}"
+        " && cp {input.figure} {output.figure} 2> {log}"
