@@ -95,3 +95,58 @@ def simulate_sequences(p_hats: list[float], plan: AdaptivePlan, seed: int = 0) -
             rows.append({"image": image, "p": p, "sequence": name, "samples": int(counts[stop]),
                          "radius": plan.radius(float(lower[stop]))})
     return pd.DataFrame(rows)
+
+
+@dataclass
+class Comparison:
+    """What ``pefts benchmark-adaptive`` prints: the side-by-side table and its summary."""
+
+    table: pd.DataFrame
+    runs: list[CertifyRun]
+    gap: int  # largest certified-count difference up to 2 sigma, adaptive vs fixed
+    spread: float  # the same between the first two fixed-n seeds (nan: one seed)
+    simulated: pd.Series  # estimation samples per confidence sequence, simulated
+
+    def summary(self) -> list[str]:
+        fixed, adaptive = self.runs[0], self.runs[-1]
+        rate = (adaptive.passes / adaptive.seconds) / (fixed.passes / fixed.seconds)
+        return [
+            f"passes fixed/adaptive = {fixed.passes / adaptive.passes:.1f}x; samples/s "
+            f"adaptive/fixed = {rate:.2f}; largest certified-count difference up to 2 sigma: "
+            f"adaptive vs fixed {self.gap}, fixed seed vs seed {self.spread}",
+            "confidence sequences simulated on these images' fixed-n hit rates (same hits, "
+            "same stopping rule): estimation samples in total "
+            + ", ".join(f"{name} {int(total):,}" for name, total in self.simulated.items()),
+        ]
+
+
+def compare(net: nn.Module, dataset, num_classes: int, indices: list[int], sigma: float,
+            n: int, n0: int, alpha: float, radii: list[float], batch: int, pool: int,
+            seeds: list[int], device: torch.device) -> Comparison:
+    """Certify ``indices`` with fixed n (one run per seed) and adaptively with n_max = n."""
+    from pefts.certification.rows import (
+        ADAPTIVE_COLUMNS,
+        CERTIFY_COLUMNS,
+        adaptive_rows,
+        certify_rows,
+    )
+
+    plan = AdaptivePlan(sigma, alpha, n, tuple(radii))
+    runs = [certify_run(f"fixed n seed {s}", net,
+                        lambda m, s=s: certify_rows(m, dataset, num_classes, sigma, n0, n, alpha,
+                                                    batch, s, device, pool=pool),
+                        indices, CERTIFY_COLUMNS, device) for s in seeds]
+    runs.append(certify_run("adaptive", net,
+                            lambda m: adaptive_rows(m, dataset, num_classes, plan, n0, batch, pool,
+                                                    seeds[0], device),
+                            indices, ADAPTIVE_COLUMNS, device))
+    fixed, adaptive = runs[0], runs[-1]
+    within = [r for r in radii if r <= 2 * sigma + 1e-12]
+
+    def largest_difference(a: CertifyRun, b: CertifyRun) -> int:
+        return max(abs(x - y) for x, y in zip(a.accuracy(within), b.accuracy(within), strict=True))
+
+    spread = largest_difference(fixed, runs[1]) if len(runs) > 2 else float("nan")
+    simulated = simulate_sequences((fixed.rows["nA"] / fixed.rows["n"]).tolist(), plan, seeds[0])
+    return Comparison(compare_table(runs, radii), runs, largest_difference(fixed, adaptive), spread,
+                      simulated.groupby("sequence", sort=False)["samples"].sum())

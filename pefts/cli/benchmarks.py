@@ -112,56 +112,26 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
 def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
                        max_count, seeds, out, device) -> None:
     """The same images certified with fixed n and adaptively (n_max = n), side by side."""
-    from pefts.adaptive_benchmark import certify_run, compare_table, simulate_sequences
+    from pefts.adaptive_benchmark import compare
     from pefts.artifacts import atomic_write_text
     from pefts.benchmark import device_name
-    from pefts.certification.adaptive import AdaptivePlan
-    from pefts.certification.rows import (
-        ADAPTIVE_COLUMNS,
-        CERTIFY_COLUMNS,
-        adaptive_rows,
-        certify_rows,
-    )
 
     grid = list(parse_floats(radii, "--radii"))
     seed_list = [int(s) for s in parse_floats(seeds, "--seeds")]
     net, manifest, dataset, indices, torch_device, _ = shard_setup(
         model, base, data, skip, max_count, "0/1", device, sigma)
-    classes = manifest["num_classes"]
-    plan = AdaptivePlan(sigma, alpha, n, tuple(grid))
-    runs = [certify_run(f"fixed n seed {s}", net,
-                        lambda m, s=s: certify_rows(m, dataset, classes, sigma, n0, n, alpha,
-                                                    batch, s, torch_device),
-                        indices, CERTIFY_COLUMNS, torch_device) for s in seed_list]
-    runs.append(certify_run("adaptive", net,
-                            lambda m: adaptive_rows(m, dataset, classes, plan, n0, batch, pool,
-                                                    seed_list[0], torch_device),
-                            indices, ADAPTIVE_COLUMNS, torch_device))
-    table = compare_table(runs, grid)
-    fixed, adaptive = runs[0], runs[-1]
-    within = [r for r in grid if r <= 2 * sigma + 1e-12]
-    gap = max(abs(a - b) for a, b in zip(fixed.accuracy(within), adaptive.accuracy(within), strict=False))
-    spread = (max(abs(a - b) for a, b in zip(fixed.accuracy(within), runs[1].accuracy(within), strict=False))
-              if len(runs) > 2 else float("nan"))
+    result = compare(net, dataset, manifest["num_classes"], indices, sigma, n, n0, alpha, grid,
+                     batch, pool, seed_list, torch_device)
     if out:
-        atomic_write_text(out, table.to_csv(sep="\t", index=False))
+        atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
     click.echo(f"device: {device_name(torch_device)}; {len(indices)} images; {Path(model).name}; "
                f"sigma {sigma:g}; n0 {n0}, n = n_max {n}, alpha {alpha:g}; batch {batch}, "
                f"pool {pool}")
-    readable = table.map(lambda v: f"{v:,}" if isinstance(v, int) else v)
+    readable = result.table.map(lambda v: f"{v:,}" if isinstance(v, int) else v)
     click.echo(readable.to_markdown(index=False, disable_numparse=True,
-                                    colalign=["left"] + ["right"] * len(runs)))
-    rate = (adaptive.passes / adaptive.seconds) / (fixed.passes / fixed.seconds)
-    click.echo(f"passes fixed/adaptive = {fixed.passes / adaptive.passes:.1f}x; samples/s "
-               f"adaptive/fixed = {rate:.2f}; "
-               f"largest certified-count difference up to 2 sigma: adaptive vs fixed {gap}, "
-               f"fixed seed vs seed {spread}")
-    rates = (fixed.rows["nA"] / fixed.rows["n"]).tolist()
-    simulated = simulate_sequences(rates, plan, seed_list[0])
-    totals = simulated.groupby("sequence", sort=False)["samples"].sum()
-    click.echo("confidence sequences simulated on these images' fixed-n hit rates "
-               "(same hits, same stopping rule): estimation samples in total "
-               + ", ".join(f"{name} {int(total):,}" for name, total in totals.items()))
+                                    colalign=["left"] + ["right"] * len(result.runs)))
+    for line in result.summary():
+        click.echo(line)
 
 
 COMMANDS = [benchmark, benchmark_adaptive]
