@@ -77,3 +77,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.tsv"]
+
+
+def test_a_durable_file_gets_the_usual_mode_not_a_private_one(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        pefts.files.atomic_write_text(tmp_path / "t.tsv", "x\n")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "t.tsv").stat().st_mode & 0o777 == 0o644
