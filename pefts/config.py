@@ -63,5 +63,10 @@ def check_config(config: dict[str, Any]) -> None:
         raise PeftsError("experiments.twobirds: source_classes and target_classes must not overlap")
     if config["dataset"]["name"] != "digits" and not config["dataset"]["root"]:
         raise PeftsError(f"dataset {config['dataset']['name']} needs a data folder: set dataset.root")
+    cert = config["certify"]
+    # imported here: scipy is only needed once the schema has passed
+    from pefts.certification.feasibility import check_can_certify
+
+    check_can_certify(cert["n"], cert["alpha"], bool(cert.get("adaptive")), "certify.n")
     if config["base"]["pretrained_file"] and not Path(config["base"]["pretrained_file"]).is_file():
         raise PeftsError(f"base.pretrained_file {config['base']['pretrained_file']} does not exist")

@@ -25,11 +25,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
     fsync_dir(path.parent)
 
 
@@ -42,9 +46,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-
-
 def refuse_existing(path: str | Path, force: bool) -> None:
     """Nothing costly is replaced without --force."""
     if Path(path).exists() and not force:
         raise PeftsError(f"{path} already exists; pass --force to replace it")
+
+
+def refuse_clashes(outputs: dict[str, str | Path | None], inputs: list[str | Path]) -> None:
+    """No output may be one of the command's inputs or another of its outputs (or a
+    sidecar of one): writing it would destroy what the command is reading or writing.
+    ``outputs`` maps each option name to its path (None: not written)."""
+    def same(a: str | Path, b: str | Path) -> bool:
+        return Path(a).resolve() == Path(b).resolve()
+
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for option, path in given:
+        for source in inputs:
+            if same(path, source) or same(Path(f"{path}.json"), source):
+                raise PeftsError(f"{option} {path} is one of the command's inputs; "
+                                 "write the output elsewhere")
+    for i, (option, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if same(path, other_path):
+                raise PeftsError(f"{option} and {other} are the same file {path}")

@@ -9,6 +9,7 @@ import click
 from pefts.cli.options import (
     AT_LEAST_ONE,
     POSITIVE,
+    WEIGHTS_OUT,
     device_option,
     fmt_accuracy,
     force_option,
@@ -21,7 +22,7 @@ from pefts.errors import PeftsError
 
 @click.command("train-base")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest.json")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--out", required=True, type=WEIGHTS_OUT, help="weights .safetensors")
 @click.option("--arch", required=True, help="timm architecture name")
 @click.option("--input-size", required=True, type=AT_LEAST_ONE, help="side the network sees")
 @click.option("--model-kwargs", default=None, help="JSON of extra timm.create_model arguments")
@@ -56,7 +57,7 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
               help="manifest.json of the downstream task")
 @click.option("--source", required=True, type=click.Path(dir_okay=False),
               help="base classifier trained on the source task")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--out", required=True, type=WEIGHTS_OUT, help="weights .safetensors")
 @click.option("--train", "train_json", default=None, help="JSON of training options")
 @device_option
 @force_option
@@ -79,7 +80,7 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
 @click.option("--sigma", required=True, type=POSITIVE, help="noise level of training")
 @click.option("--hparams", default=None, help="JSON of the method's hyper-parameters")
 @click.option("--train", "train_json", default=None, help="JSON of training options")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--out", required=True, type=WEIGHTS_OUT, help="weights .safetensors")
 @device_option
 @force_option
 def finetune(data: str, base: str, method: str, sigma: float, hparams: str | None,
