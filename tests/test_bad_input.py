@@ -81,11 +81,11 @@ def test_every_numeric_option_refuses_bad_values(run_cli, command, param, positi
 @pytest.mark.parametrize("args, needle", [
     (["summarize", "--radii", "0,nan", "--out-tsv", "t", "--out-md", "m"], "--radii"),
     (["summarize", "--radii", "0,-1", "--out-tsv", "t", "--out-md", "m"], "--radii"),
-    (["train-base", "--data", "d", "--out", "o", "--arch", "a", "--input-size", "8",
+    (["train-base", "--data", "d", "--out", "o.safetensors", "--arch", "a", "--input-size", "8",
       "--std", "0.5,0,0.5"], "--std"),
-    (["train-base", "--data", "d", "--out", "o", "--arch", "a", "--input-size", "8",
+    (["train-base", "--data", "d", "--out", "o.safetensors", "--arch", "a", "--input-size", "8",
       "--mean", "0.5,inf,0.5"], "--mean"),
-    (["train-base", "--data", "d", "--out", "o", "--arch", "a", "--input-size", "8",
+    (["train-base", "--data", "d", "--out", "o.safetensors", "--arch", "a", "--input-size", "8",
       "--mean", "0.5,0.5"], "--mean"),
     (["prepare", "--dataset", "digits", "--out", "o", "--classes", "1,x"], "--classes"),
 ])
