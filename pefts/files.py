@@ -31,10 +31,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half-written temp file
-        raise
+        raise naming(err, path) from err
     fsync_dir(path.parent)
+
+
+def naming(err: BaseException, path: str | Path) -> BaseException:
+    """An OSError that names the file it was writing (fsync's and write's do not), so the
+    command line can say which path the machine refused."""
+    if isinstance(err, OSError) and not err.filename:
+        return type(err)(err.errno, err.strerror or str(err), str(path))
+    return err
 
 
 def fsync_dir(folder: Path) -> None:
@@ -62,7 +70,9 @@ def refuse_clashes(outputs: dict[str, str | Path | None], inputs: list[str | Pat
     given = [(option, path) for option, path in outputs.items() if path is not None]
     for option, path in given:
         for source in inputs:
-            if same(path, source) or same(Path(f"{path}.json"), source):
+            # the output, its sidecar over the input, or the output over the input's sidecar
+            if any(same(a, b) for a, b in ((path, source), (f"{path}.json", source),
+                                           (path, f"{source}.json"))):
                 raise PeftsError(f"{option} {path} is one of the command's inputs; "
                                  "write the output elsewhere")
     for i, (option, path) in enumerate(given):

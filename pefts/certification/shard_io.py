@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import fsync_dir
+from pefts.files import fsync_dir, naming
 from pefts.progress import progress
 from pefts.provenance import write_sidecar
 
@@ -41,9 +41,9 @@ def replace_durably(path: Path, lines: Iterable[str]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
-        raise
+        raise naming(err, path) from err
     fsync_dir(path.parent)
 
 
@@ -117,7 +117,10 @@ def run_shard(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(out):
-        return _write_shard(out, indices, settings, columns, rows, desc, force)
+        try:
+            return _write_shard(out, indices, settings, columns, rows, desc, force)
+        except OSError as err:  # e.g. a full disk while appending a row: name the shard
+            raise naming(err, partial_path(out)) from err
 
 
 def _write_shard(out: Path, indices: list[int], settings: dict[str, Any], columns: list[str],

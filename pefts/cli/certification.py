@@ -161,8 +161,10 @@ def merge(shards, out, data, skip, max_count, force) -> None:
     from pefts.artifacts import file_digest
     from pefts.certification.selection import selected_indices
     from pefts.data import read_manifest
+    from pefts.files import refuse_clashes
     from pefts.results import merge_shards, write_tsv
 
+    refuse_clashes({"--out": out}, [*shards, *([data] if data else [])])
     refuse_existing(out, force)
     expected = None
     if data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -18,6 +19,12 @@ from pefts.cli.options import (
     refuse_existing,
 )
 from pefts.errors import PeftsError
+from pefts.files import refuse_clashes
+
+
+def weights_outputs(out: str) -> dict[str, str]:
+    """Weights and the metadata written beside them: neither may land on an input."""
+    return {"--out": out, "the metadata of --out": str(Path(out).with_suffix(".json"))}
 
 
 @click.command("train-base")
@@ -40,6 +47,7 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
     from pefts.devices import resolve_device
     from pefts.runs import train_base as run
 
+    refuse_clashes(weights_outputs(out), [data, *([pretrained_file] if pretrained_file else [])])
     refuse_existing(out, force)
     if len(parse_floats(mean, "--mean")) != len(parse_floats(std, "--std")):
         raise PeftsError(f"--mean and --std must have one value per channel each, got {mean!r} and {std!r}")
@@ -67,6 +75,7 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
     from pefts.devices import resolve_device
     from pefts.runs import adapt_base as run
 
+    refuse_clashes(weights_outputs(out), [data, source])
     refuse_existing(out, force)
     meta = run(data, source, out, parse_json(train_json, "--train"), resolve_device(device))
     click.echo(f"adapted {source}: clean validation accuracy "
@@ -89,6 +98,7 @@ def finetune(data: str, base: str, method: str, sigma: float, hparams: str | Non
     from pefts.devices import resolve_device
     from pefts.runs import finetune as run
 
+    refuse_clashes(weights_outputs(out), [data, base])
     refuse_existing(out, force)
     meta = run(data, base, out, method, sigma, parse_json(hparams, "--hparams"),
                parse_json(train_json, "--train"), resolve_device(device))
