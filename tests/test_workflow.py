@@ -125,7 +125,7 @@ def test_main_pipeline_end_to_end(tmp_path):
     wider = snakemake("-n", "--cores", "2", "--configfile", str(config), str(overlay), "--nolock")
     assert wider.returncode == 0, wider.stderr[-3000:]
     jobs = set(job_counts(wider.stdout))
-    assert "summarize" in jobs and jobs <= {"summarize", "plot_certified", "parameters", "all"}, jobs
+    assert "summarize" in jobs and jobs <= {"summarize", "plot_certified", "parameters", "all", "total"}, jobs
     # snakemake --report holds the tables as well as the figures
     html = tmp_path / "report.html"
     report = snakemake("--cores", "1", "--configfile", str(config), "--nolock", "--report", str(html))
