@@ -67,7 +67,7 @@ def load(manifest: dict[str, Any], split: str) -> TensorDataset:
     if x is None or y is None or x.ndim != 4 or len(x) != len(y):
         raise PeftsError(f"data tensors {path} lack a well-formed {split} split "
                          f"({split}_x images and {split}_y labels of the same length)")
-    if len(x) != manifest.get(f"num_{split}"):
+    if not manifest.get("class_subset") and len(x) != manifest.get(f"num_{split}"):
         raise PeftsError(f"data tensors {path} hold {len(x)} {split} images, the manifest "
                          f"says {manifest.get(f'num_{split}')}")
     return TensorDataset(x, y)
