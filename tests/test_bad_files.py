@@ -193,3 +193,15 @@ def test_an_output_below_a_file_is_one_line(run_cli, tmp_path):
     one_line(code, err, str(tmp_path / "file"))
     code, _, err = run_cli("merge", a, "--out", tmp_path / "file" / "m.tsv")
     one_line(code, err, str(tmp_path / "file"))
+
+
+def test_a_second_certify_of_the_same_shard_is_one_line(run_cli, digits, tiny_base, none_model,
+                                                         tmp_path):
+    out = tmp_path / "s.tsv"
+    with open(out.with_name(out.name + ".partial.lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first writer, still running
+        code, _, err = run_cli("certify", "--model", none_model, "--base", tiny_base, "--data",
+                               digits, "--sigma", "0.5", "--n0", "4", "--n", "16", "--max", "2",
+                               "--out", out, "--device", "cpu")
+    one_line(code, err, str(out), "being written by another process")
+    assert not out.exists()
