@@ -170,3 +170,22 @@ def test_predict_refuses_n_that_cannot_predict(run_cli, tmp_path):
     code, _, err = run_cli("predict", "--model", "m", "--base", "b", "--data", "d", "--sigma",
                            "0.5", "--n", "10", "--out", tmp_path / "o.tsv")
     assert code == 1 and "the smallest --n that could is 11" in err
+
+
+def test_certification_commands_do_not_depend_on_the_summary_radii(tmp_path):
+    """The adaptive grid is certify.grid: a new reporting radius leaves every certify
+    command (what Snakemake compares to decide a rerun) unchanged."""
+    from tests.test_workflow import snakemake
+
+    commands = []
+    for radii in ([0.0, 0.5], [0.0, 0.5, 1.5]):
+        overlay = tmp_path / "overlay.yaml"
+        overlay.write_text(f"results: {tmp_path}/r\nsummary: {{radii: {radii}}}\n")
+        result = snakemake("-n", "-p", "--cores", "1", "--configfile", "config.yaml", str(overlay))
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [line for line in (result.stdout + result.stderr).splitlines()
+                 if "pefts certify" in line]
+        assert lines and all("--adaptive" in line and "--grid 0.0,0.25,0.5,0.75,1.0" in line
+                              for line in lines)
+        commands.append(sorted(lines))
+    assert commands[0] == commands[1]
