@@ -5,6 +5,8 @@ Kept free of torch imports: the Snakefile calls it every time it builds the DAG.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 import math
 from pathlib import Path
@@ -39,6 +41,108 @@ def non_finite(value: Any, where: str = "") -> str | None:
     return None
 
 
+# what a first --configfile must set: without them the schema's defaults would build a
+# study nobody asked for (a ViT-B/16 on 8x8 digits)
+REQUIRED_SECTIONS = ("dataset", "base", "sigmas", "methods", "certify")
+REQUIRED_BASE = ("arch", "input_size")
+
+
+def check_complete(config: dict[str, Any], configfiles: list[str]) -> None:
+    """A --configfile replaces config.yaml (see the Snakefile), so it must be complete."""
+    missing = [s for s in REQUIRED_SECTIONS if s not in config]
+    missing += [f"base.{k}" for k in REQUIRED_BASE
+                if isinstance(config.get("base"), dict) and k not in config["base"]]
+    if missing:
+        raise PeftsError(
+            f"--configfile {' '.join(map(str, configfiles))} lacks {', '.join(missing)}: a first "
+            "--configfile replaces config.yaml and must be a complete config (start from "
+            "config.yaml or configs/*.yaml); a second --configfile then overlays it key by key, "
+            "and --config k=v changes single keys")
+
+
+def schema_problem(config: dict[str, Any], schema_path: str | Path) -> str | None:
+    """The first schema violation as one line naming the key and its section (Snakemake's
+    own message names only the section and prints the whole schema); None when valid."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return None
+    section = ".".join(map(str, error.absolute_path))
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in known)
+        key = f"{section}.{unknown[0]}" if section else unknown[0]
+        close = difflib.get_close_matches(str(unknown[0]), known, 1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return (f"unknown key {key} in section {section or '(top level)'}{hint}; "
+                f"known keys: {', '.join(known)}")
+    return f"{section or '(top level)'}: {error.message}"
+
+
+def _module_constants(path: Path) -> dict[str, Any]:
+    """Literal module-level constants of a method file, following imports from sibling
+    method files (e.g. sunet's OBJECTIVES from denoiser)."""
+    names: dict[str, Any] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pefts.methods."):
+            other = _module_constants(path.with_name(node.module.rsplit(".", 1)[1] + ".py"))
+            names.update({a.asname or a.name: other[a.name] for a in node.names if a.name in other})
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1
+              and isinstance(node.targets[0], ast.Name)):
+            try:
+                names[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return names
+
+
+def declared_specs(method: str) -> dict[str, Any] | None:
+    """A method's hyper-parameter specs, read from its file without importing it (torch
+    would cost the DAG seconds); None when its specs are not written as plain literals."""
+    import pefts.hparams as hparams
+
+    spec = importlib.util.find_spec("pefts.methods")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(f) / f"{method}.py" for f in folders if (Path(f) / f"{method}.py").is_file()), None)
+    if path is None:
+        return None
+    namespace = {**vars(hparams), **_module_constants(path)}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                        and getattr(stmt.targets[0], "id", None) == "specs"):
+                    try:
+                        return eval(compile(ast.Expression(stmt.value), str(path), "eval"),  # noqa: S307
+                                    namespace)
+                    except Exception:  # noqa: BLE001 - not a plain literal: checked at run time
+                        return None
+    return {}  # no specs declared: the method takes no hyper-parameters
+
+
+def check_method_params(config: dict[str, Any]) -> None:
+    """Every method's hyper-parameters against its declared specs, at the dry run: a typo
+    would otherwise surface only when its job runs, after the base has trained."""
+    from pefts.hparams import check_values
+
+    for method, params in config.get("method_params", {}).items():
+        hparams = (params or {}).get("hparams") or {}
+        specs = declared_specs(method)
+        if specs is None or not hparams:
+            continue
+        unknown = sorted(set(hparams) - set(specs))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(specs), 1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise PeftsError(f"unknown key method_params.{method}.hparams.{unknown[0]}{hint}: "
+                             f"method {method!r} has hyper-parameters {', '.join(sorted(specs))}")
+        check_values(f"method_params.{method}.hparams.{{name}}", specs, hparams)
+
+
 def check_config(config: dict[str, Any]) -> None:
     bad = non_finite(config)
     if bad:
@@ -56,6 +160,7 @@ def check_config(config: dict[str, Any]) -> None:
         # a pretrained DDPM is never downloaded: the user points at a local diffusers folder
         raise PeftsError("method 'diffusion' needs a local diffusers folder: "
                          "set method_params.diffusion.hparams.weights")
+    check_method_params(config)
     if len(set(map(float, config["sigmas"]))) != len(config["sigmas"]):
         raise PeftsError(f"sigmas repeat a value: {config['sigmas']}")
     twobirds = experiments.get("twobirds", {})
@@ -63,5 +168,10 @@ def check_config(config: dict[str, Any]) -> None:
         raise PeftsError("experiments.twobirds: source_classes and target_classes must not overlap")
     if config["dataset"]["name"] != "digits" and not config["dataset"]["root"]:
         raise PeftsError(f"dataset {config['dataset']['name']} needs a data folder: set dataset.root")
+    cert = config["certify"]
+    # imported here: scipy is only needed once the schema has passed
+    from pefts.certification.feasibility import check_can_certify
+
+    check_can_certify(cert["n"], cert["alpha"], bool(cert.get("adaptive")), "certify.n")
     if config["base"]["pretrained_file"] and not Path(config["base"]["pretrained_file"]).is_file():
         raise PeftsError(f"base.pretrained_file {config['base']['pretrained_file']} does not exist")

@@ -44,9 +44,9 @@ def durable_path(path: str | Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise naming(err, path) from err
     fsync_dir(path.parent)
 
 
@@ -62,6 +62,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         handle.writelines(text.splitlines(keepends=True))  # by line: a kill test hooks each
 
 
+def naming(err: BaseException, path: str | Path) -> BaseException:
+    """An OSError that names the file it was writing (fsync's and write's do not), so the
+    command line can say which path the machine refused."""
+    if isinstance(err, OSError) and not err.filename:
+        return type(err)(err.errno, err.strerror or str(err), str(path))
+    return err
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX: the entry lives in the folder)."""
     fd = os.open(folder, os.O_RDONLY)
@@ -75,3 +83,24 @@ def refuse_existing(path: str | Path, force: bool) -> None:
     """Nothing costly is replaced without --force."""
     if Path(path).exists() and not force:
         raise PeftsError(f"{path} already exists; pass --force to replace it")
+
+
+def refuse_clashes(outputs: dict[str, str | Path | None], inputs: list[str | Path]) -> None:
+    """No output may be one of the command's inputs or another of its outputs (or a
+    sidecar of one): writing it would destroy what the command is reading or writing.
+    ``outputs`` maps each option name to its path (None: not written)."""
+    def same(a: str | Path, b: str | Path) -> bool:
+        return Path(a).resolve() == Path(b).resolve()
+
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for option, path in given:
+        for source in inputs:
+            # the output, its sidecar over the input, or the output over the input's sidecar
+            if any(same(a, b) for a, b in ((path, source), (f"{path}.json", source),
+                                           (path, f"{source}.json"))):
+                raise PeftsError(f"{option} {path} is one of the command's inputs; "
+                                 "write the output elsewhere")
+    for i, (option, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if same(path, other_path):
+                raise PeftsError(f"{option} and {other} are the same file {path}")

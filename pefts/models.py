@@ -6,6 +6,7 @@ certified radius is an L2 distance in raw pixel space.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,23 +68,82 @@ class PixelClassifier(nn.Module):
 
 
 def create_net(spec: BaseSpec, pretrained: bool = False, pretrained_file: str | None = None) -> nn.Module:
-    """Create the timm network; pretrained weights by timm name or from a local file."""
+    """Create the timm network; pretrained weights by timm name or from a local file
+    (checked against the network first: timm would keep random weights with a warning
+    for keys that do not match, and raise a traceback for shapes that do not)."""
     kwargs: dict[str, Any] = dict(spec.model_kwargs, num_classes=spec.num_classes)
     if pretrained_file:
         if not Path(pretrained_file).is_file():
             raise PeftsError(
                 f"pretrained weights file {pretrained_file} does not exist (base.pretrained_file)"
             )
+        check_fits(pretrained_file, timm_net(spec, False, kwargs))
         # custom_load=False makes timm read a torch/safetensors state dict rather than a
         # JAX npz; the head is dropped when its size differs from num_classes.
         kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file), custom_load=False)
         pretrained = True
+    return timm_net(spec, pretrained, kwargs)
+
+
+def timm_net(spec: BaseSpec, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     try:
         return timm.create_model(spec.arch, pretrained=pretrained, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise PeftsError(f"unknown timm architecture {spec.arch!r} (base.arch)") from None
         raise
+    except (TypeError, ValueError, AssertionError) as err:
+        # an option the architecture does not take, or values it cannot build with
+        raise PeftsError(f"{spec.arch} rejects model kwargs {spec.model_kwargs} "
+                         f"(base.model_kwargs / --model-kwargs): {err or type(err).__name__}") from None
+
+
+# parameters timm adapts to the model when loading (position embeddings are resampled
+# to another image size), so their shape may differ in the file
+ADAPTED = ("pos_embed",)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local weights file (safetensors, or a torch state dict read with weights_only)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if str(path).endswith(".safetensors"):
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise PeftsError(f"pretrained weights file {path} is corrupt or not a state dict: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise PeftsError(f"pretrained weights file {path} is not a state dict")
+    return state
+
+
+def check_fits(path: str | Path, net: nn.Module) -> None:
+    """Refuse weights that do not fit the network (timm only warns and keeps the random
+    initialisation), naming a few keys: every parameter but the classifier head must be
+    in the file with its shape."""
+    state = read_state_dict(path)
+    head = getattr(net, "pretrained_cfg", {}).get("classifier") or "head"
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    body = {k: tuple(v.shape) for k, v in net.state_dict().items()
+            if not k.startswith(tuple(f"{h}." for h in heads))}
+    missing = [k for k in body if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {body[k]}" for k in body
+             if k in state and tuple(state[k].shape) != body[k] and not k.startswith(ADAPTED)]
+    if missing or wrong:
+        found = len(body) - len(missing)
+        raise PeftsError(
+            f"pretrained weights file {path} does not fit the model: "
+            + (f"{len(missing)} of its {len(body)} parameters missing (e.g. {', '.join(missing[:3])}; "
+               f"{found} found)" if missing else "")
+            + ("; " if missing and wrong else "")
+            + (f"{len(wrong)} of another shape (file vs model: {'; '.join(wrong[:3])})" if wrong else ""))
 
 
 def build_classifier(

@@ -22,16 +22,21 @@ def accuracy_curve(frame: pd.DataFrame, max_radius: float, points: int = 200
     return radii, np.array([certified_accuracy(frame, r) for r in radii])
 
 
-def save(fig: plt.Figure, out: str | Path) -> None:
+def save(fig: plt.Figure, out: str | Path, note: str | None = None) -> None:
+    """Write the figure; ``note`` (how its runs were certified) goes in a footnote."""
     out = Path(out)
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=6, ha="left", va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        fig.tight_layout()
     with durable_path(out) as tmp:
         fig.savefig(tmp, dpi=150, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
 def plot_certified_curves(curves: Sequence[tuple[str, pd.DataFrame]], title: str,
-                          out: str | Path) -> None:
+                          out: str | Path, note: str | None = None) -> None:
     """One line per labelled result: certified accuracy against radius."""
     max_radius = max([float(f["radius"].max()) for _, f in curves if len(f)] + [0.1]) * 1.05
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -45,7 +50,7 @@ def plot_certified_curves(curves: Sequence[tuple[str, pd.DataFrame]], title: str
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    save(fig, out)
+    save(fig, out, note)
 
 
 def draw_lines(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, hue: str,
@@ -66,7 +71,7 @@ def draw_lines(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, hue: str,
 
 def plot_lines(table: pd.DataFrame, x: str, y: str, hue: str, title: str, out: str | Path,
                logx: bool = False, xlabel: str | None = None, ylabel: str | None = None,
-               labels: str | None = None, connect: bool = True) -> None:
+               labels: str | None = None, connect: bool = True, note: str | None = None) -> None:
     """One figure of ``y`` against ``x``, one line per value of ``hue``."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     draw_lines(ax, table, x, y, hue, labels, connect)
@@ -75,11 +80,11 @@ def plot_lines(table: pd.DataFrame, x: str, y: str, hue: str, title: str, out: s
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     ax.set_title(title)
-    save(fig, out)
+    save(fig, out, note)
 
 
 def plot_against_sigma(table: pd.DataFrame, columns: Sequence[str], title: str,
-                       out: str | Path) -> None:
+                       out: str | Path, note: str | None = None) -> None:
     """One panel per summary column (certified accuracy at a radius, ACR, ...) against
     sigma, one line per method: how each approach holds up as the noise grows."""
     fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 4), squeeze=False)
@@ -88,4 +93,4 @@ def plot_against_sigma(table: pd.DataFrame, columns: Sequence[str], title: str,
         ax.set_xlabel("sigma")
         ax.set_ylabel(column if column == "ACR" else f"certified accuracy ({column})")
     fig.suptitle(title)
-    save(fig, out)
+    save(fig, out, note)

@@ -32,8 +32,48 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# how a run was certified: what every table and figure states, and what runs shown side
+# by side must share (unless asked to mix them)
+CERTIFICATION_KEYS = ("mode", "n0", "n", "alpha", "precision", "stop")
+
+
+def certification_of(settings: dict[str, Any]) -> dict[str, Any]:
+    """How the rows of a run were certified, from its settings: fixed n or adaptive (then
+    n is n_max, and ``stop`` the grid of radii or the tolerance it stopped on), n0,
+    alpha and the network's precision."""
+    adaptive = bool(settings.get("adaptive"))
+    if adaptive:
+        stop = (f"rtol {settings['rtol']:g}" if settings.get("rtol")
+                else "grid " + ",".join(f"{r:g}" for r in settings.get("radii") or []))
+    else:
+        stop = ""
+    mode = "adaptive" if adaptive else ("predict" if settings.get("command") == "predict" else "fixed")
+    return {"mode": mode, "n0": settings.get("n0"),
+            "n": settings.get("n_max") if adaptive else settings.get("n"),
+            "alpha": settings.get("alpha"), "precision": settings.get("precision", "fp32"),
+            "stop": stop}
+
+
+def describe_certification(cert: dict[str, Any]) -> str:
+    """One line for captions and footnotes, e.g. 'adaptive (n_max 5000, stops on grid
+    0,0.5,1: radii truncated between grid points), n0 64, alpha 0.001, fp32'."""
+    def count(value: Any) -> Any:  # a count read back from a TSV may be a float
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    if cert["mode"] == "adaptive":
+        stop = cert["stop"]
+        if stop.startswith("grid"):
+            stop = f"stops on {stop}: radii truncated between grid points"
+        head = f"adaptive (n_max {count(cert['n'])}, {stop})"
+    else:
+        head = f"{cert['mode']} n = {count(cert['n'])}"
+    n0 = f", n0 {count(cert['n0'])}" if cert.get("n0") is not None else ""
+    return f"{head}{n0}, alpha {float(cert['alpha']):g}, {cert['precision']}"
+
+
 def write_sidecar(tsv: str | Path, settings: dict[str, Any], text: str, **extra: Any) -> None:
-    record = {"settings": settings, "tsv_sha256": text_digest(text), **extra}
+    record = {"settings": settings, "tsv_sha256": text_digest(text),
+              "certification": certification_of(settings), **extra}
     atomic_write_text(sidecar_path(tsv), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -76,12 +116,16 @@ def shared_settings(paths: list[str | Path]) -> tuple[dict[str, Any], list[dict[
     return common or {}, own
 
 
-def check_comparable(runs: list[tuple[str, float, str | Path]]) -> None:
-    """Runs of one summary: each TSV is the sigma it is labelled with, and all were
-    certified on the same test images."""
+def check_comparable(runs: list[tuple[str, float, str | Path]], mixed: bool = False
+                     ) -> list[dict[str, Any]]:
+    """Runs of one summary: each TSV is the sigma it is labelled with, all were certified
+    on the same test images and, unless ``mixed``, in the same way (mode, n, n0, alpha,
+    precision, stopping rule). Returns how each run was certified."""
     first: tuple[str | Path, dict[str, Any]] | None = None
+    certs = []
     for _, sigma, path in runs:
         settings = read_sidecar(path)["settings"]
+        certs.append(certification_of(settings))
         if settings.get("sigma") != sigma:
             raise PeftsError(f"{path} was certified at sigma {settings.get('sigma')!r}, "
                              f"labelled {sigma!r}")
@@ -92,3 +136,10 @@ def check_comparable(runs: list[tuple[str, float, str | Path]]) -> None:
             key = next(k for k in DATA_KEYS if data[k] != first[1][k])
             raise PeftsError(f"{path} and {first[0]} were certified on different test images: "
                              f"{key} is {data[key]!r} vs {first[1][key]!r}")
+    if not mixed and any(c != certs[0] for c in certs):
+        differ = {k for c in certs for k in CERTIFICATION_KEYS if c[k] != certs[0][k]}
+        named = "; ".join(f"{m} {s:g} ({p}): {describe_certification(c)}"
+                          for (m, s, p), c in zip(runs, certs, strict=True))
+        raise PeftsError(f"the runs were certified differently ({', '.join(sorted(differ))}): "
+                         f"{named}; pass --mixed to show them side by side, each labelled")
+    return certs

@@ -10,9 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pefts.artifacts import atomic_write_text
 from pefts.errors import PeftsError
-from pefts.provenance import shared_settings, write_sidecar
+from pefts.files import atomic_write_text
+from pefts.provenance import (
+    CERTIFICATION_KEYS,
+    describe_certification,
+    shared_settings,
+    write_sidecar,
+)
 
 REQUIRED = ["idx", "label", "predict", "radius", "correct", "time"]  # Cohen's certify columns
 PREDICT_REQUIRED = ["idx", "label", "predict", "correct", "time"]  # Cohen's predict columns
@@ -43,10 +48,11 @@ CHECKS = {"idx": _integer(0), "label": _integer(0), "predict": _integer(-1),
           "n0": _integer(1), "n": _integer(1), "nA": _integer(0), "pA_lower": _number}
 
 
-def check_rows(path: Path, lines: list[str]) -> None:
-    """Every row of a certification TSV, naming the file and line of the first bad one."""
+def check_rows(path: Path, lines: list[str], first_line: int = 2) -> None:
+    """Every row of a certification TSV (``lines``: header, rows), naming the file and
+    line of the first bad one; ``first_line`` is the file's line number of the first row."""
     header = lines[0].split("\t")
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[1:], start=first_line):
         fields = line.split("\t")
         if len(fields) != len(header):
             raise PeftsError(f"{path}, line {number}: {len(fields)} fields, the header has "
@@ -149,6 +155,43 @@ def summarize(runs: Sequence[tuple[str, float, pd.DataFrame]], radii: Sequence[f
         row["sec/img"] = float(frame["time"].mean()) if len(frame) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def with_certification(table: pd.DataFrame, certs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The summary with how each row's run was certified, as plain extra columns (a
+    TSV reader sees them like any other; nothing hides in comments)."""
+    extra = pd.DataFrame([{k: c[k] for k in CERTIFICATION_KEYS} for c in certs],
+                         index=table.index)
+    return pd.concat([table, extra], axis=1)
+
+
+def certifications(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each summary row's certification settings (``with_certification``'s columns)."""
+    columns = table[list(CERTIFICATION_KEYS)].astype(object)
+    columns = columns.where(columns.notna(), None)
+    return [dict(zip(CERTIFICATION_KEYS, row, strict=True))
+            for row in columns.itertuples(index=False)]
+
+
+def certification_note(table: pd.DataFrame) -> str:
+    """The caption of a summary: how its runs were certified, or that they differ (each
+    row then says it in its own column)."""
+    if not set(CERTIFICATION_KEYS) <= set(table.columns):
+        return "certification settings unknown (a summary without them)"
+    certs = certifications(table)
+    if all(c == certs[0] for c in certs):
+        return "certified: " + describe_certification(certs[0])
+    return "certified with different settings (mixed): see each row"
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The Markdown summary: the table, a 'certified' column only when runs of different
+    settings are mixed, and a caption that says how they were certified."""
+    note = certification_note(table)
+    shown = table.drop(columns=[c for c in CERTIFICATION_KEYS if c in table.columns])
+    if note.startswith("certified with different"):
+        shown = shown.assign(certified=[describe_certification(c) for c in certifications(table)])
+    return to_markdown(shown) + f"\n{note[0].upper()}{note[1:]}.\n"
 
 
 def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:

@@ -17,7 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from scipy.stats import norm
 
+from pefts.certification.bounds import radius_cap
+from pefts.certification.sequences import cp_lower
 from tests import realsize
 from tests.fixtures_baselines import paper_baseline_overrides
 
@@ -83,9 +86,19 @@ def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
     assert not missing, missing
     summary = pd.read_csv(results / "summary" / "certified.tsv", sep="\t")
     assert list(summary["method"]) == preset["methods"]  # every method and baseline ran
+    certified = []
     for method in preset["methods"]:
         rows = pd.read_csv(results / "certify" / method / f"sigma{sigma}" / "certified.tsv", sep="\t")
         assert len(rows) == 2
+        certified.append(rows[rows["predict"] != -1])
+    # at least one non-abstaining certificate at 224 px, and each is the one its counts allow
+    certified = pd.concat(certified)
+    assert len(certified) >= 1, "every row abstained: n and alpha too small to certify"
+    n, alpha, s = realsize.CERTIFY_N, realsize.CERTIFY_ALPHA, float(sigma)
+    for row in certified.itertuples():
+        assert row.pA_lower == pytest.approx(cp_lower(int(row.nA), n, alpha), rel=1e-9)
+        assert row.radius == pytest.approx(s * norm.ppf(row.pA_lower), rel=1e-9, abs=1e-12)
+        assert 0 <= row.radius <= radius_cap(s, n, alpha) + 1e-12
     # the network of every job is the real ViT-B/16
     bases = [results / "base", results / "twobirds" / "base_source", results / "twobirds" / "base_target"]
     for folder in bases:

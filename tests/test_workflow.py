@@ -82,6 +82,7 @@ def test_bad_config_is_one_line(override, needle):
 
 # a --configfile is the whole run (config.yaml does not load under it): a complete config
 TINY = {
+    "dataset": {"name": "digits"},
     "base": {"arch": "vit_tiny_patch16_224", "input_size": 8,
              "model_kwargs": {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
                               "num_heads": 2},
@@ -115,3 +116,21 @@ def test_main_pipeline_end_to_end(tmp_path):
     # a second call finds nothing to do
     again = snakemake("-n", "--cores", "2", "--configfile", str(config), "--nolock")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the reports say how the runs were certified
+    assert set(summary["mode"]) == {"adaptive"} and set(summary["n"]) == {300}
+    caption = (results / "summary" / "certified.md").read_text().strip().splitlines()[-1]
+    assert caption.startswith("Certified: adaptive (n_max 300, stops on grid 0,0.25,0.5,0.75,1")
+    # a new reporting radius reruns the reports, never certification (its grid is its own)
+    overlay = tmp_path / "wider.yaml"  # a second --configfile overlays the first
+    overlay.write_text("summary: {radii: [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]}\n")
+    wider = snakemake("-n", "--cores", "2", "--configfile", str(config), str(overlay), "--nolock")
+    assert wider.returncode == 0, wider.stderr[-3000:]
+    jobs = set(job_counts(wider.stdout))
+    assert "summarize" in jobs and jobs <= {"summarize", "plot_certified", "parameters", "all", "total"}, jobs
+    # snakemake --report holds the tables as well as the figures
+    html = tmp_path / "report.html"
+    report = snakemake("--cores", "1", "--configfile", str(config), "--nolock", "--report", str(html))
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = html.read_text()
+    for name in ("certified.tsv", "certified.md", "parameters.tsv", "certified_sigma0.5.png"):
+        assert name in text, name

@@ -4,7 +4,7 @@ load the data and the model, and record the settings that identify the run."""
 from __future__ import annotations
 
 from pefts.errors import PeftsError
-from pefts.files import refuse_existing
+from pefts.files import refuse_clashes, refuse_existing
 
 
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
@@ -18,6 +18,7 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
 
     k, n_shards = parse_shard(shard)
     if out is not None:  # None: nothing is written (the benchmark)
+        refuse_clashes({"--out": out}, [model, base, data])
         refuse_existing(out, force)
     manifest = read_manifest(data)
     dataset = load_split(manifest, "test")

@@ -5,19 +5,22 @@ run's settings; a rerun with the same settings resumes there. The partial is onl
 replaced whole (temp file, fsync, rename, fsync of the folder), so a kill at any moment
 leaves either the old or the new partial, never a truncated one. The output appears by
 atomic rename only when every image of the shard is done, with its settings beside it
-in ``<out>.json`` (``pefts.provenance``).
+in ``<out>.json`` (``pefts.provenance``). One process writes a shard at a time: it holds
+an exclusive lock on ``<out>.partial.lock`` (the kernel frees it if the process dies).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import atomic_write_text
+from pefts.files import atomic_write_text, naming
 from pefts.progress import progress
 from pefts.provenance import write_sidecar
 
@@ -38,26 +41,52 @@ def settings_line(settings: dict[str, Any]) -> str:
     return SETTINGS_PREFIX + json.dumps(settings, sort_keys=True)
 
 
-def read_partial(path: Path, settings: dict[str, Any], columns: list[str]) -> list[str]:
-    """Rows already finished under the same settings; a torn last line is dropped."""
+def read_partial(path: Path, settings: dict[str, Any], columns: list[str],
+                 force: bool = False) -> list[str]:
+    """Rows already finished under the same settings; a torn last line is dropped, any
+    other bad row refused naming its line. A partial of other settings is refused, or
+    with ``force`` discarded."""
+    from pefts.results import check_rows
+
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise PeftsError(f"{path} is corrupt (not UTF-8 text); move it away to start afresh"
+                         ) from None
     lines = text.split("\n")
     if lines[0] != settings_line(settings):
+        if force:
+            path.unlink()
+            return []
         raise PeftsError(
             f"{path} holds rows of a run with other settings, data or model; "
-            "move it away (or delete it) to start afresh"
+            "pass --force to discard it, or move it away to keep it"
         )
     if len(lines) < 3:  # stopped before the header was complete
         return []
     complete = lines[2:-1]  # after settings and header; the last piece lacks its newline
     if lines[1] != "\t".join(columns):
         raise PeftsError(f"{path} has an unexpected header; move it away to start afresh")
-    return [row for row in complete if row.count("\t") == len(columns) - 1]
+    check_rows(path, [lines[1], *complete], first_line=3)
+    return complete
 
 
 RowSource = Callable[[list[int]], Iterable[list[Any]]]
+
+
+@contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the shard's lock, or refuse at once: two writers would interleave rows."""
+    lock = out.with_name(out.name + ".partial.lock")
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PeftsError(f"{out} is being written by another process (it holds {lock}); "
+                             "wait for it to finish or stop it") from None
+        yield  # the lock file stays: removing it would let a third writer lock a new one
 
 
 def run_shard(
@@ -67,17 +96,28 @@ def run_shard(
     columns: list[str],
     rows: RowSource,
     desc: str = "certify",
+    force: bool = False,
 ) -> Path:
     """Write ``rows(todo)`` for the indices not yet done and publish the TSV.
 
     ``rows`` gets the indices still to do and yields one finished row per index, in any
     order (a pool of images may finish out of order); each is on disk before the next.
+    ``force`` discards a partial of other settings instead of refusing it.
     """
     out = Path(out)
-    partial = partial_path(out)
-    done_rows = read_partial(partial, settings, columns)
-    done = {int(row.split("\t", 1)[0]) for row in done_rows}
     out.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):
+        try:
+            return _write_shard(out, indices, settings, columns, rows, desc, force)
+        except OSError as err:  # e.g. a full disk while appending a row: name the shard
+            raise naming(err, partial_path(out)) from err
+
+
+def _write_shard(out: Path, indices: list[int], settings: dict[str, Any], columns: list[str],
+                 rows: RowSource, desc: str, force: bool) -> Path:
+    partial = partial_path(out)
+    done_rows = read_partial(partial, settings, columns, force)
+    done = {int(row.split("\t", 1)[0]) for row in done_rows}
     # drop a torn tail before appending; never truncate the file that holds finished rows
     replace_durably(partial, [settings_line(settings), "\t".join(columns), *done_rows])
     todo = [i for i in indices if i not in done]

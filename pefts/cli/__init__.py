@@ -33,6 +33,12 @@ def main() -> None:
     except PeftsError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    except OSError as err:
+        # the machine refused (full disk, read-only folder, a parent that is a file):
+        # one line naming the path; atomic writes left nothing half-written
+        where = f": {err.filename}" if err.filename else ""
+        click.echo(f"error: {err.strerror or err}{where}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -12,6 +12,7 @@ from pefts.cli.options import (
     AT_LEAST_ONE,
     POSITIVE,
     PROBABILITY,
+    TSV_OUT,
     device_option,
     parse_floats,
 )
@@ -33,7 +34,7 @@ from pefts.errors import PeftsError
 @click.option("--repeats", default=3, show_default=True, type=AT_LEAST_ONE,
               help="timed runs per measure; the best is reported")
 @click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@click.option("--out", default=None, type=TSV_OUT, help="also write a TSV")
 @click.option("--arch", default=None,
               help="a timm architecture with random weights (no download), e.g. vit_base_patch16_224")
 @click.option("--num-classes", default=10, show_default=True, type=AT_LEAST_ONE, help="with --arch")
@@ -107,7 +108,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
 @click.option("--max", "max_count", default=30, show_default=True)
 @click.option("--seeds", default="0,1", show_default=True,
               help="noise seeds of the fixed-n runs (two show their spread); adaptive uses the first")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write a TSV")
+@click.option("--out", default=None, type=TSV_OUT, help="also write a TSV")
 @device_option
 def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
                        max_count, seeds, out, device) -> None:

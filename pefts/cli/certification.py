@@ -10,6 +10,7 @@ from pefts.cli.options import (
     POSITIVE,
     PROBABILITY,
     SEED,
+    TSV_OUT,
     device_option,
     force_option,
     parse_floats,
@@ -37,7 +38,7 @@ def sampling_options(func):
         click.option("--seed", default=0, show_default=True, type=SEED, help="noise seed"),
         click.option("--shard", default="0/1", show_default=True,
                      help="K/N: the K-th of N interleaved slices"),
-        click.option("--out", required=True, type=click.Path(dir_okay=False), help="TSV"),
+        click.option("--out", required=True, type=TSV_OUT, help="TSV"),
         device_option,
         click.option("--force", is_flag=True,
                      help="replace a finished output (an interrupted run resumes without it)"),
@@ -66,8 +67,9 @@ def adaptive_options(func):
                      help="anytime-valid sequential certification of a pool of images"),
         click.option("--n-max", default=None, type=AT_LEAST_ONE,
                      help="adaptive: most estimation samples per image (default: --n)"),
-        click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True,
-                     help="adaptive: stop once the decision at each of these radii is settled"),
+        click.option("--grid", "--radii", "radii", default="0,0.25,0.5,0.75,1.0", show_default=True,
+                     help="adaptive: stop once the decision at each of these radii is settled "
+                          "(radii are then truncated between grid points)"),
         click.option("--rtol", default=None, type=POSITIVE,
                      help="adaptive: stop once the radius is within this relative tolerance "
                           "(instead of grid decisions)"),
@@ -89,6 +91,7 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
     from pefts.certification.adaptive import AdaptivePlan
     from pefts.certification.fastpath import executed
+    from pefts.certification.feasibility import check_can_certify
     from pefts.certification.rows import (
         ADAPTIVE_COLUMNS,
         CERTIFY_COLUMNS,
@@ -97,9 +100,10 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
     )
     from pefts.certification.shard_io import run_shard
 
-    grid = parse_floats(radii, "--radii")
+    grid = parse_floats(radii, "--grid")
     if any(r < 0 for r in grid):
-        raise PeftsError(f"--radii must be non-negative, got {radii!r}")
+        raise PeftsError(f"--grid must be non-negative, got {radii!r}")
+    check_can_certify(n_max or n, alpha, adaptive, "--n-max" if adaptive and n_max else "--n")
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma, out, force)
     settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")
@@ -119,7 +123,7 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
         columns = CERTIFY_COLUMNS + (["precision"] if precision != "fp32" else [])
         rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch,
                             seed, torch_device, precision, pool)
-    run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}")
+    run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}", force=force)
     click.echo(f"certified {len(indices)} images -> {out}")
 
 
@@ -128,21 +132,25 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
             device, force) -> None:
     """Cohen's PREDICT (binomial test, may abstain) on a shard of test images."""
+    from pefts.certification.feasibility import check_can_predict
     from pefts.certification.rows import PREDICT_COLUMNS, predict_rows
     from pefts.certification.shard_io import run_shard
+
+    check_can_predict(n, alpha)
 
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma, out, force)
     settings.update(n=n, alpha=alpha, seed=seed, command="predict")
     rows = predict_rows(net, dataset, manifest["num_classes"], sigma, n, alpha, batch, seed,
                         torch_device)
-    run_shard(out, indices, settings, PREDICT_COLUMNS, rows, desc=f"predict {shard}")
+    run_shard(out, indices, settings, PREDICT_COLUMNS, rows, desc=f"predict {shard}",
+              force=force)
     click.echo(f"predicted {len(indices)} images -> {out}")
 
 
 @click.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=TSV_OUT)
 @click.option("--data", default=None, type=click.Path(dir_okay=False),
               help="data manifest: with --skip/--max, check that every selected image is there")
 @click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE)
@@ -153,8 +161,10 @@ def merge(shards, out, data, skip, max_count, force) -> None:
     from pefts.artifacts import file_digest
     from pefts.certification.selection import selected_indices
     from pefts.data import read_manifest
+    from pefts.files import refuse_clashes
     from pefts.results import merge_shards, write_tsv
 
+    refuse_clashes({"--out": out}, [*shards, *([data] if data else [])])
     refuse_existing(out, force)
     expected = None
     if data:

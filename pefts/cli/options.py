@@ -41,6 +41,27 @@ SEED = click.IntRange(min=0, max=2**63 - 1)
 RUN = click.Tuple([str, POSITIVE, click.Path(dir_okay=False)])
 
 
+class OutputPath(click.Path):
+    """An output file that must end in its extension: its companion files are named after
+    it (weights' ``.json`` metadata, a TSV's ``.tsv.json`` settings), so with the extension
+    required they can never land on another output's file."""
+
+    def __init__(self, suffix: str) -> None:
+        super().__init__(dir_okay=False)
+        self.suffix = suffix
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not str(value).endswith(self.suffix) or str(value) == self.suffix:
+            self.fail(f"{str(value)!r} must end in {self.suffix} (files beside it are "
+                      "named after it)", param, ctx)
+        return value
+
+
+TSV_OUT = OutputPath(".tsv")
+WEIGHTS_OUT = OutputPath(".safetensors")
+
+
 def parse_json(text: str | None, option: str) -> dict[str, Any]:
     if not text:
         return {}

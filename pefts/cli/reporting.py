@@ -23,15 +23,22 @@ def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:
     return markdown
 
 
-def read_runs(runs) -> list:
+def read_runs(runs, mixed: bool = False) -> tuple[list, list[dict]]:
+    """The runs' rows and how each was certified; runs certified differently are refused
+    unless ``mixed``."""
     from pefts.provenance import check_comparable
     from pefts.results import read_tsv
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA TSV")
     frames = [(method, sigma, read_tsv(path)) for method, sigma, path in runs]
-    check_comparable(runs)
-    return frames
+    return frames, check_comparable(runs, mixed)
+
+
+def mixed_option(func):
+    return click.option("--mixed", is_flag=True,
+                        help="allow runs certified differently (mode, n, n0, alpha, precision, "
+                             "stopping rule); each is then labelled with its settings")(func)
 
 
 @click.command()
@@ -39,14 +46,19 @@ def read_runs(runs) -> list:
 @click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
 @click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
 @click.option("--out-md", required=True, type=click.Path(dir_okay=False))
-def summarize(runs, radii, out_tsv, out_md) -> None:
-    """Certified accuracy at a radius grid and ACR, per method and sigma."""
+@mixed_option
+def summarize(runs, radii, out_tsv, out_md, mixed) -> None:
+    """Certified accuracy at a radius grid and ACR, per method and sigma, with how each
+    run was certified (extra columns in the TSV, a caption in the Markdown)."""
+    from pefts.files import refuse_clashes
     from pefts.results import summarize as table_of
-    from pefts.results import to_markdown
+    from pefts.results import summary_markdown, with_certification
 
     grid = parse_floats(radii, "--radii", 0.0)
-    table = table_of(read_runs(runs), grid)
-    click.echo(write_table(table, out_tsv, out_md, to_markdown(table)), nl=False)
+    refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [p for _, _, p in runs])
+    frames, certs = read_runs(runs, mixed)
+    table = with_certification(table_of(frames, grid), certs)
+    click.echo(write_table(table, out_tsv, out_md, summary_markdown(table)), nl=False)
 
 
 @click.command()
@@ -54,19 +66,29 @@ def summarize(runs, radii, out_tsv, out_md) -> None:
 @click.option("--out", "pattern", required=True,
               help="PNG path with {sigma}: one figure per sigma, one line per method "
                    "(a plain path when every run has the same sigma)")
-def plot(runs, pattern) -> None:
-    """Certified accuracy against L2 radius (paper Figure 3)."""
+@mixed_option
+def plot(runs, pattern, mixed) -> None:
+    """Certified accuracy against L2 radius (paper Figure 3); a footnote says how the
+    runs were certified."""
+    from pefts.files import refuse_clashes
     from pefts.plots import plot_certified_curves
+    from pefts.provenance import describe_certification
 
-    loaded = read_runs(runs)
+    loaded, certs = read_runs(runs, mixed)
     sigmas = sorted({s for _, s, _ in loaded})
     if "{sigma}" not in pattern and len(sigmas) > 1:
         raise PeftsError("--out must contain {sigma} when the runs have several sigmas, "
                          "e.g. results/figures/certified_sigma{sigma}.png")
+    outs = {f"--out (sigma {s:g})": pattern.replace("{sigma}", f"{s:g}") for s in sigmas}
+    refuse_clashes(outs, [p for _, _, p in runs])
+    same = all(c == certs[0] for c in certs)
     for sigma in sigmas:
-        curves = [(method, frame) for method, s, frame in loaded if s == sigma]
+        curves = [(method if same else f"{method}: {describe_certification(cert)}", frame)
+                  for (method, s, frame), cert in zip(loaded, certs, strict=True) if s == sigma]
         out = pattern.replace("{sigma}", f"{sigma:g}")
-        plot_certified_curves(curves, f"certified accuracy, sigma = {sigma:g}", out)
+        note = ("certified: " + describe_certification(certs[0]) if same
+                else "certified with different settings (mixed): see each line")
+        plot_certified_curves(curves, f"certified accuracy, sigma = {sigma:g}", out, note)
         click.echo(f"sigma={sigma:g}: {len(curves)} method(s) -> {out}")
 
 
@@ -79,15 +101,18 @@ def plot(runs, pattern) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG")
 def plot_vs_sigma(summary, columns, title, out) -> None:
     """Summary columns against sigma, one line per method (paper Figure 8)."""
+    from pefts.files import refuse_clashes
     from pefts.plots import plot_against_sigma
+    from pefts.results import certification_note
 
+    refuse_clashes({"--out": out}, [summary])
     table = read_summary(summary)
     wanted = [c.strip() for c in columns.split(",") if c.strip()]
     missing = [c for c in wanted if c not in table.columns]
     if missing or not wanted:
         raise PeftsError(f"{summary} has no column(s) {', '.join(missing) or '(none given)'}; "
                          f"it has {', '.join(table.columns)}")
-    plot_against_sigma(table, wanted, title, out)
+    plot_against_sigma(table, wanted, title, out, certification_note(table))
     click.echo(f"{len(wanted)} panel(s) -> {out}")
 
 
@@ -107,12 +132,15 @@ def read_summary(path: str):
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
     """Accuracy on noisy inputs against sigma per method (paper Figure 2)."""
+    from pefts.files import refuse_clashes
     from pefts.noise_learning import noise_accuracy_table
     from pefts.plots import plot_lines
     from pefts.results import to_markdown
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
+    refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md, "--figure": figure},
+                   [p for _, _, p in runs])
     table = noise_accuracy_table(runs)
     markdown = write_table(table, out_tsv, out_md, to_markdown(table))
     plot_lines(table, "sigma", "noisy accuracy", "method", "accuracy of f on x + noise", figure,
@@ -132,19 +160,25 @@ def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
+    from pefts.files import refuse_clashes
     from pefts.parameters import accuracy_vs_parameters, parameter_markdown, parameter_table
     from pefts.plots import plot_lines
+    from pefts.results import certification_note
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
+    refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md, "--figure": figure},
+                   [summary, *[p for _, _, p in runs]])
+    summary_table = read_summary(summary)
     table = parameter_table(runs)
     markdown = write_table(table, out_tsv, out_md, parameter_markdown(table))
     column = f"r={radius:g}"
-    points = accuracy_vs_parameters(table, read_summary(summary), column)
+    points = accuracy_vs_parameters(table, summary_table, column)
     points = points.assign(trainable=points["trainable"].clip(lower=1))  # none has 0: log axis
     plot_lines(points, "trainable", column, "sigma", f"certified accuracy at r = {radius:g}",
                figure, logx=True, xlabel="trainable parameters (none plotted at 1)",
-               ylabel=f"certified accuracy (r = {radius:g})", labels="method", connect=False)
+               ylabel=f"certified accuracy (r = {radius:g})", labels="method", connect=False,
+               note=certification_note(summary_table))
     click.echo(markdown, nl=False)
 
 

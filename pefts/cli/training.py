@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from pefts.cli.options import (
     AT_LEAST_ONE,
     POSITIVE,
+    WEIGHTS_OUT,
     device_option,
     fmt_accuracy,
     force_option,
@@ -17,11 +19,17 @@ from pefts.cli.options import (
     refuse_existing,
 )
 from pefts.errors import PeftsError
+from pefts.files import refuse_clashes
+
+
+def weights_outputs(out: str) -> dict[str, str]:
+    """Weights and the metadata written beside them: neither may land on an input."""
+    return {"--out": out, "the metadata of --out": str(Path(out).with_suffix(".json"))}
 
 
 @click.command("train-base")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest.json")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--out", required=True, type=WEIGHTS_OUT, help="weights .safetensors")
 @click.option("--arch", required=True, help="timm architecture name")
 @click.option("--input-size", required=True, type=AT_LEAST_ONE, help="side the network sees")
 @click.option("--model-kwargs", default=None, help="JSON of extra timm.create_model arguments")
@@ -39,6 +47,7 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
     from pefts.devices import resolve_device
     from pefts.runs import train_base as run
 
+    refuse_clashes(weights_outputs(out), [data, *([pretrained_file] if pretrained_file else [])])
     refuse_existing(out, force)
     if len(parse_floats(mean, "--mean")) != len(parse_floats(std, "--std")):
         raise PeftsError(f"--mean and --std must have one value per channel each, got {mean!r} and {std!r}")
@@ -56,7 +65,7 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
               help="manifest.json of the downstream task")
 @click.option("--source", required=True, type=click.Path(dir_okay=False),
               help="base classifier trained on the source task")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--out", required=True, type=WEIGHTS_OUT, help="weights .safetensors")
 @click.option("--train", "train_json", default=None, help="JSON of training options")
 @device_option
 @force_option
@@ -66,6 +75,7 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
     from pefts.devices import resolve_device
     from pefts.runs import adapt_base as run
 
+    refuse_clashes(weights_outputs(out), [data, source])
     refuse_existing(out, force)
     meta = run(data, source, out, parse_json(train_json, "--train"), resolve_device(device))
     click.echo(f"adapted {source}: clean validation accuracy "
@@ -79,7 +89,7 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
 @click.option("--sigma", required=True, type=POSITIVE, help="noise level of training")
 @click.option("--hparams", default=None, help="JSON of the method's hyper-parameters")
 @click.option("--train", "train_json", default=None, help="JSON of training options")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="weights .safetensors")
+@click.option("--out", required=True, type=WEIGHTS_OUT, help="weights .safetensors")
 @device_option
 @force_option
 def finetune(data: str, base: str, method: str, sigma: float, hparams: str | None,
@@ -88,6 +98,7 @@ def finetune(data: str, base: str, method: str, sigma: float, hparams: str | Non
     from pefts.devices import resolve_device
     from pefts.runs import finetune as run
 
+    refuse_clashes(weights_outputs(out), [data, base])
     refuse_existing(out, force)
     meta = run(data, base, out, method, sigma, parse_json(hparams, "--hparams"),
                parse_json(train_json, "--train"), resolve_device(device))

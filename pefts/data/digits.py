@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
+from pefts.errors import PeftsError
 from pefts.files import durable_path
 
 TENSORS = "digits.safetensors"
@@ -54,5 +56,22 @@ def prepare(out_dir: Path, seed: int = 0, test_fraction: float = 0.25,
 
 
 def load(manifest: dict[str, Any], split: str) -> TensorDataset:
-    tensors = load_file(str(Path(manifest["_dir"]) / manifest["tensors"]))
-    return TensorDataset(tensors[f"{split}_x"], tensors[f"{split}_y"])
+    """The split's images and labels; a missing, cut-short or foreign tensor file is
+    named in one line (before any training or certification starts)."""
+    path = Path(manifest["_dir"]) / str(manifest.get("tensors"))
+    if not path.is_file():
+        raise PeftsError(f"data tensors {path} (named by the manifest in {path.parent}) do not "
+                         "exist; run `pefts prepare` again")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PeftsError(f"data tensors {path} are corrupt or cut short ({err}); run "
+                         "`pefts prepare` again") from None
+    x, y = tensors.get(f"{split}_x"), tensors.get(f"{split}_y")
+    if x is None or y is None or x.ndim != 4 or len(x) != len(y):
+        raise PeftsError(f"data tensors {path} lack a well-formed {split} split "
+                         f"({split}_x images and {split}_y labels of the same length)")
+    if not manifest.get("class_subset") and len(x) != manifest.get(f"num_{split}"):
+        raise PeftsError(f"data tensors {path} hold {len(x)} {split} images, the manifest "
+                         f"says {manifest.get(f'num_{split}')}")
+    return TensorDataset(x, y)

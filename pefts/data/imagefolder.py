@@ -3,10 +3,12 @@ any image size; resize and crop are options stored in the manifest."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
 from pefts.errors import PeftsError
@@ -15,13 +17,51 @@ TEST_FOLDERS = ("test", "val")
 OPTIONS = ("resize", "crop", "augment")
 
 
+# Pillow's modes of 16-bit greyscale PNGs (older Pillow: "I"): values up to 65535
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_image(path: str) -> Image.Image:
+    """An RGB image; 16-bit greyscale is scaled by its bit depth (65535 -> 255), where a
+    plain convert("RGB") would clip every value above 255 to white."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in SIXTEEN_BIT:
+            levels = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray(np.round(levels / 65535 * 255).clip(0, 255).astype(np.uint8), "L")
+        return image.convert("RGB")
+
+
+def check_image(path: str) -> str | None:
+    """What is wrong with an image file (decoded in full), or None."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "is empty"
+        load_image(path)
+    except UnidentifiedImageError:
+        return "is not an image Pillow can read"
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        return f"does not decode ({err})"
+    return None
+
+
+def check_images(data: ClassFolder, label: str) -> None:
+    """Decode every image once at prepare, so a bad file is named now and not hours into
+    training. Decoding releases the GIL: threads make a large folder tolerable."""
+    paths = [path for path, _ in data.samples]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for path, problem in zip(paths, pool.map(check_image, paths), strict=True):
+            if problem:
+                raise PeftsError(f"{label} image {path} {problem}; remove or replace it")
+
+
 class ClassFolder(datasets.ImageFolder):
     """ImageFolder with the class list fixed by the manifest, so that a test folder that
     lacks a class still numbers the others as the train folder does."""
 
     def __init__(self, root: str, classes: list[str], **kwargs: Any):
         self._fixed = list(classes)
-        super().__init__(root, allow_empty=True, **kwargs)
+        super().__init__(root, allow_empty=True, loader=load_image, **kwargs)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._fixed, {c: i for i, c in enumerate(self._fixed)}
@@ -94,8 +134,11 @@ def prepare(out_dir: Path, root: str | None = None, images: dict[str, Any] | Non
     test = open_split(manifest, "test", label)
     if not len(test):
         raise PeftsError(f"{label} folder {test_dir} has no images of the classes {classes[:3]}...")
-    check_same_size(test, options)
     train = open_split(manifest, "train", label) if train_dir.is_dir() else None
+    for split in (test, train):
+        if split is not None:
+            check_images(split, label)
+    check_same_size(test, options)
     if train is not None and not options.get("augment"):
         check_same_size(train, options)
     return {**manifest, "image_shape": list(test[0][0].shape),

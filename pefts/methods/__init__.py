@@ -53,7 +53,12 @@ def build_model(method: Method, base: PixelClassifier, classes: list[str],
                 f"task with other classes ({', '.join(classes[:5])}...); use a method that trains "
                 "the head (e.g. lora or prompt)")
         replace_head(base, len(classes))
-    return method.build(base)
+    try:
+        return method.build(base)
+    except (ValueError, TypeError, AttributeError, AssertionError, KeyError) as err:
+        # e.g. LoRA on a CNN: peft finds no attention to target; one line, not a traceback
+        raise PeftsError(f"method {method.name!r} cannot wrap the base {base.spec.arch}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 def check_base(weights: str | Path, meta: dict[str, Any], base_weights: str | Path) -> None:

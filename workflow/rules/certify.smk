@@ -16,7 +16,7 @@ rule certify_shard:
             f"--seed {CERT['seed']} {SELECTION} --precision {CERT['precision']}"
         ),
         adaptive=(
-            f"--adaptive --pool {CERT['pool']} --radii {','.join(map(str, config['summary']['radii']))}"
+            f"--adaptive --pool {CERT['pool']} --grid {','.join(map(str, CERT['grid']))}"
             + (f" --rtol {CERT['rtol']}" if CERT["rtol"] else "")
             if CERT["adaptive"] else ""
         ),

@@ -6,18 +6,21 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from pefts.config import check_config
+from pefts.config import check_complete, check_config, schema_problem
 from pefts.errors import PeftsError
 from pefts.experiments import Study
 
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 try:
-    validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+    if workflow.overwrite_configfiles:  # config.yaml was not loaded (see the Snakefile)
+        check_complete(config, workflow.overwrite_configfiles)
+    problem = schema_problem(config, SCHEMA)
+    if problem:
+        raise PeftsError(problem)
+    validate(config, SCHEMA)  # fills the schema's defaults
     check_config(config)
 except (WorkflowError, PeftsError) as err:
-    message = str(err).strip().splitlines()
-    # jsonschema names the failing value on the first line and the key on a later one
-    where = next((line.strip() for line in message if line.strip().startswith("On instance")), "")
-    sys.exit(f"error: config is invalid: {message[0]} {where}".rstrip())
+    sys.exit(f"error: config is invalid: {str(err).strip().splitlines()[0]}")
 
 
 STUDY = Study(config)
@@ -79,6 +82,11 @@ def run_args(grid):
 
 def figure(name, category):
     return report(path("figures", name), category=category)
+
+
+def table(name, category):
+    """A summary table, also shown in `snakemake --report` (TSV rendered as a table)."""
+    return report(path("summary", name), category=category)
 
 
 def main_outputs():

@@ -1,5 +1,5 @@
-# Tables (TSV + Markdown) and figures (PNG) of every experiment; the figures also go
-# into `snakemake --report report.html`.
+# Tables (TSV + Markdown) and figures (PNG) of every experiment; the tables and figures
+# also go into `snakemake --report report.html`.
 MAIN = STUDY.main_grid()
 TWOBIRDS = STUDY.twobirds_grid()
 NOISE = STUDY.noise_grid()
@@ -9,8 +9,8 @@ rule summarize:
     input:
         certified(MAIN),
     output:
-        tsv=path("summary", "certified.tsv"),
-        md=path("summary", "certified.md"),
+        tsv=table("certified.tsv", "main comparison"),
+        md=table("certified.md", "main comparison"),
     params:
         runs=run_args(MAIN),
         radii=RADII,
@@ -44,8 +44,8 @@ rule parameters:
         models=models(MAIN),
         summary=path("summary", "certified.tsv"),
     output:
-        tsv=path("summary", "parameters.tsv"),
-        md=path("summary", "parameters.md"),
+        tsv=table("parameters.tsv", "main comparison"),
+        md=table("parameters.md", "main comparison"),
         figure=figure("accuracy_vs_parameters.png", "main comparison"),
     params:
         runs=lambda w, input: STUDY.run_args(MAIN, list(input.models)),
@@ -62,8 +62,8 @@ rule twobirds_report:
     input:
         certified(TWOBIRDS),
     output:
-        tsv=path("summary", "twobirds.tsv"),
-        md=path("summary", "twobirds.md"),
+        tsv=table("twobirds.tsv", "two birds, one stone"),
+        md=table("twobirds.md", "two birds, one stone"),
         figure=figure("twobirds.png", "two birds, one stone"),
     params:
         runs=run_args(TWOBIRDS),
@@ -82,8 +82,8 @@ rule ablation_report:
     input:
         lambda w: certified(STUDY.ablation_grid(w.kind)),
     output:
-        tsv=path("summary", "ablation_{kind}.tsv"),
-        md=path("summary", "ablation_{kind}.md"),
+        tsv=table("ablation_{kind}.tsv", "ablations"),
+        md=table("ablation_{kind}.md", "ablations"),
         figure=figure("ablation_{kind}.png", "ablations"),
     params:
         runs=lambda w, input: STUDY.run_args(STUDY.ablation_grid(w.kind), list(input)),
@@ -103,8 +103,8 @@ rule noise_learning_report:
     input:
         models(NOISE),
     output:
-        tsv=path("summary", "noise_learning.tsv"),
-        md=path("summary", "noise_learning.md"),
+        tsv=table("noise_learning.tsv", "noise learning"),
+        md=table("noise_learning.md", "noise learning"),
         figure=figure("noise_learning.png", "noise learning"),
     params:
         runs=run_args(NOISE),
