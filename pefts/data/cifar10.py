@@ -29,6 +29,7 @@ def prepare(out_dir: Path, root: str | None = None, download: bool = False,
     return {
         "num_classes": 10,
         "classes": list(train.classes),
+        "class_names": list(train.classes),
         "image_shape": [3, 32, 32],
         "root": str(Path(root).resolve()),
         "num_train": len(train),

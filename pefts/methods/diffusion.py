@@ -150,5 +150,5 @@ class DiffusionSmoothing(Method):
         # the one thing a run adds to the pretrained folder: the timestep chosen for sigma
         return {"denoiser.timestep": model.denoiser.timestep.detach()}
 
-    def frozen_parameters(self, model: nn.Module) -> int:
-        return count_parameters(model.denoiser.unet)
+    def frozen_parts(self, model: nn.Module) -> dict[str, int]:
+        return {"diffusion UNet": count_parameters(model.denoiser.unet)}
