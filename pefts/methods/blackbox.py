@@ -47,7 +47,9 @@ class BlackBoxPrompt(Method):
         "query": "base", "clip_file": None, "clip_arch": "ViT-B-16",
         "prompt_template": "a photo of a {}.",
         "eps": 1.0, "clip": True,  # prompt scale; clip prompted images to [0, 1]
-        "features": 8, "trigger": 8, "hidden": 16, "grid": 8, "seed": 0,  # coordinator
+        # coordinator: the decoder starts from a grid x grid map and doubles it in each of
+        # its transposed-conv stages (BlackVIP: grid 7, 5 stages -> 224, trigger 800)
+        "features": 8, "trigger": 8, "hidden": 16, "grid": 8, "stages": 2, "seed": 0,
         # the coordinator's frozen encoder: "conv" (random, seeded) or a timm model name,
         # e.g. the paper's vit_base_patch16_224.mae; encoder_file reads its weights locally
         "encoder": "conv", "encoder_file": None, "encoder_pretrained": True,
@@ -59,7 +61,8 @@ class BlackBoxPrompt(Method):
         "query": Choice("base", "clip"), "clip_file": Text(optional=True), "clip_arch": Text(),
         "prompt_template": Text(),
         "eps": Float(0, low_open=True), "clip": BOOL,
-        "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "seed": Int(0),
+        "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "stages": Int(1),
+        "seed": Int(0),
         "a": Float(0, low_open=True), "p": Float(0), "c": Float(0, low_open=True),
         "gamma": Float(0), "momentum": Float(0, 1, high_open=True), "perturbations": Int(1),
         "encoder": Text(), "encoder_file": Text(optional=True), "encoder_pretrained": BOOL,
@@ -75,7 +78,8 @@ class BlackBoxPrompt(Method):
         h = self.hparams
         coordinator = Coordinator(len(base.spec.mean), int(h["features"]), int(h["trigger"]),
                                   int(h["hidden"]), int(h["grid"]), int(h["seed"]),
-                                  str(h["encoder"]), h["encoder_file"], bool(h["encoder_pretrained"]))
+                                  str(h["encoder"]), h["encoder_file"], bool(h["encoder_pretrained"]),
+                                  int(h["stages"]))
         queried: nn.Module = base
         if h["query"] == "clip":
             queried = self.zero_shot_clip()
