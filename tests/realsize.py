@@ -139,7 +139,10 @@ def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
         "certify": {"n0": 2, "n": 8, "batch": 4, "skip": 1, "max": 2, "shards": 1},
         "experiments": {
             "twobirds": {"sigmas": [sigma],
-                         "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train)},
+                         "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train),
+                         "source_train": shrink_train(exp["twobirds"].get("source_train")
+                                                      or preset["base"]["train"], num_train),
+                         "certify": {"skip": 1, "max": 2, "shards": 1}},
             "ablation": {"sigma": sigma, "prompt_length": exp["ablation"]["prompt_length"][:2],
                          "lora_rank": exp["ablation"]["lora_rank"][:2]},
             "noise_learning": {"sigmas": [sigma]},
