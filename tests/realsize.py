@@ -19,6 +19,8 @@ from PIL import Image
 
 # timm's vit_base_patch16_224 without its head: the paper's 86M network
 VITB16_BODY_PARAMS = 85_798_656
+# open_clip's ViT-B-16 (image and text towers): the black box the presets query
+CLIP_VITB16_PARAMS = 149_620_737
 TESTSITE = Path(__file__).resolve().parent / "testsite"
 BATCH = 2  # images per training step and per certification batch
 
