@@ -91,3 +91,29 @@ def test_blackbox_run_on_clip_trains_saves_and_reloads(tiny_clip, digits, tiny_b
     prompted = (x + model.coordinator(x)).clamp(0, 1)
     with torch.no_grad():
         assert torch.allclose(model(x).exp(), torch.softmax(direct(prompted), 1), atol=1e-5)
+
+
+def test_fetch_clip_writes_a_loadable_file_and_its_digest(tiny_clip, tmp_path, monkeypatch):
+    """The fetch step's function, with open_clip's download replaced by the tiny model:
+    the file it writes loads offline, and its digest is returned."""
+    import open_clip
+
+    from pefts.blackbox.clip import fetch_clip
+    from pefts.files import file_digest
+
+    arch, _ = tiny_clip
+    asked, tiny = [], bare_model(arch)
+
+    def download(name, pretrained=None, **kwargs):
+        asked.append((name, pretrained))
+        return tiny
+
+    monkeypatch.setattr(open_clip, "create_model", download)
+    out = tmp_path / "weights" / "clip.safetensors"
+    digest = fetch_clip("openai", out)
+    assert asked == [("ViT-B-16", "openai")]
+    assert digest == file_digest(out) and not list(out.parent.glob("*.partial"))
+    monkeypatch.undo()
+    assert load_clip(out, NAMES, arch)(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    with pytest.raises(PeftsError, match="no pretrained tag"):
+        fetch_clip("no-such-tag", tmp_path / "other.safetensors")
