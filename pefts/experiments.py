@@ -2,15 +2,24 @@
 outputs live, and which (run, sigma) pairs each table and figure needs.
 
 Kept free of torch imports: the Snakefile builds its DAG from this on every call.
-A run is a method with its hyper-parameters on one (data, base classifier) setup;
-runs are named, and the name is the folder of its outputs, so experiments that need
-the same run share it instead of training it twice.
+A run is a method with its hyper-parameters and training settings on one (data, base
+classifier) setup. Runs are named for the tables; runs that are the same (the LoRA
+ablation's rank 2 and the main LoRA run, say) share one folder of outputs, named after
+the first of them, so each distinct run is trained and certified once.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+# Test images per class of the named datasets, at least (digits: 174 images in its
+# smallest class, a quarter of them in the test split), so that the shard count can be
+# capped at the number of certified images before any data is prepared
+TEST_IMAGES_PER_CLASS = {"cifar10": 1000, "imagenet": 50, "digits": 43}
+NUM_CLASSES = {"cifar10": 10, "imagenet": 1000, "digits": 10}
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Study:
         self.results = config["results"].rstrip("/")
         self.sigmas = [sigma_label(s) for s in config["sigmas"]]
         self.runs = self._runs()
+        self.folders = self._folders()
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -61,10 +71,51 @@ class Study:
         return self.setups()[self.runs[run].setup]["base"]
 
     def model(self, run: str = "{runname}", sigma: str = "{sigma}") -> str:
-        return self.path("finetune", run, f"sigma{sigma}", "model.safetensors")
+        return self.path("finetune", self.folders.get(run, run), f"sigma{sigma}", "model.safetensors")
 
     def certified(self, run: str = "{runname}", sigma: str = "{sigma}") -> str:
-        return self.path("certify", run, f"sigma{sigma}", "certified.tsv")
+        return self.path("certify", self.folders.get(run, run), f"sigma{sigma}", "certified.tsv")
+
+    # --- which test images each run certifies, in how many shards ------------------------
+
+    def certify_settings(self, run: str) -> dict[str, int]:
+        """skip, max and shards: two birds' runs have their own (the target task is a
+        few classes of the dataset), every other run the main ones."""
+        main = self.config["certify"]
+        own = self.config["experiments"]["twobirds"].get("certify") or {}
+        setup = self.runs[run].setup if run in self.runs else "main"
+        chosen = {k: main[k] for k in ("skip", "max", "shards")}
+        if setup != "main":
+            chosen.update({k: v for k, v in own.items() if v is not None})
+        return chosen
+
+    def selection(self, run: str) -> str:
+        cert = self.certify_settings(run)
+        return f"--skip {cert['skip']} --max {cert['max']}"
+
+    def test_images(self, setup: str) -> int | None:
+        """At least how many test images the setup's data has; None when the config
+        cannot tell (an image folder of unknown size)."""
+        name = self.config["dataset"]["name"]
+        if name not in TEST_IMAGES_PER_CLASS:
+            return None
+        classes = (NUM_CLASSES[name] if setup == "main"
+                   else len(self.config["experiments"]["twobirds"]["target_classes"]))
+        return TEST_IMAGES_PER_CLASS[name] * classes
+
+    def certified_images(self, run: str) -> int | None:
+        """At least how many images the run certifies (every skip-th, at most max)."""
+        cert = self.certify_settings(run)
+        total = self.test_images(self.runs[run].setup if run in self.runs else "main")
+        count = math.ceil(total / cert["skip"]) if total is not None else None
+        if cert["max"] > 0:
+            count = cert["max"] if count is None else min(count, cert["max"])
+        return count
+
+    def shards(self, run: str) -> int:
+        """The configured shard count, capped at the certified images: no empty shard."""
+        shards, images = self.certify_settings(run)["shards"], self.certified_images(run)
+        return max(1, min(shards, images)) if images is not None else shards
 
     # --- runs and grids ------------------------------------------------------------------
 
@@ -80,7 +131,7 @@ class Study:
             hparams, train = self.method_params(method)
             runs[name] = Run(method, setup, {**hparams, **overrides}, train)
 
-        for method in {*self.config["methods"], *exp["noise_learning"]["methods"]}:
+        for method in dict.fromkeys([*self.config["methods"], *exp["noise_learning"]["methods"]]):
             add(method, method)
         for method in exp["twobirds"]["methods"]:
             add(f"oneround_{method}", method, "oneround")
@@ -92,6 +143,20 @@ class Study:
             # alpha follows the rank, so the ablation changes capacity, not the update scale
             add(f"lora_rank{rank}", "lora", rank=rank, alpha=rank)
         return runs
+
+    def _folders(self) -> dict[str, str]:
+        """Each run name -> the folder of its outputs: the first run with the same
+        method, setup, hyper-parameters and training settings (dict order: main runs
+        first)."""
+        first: dict[str, str] = {}
+        folders = {}
+        for name, run in self.runs.items():
+            key = json.dumps([run.method, run.setup, run.hparams, run.train], sort_keys=True)
+            folders[name] = first.setdefault(key, name)
+        return folders
+
+    def distinct_runs(self) -> list[str]:
+        return sorted(set(self.folders.values()))
 
     def main_grid(self) -> list[tuple[str, str]]:
         return [(m, s) for m in self.config["methods"] for s in self.sigmas]

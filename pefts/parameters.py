@@ -29,6 +29,9 @@ def parameter_table(models: Sequence[tuple[str, float, str | Path]]) -> pd.DataF
             "trainable %": 100.0 * meta["trainable_params"] / meta["base_params"],
             # artifacts written before this column existed added nothing frozen
             "frozen added": meta.get("frozen_added_params", 0),
+            # which frozen networks those are (a black box's encoder and queried CLIP)
+            "frozen parts": ", ".join(f"{name} {count:,}" for name, count
+                                      in meta.get("frozen_parts", {}).items()) or "-",
             "saved bytes": Path(weights).stat().st_size,
             # black-box training is measured in queries to the model, not in gradients
             "queries": meta.get("metrics", {}).get("queries"),
@@ -44,7 +47,9 @@ def parameter_markdown(table: pd.DataFrame) -> str:
     for column in ("trainable", "base_total", "frozen added", "saved bytes", "queries"):
         shown[column] = [f"{v:,}" if pd.notna(v) else "-" for v in shown[column]]
     shown["trainable %"] = [f"{v:.3g}" for v in shown["trainable %"]]
-    return shown.to_markdown(index=False, colalign=["left"] * 2 + ["right"] * 6) + "\n"
+    align = ["left" if column in ("method", "hparams", "frozen parts") else "right"
+             for column in shown.columns]
+    return shown.to_markdown(index=False, colalign=align) + "\n"
 
 
 def accuracy_vs_parameters(params: pd.DataFrame, summary: pd.DataFrame, radius_column: str

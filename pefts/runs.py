@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from pefts.artifacts import file_digest, load_meta, save_artifact
-from pefts.data import load_split, read_manifest
+from pefts.data import class_names, load_split, read_manifest
 from pefts.errors import PeftsError
 from pefts.methods import build_model, get_method
 from pefts.models import (
@@ -99,7 +99,8 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     base = load_base(base_weights)
     base_params = count_parameters(base)
     torch.manual_seed(cfg.seed)  # also seeds a fresh head
-    model = build_model(method, base, manifest["classes"], load_meta(base_weights)["classes"])
+    model = build_model(method, base, manifest["classes"], load_meta(base_weights)["classes"],
+                        class_names(manifest))
     model = model.to(device)
     metrics: dict[str, Any] = {}
     train, val = split_validation(load_split(manifest, "train"), cfg)
@@ -111,10 +112,12 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     meta = {
         "kind": "finetuned", "method": method_name, "hparams": method.hparams, "sigma": sigma,
         "train": vars(cfg) if method.trains else None, "dataset": manifest["dataset"],
-        "classes": manifest["classes"], "num_classes": manifest["num_classes"],
+        "classes": manifest["classes"], "class_names": class_names(manifest),
+        "num_classes": manifest["num_classes"],
         "base": str(base_weights), "base_sha256": file_digest(base_weights), "metrics": metrics,
         "trainable_params": count_parameters(model, trainable_only=True),
         "frozen_added_params": method.frozen_parameters(model),
+        "frozen_parts": method.frozen_parts(model),
         "total_params": count_parameters(model),
         "base_params": base_params,
     }

@@ -1,5 +1,6 @@
 """Local stand-ins for the paper baselines' pretrained weights, so tests download nothing:
-a random UNet in a diffusers folder, a random-weight timm encoder in a weights file."""
+a random UNet in a diffusers folder, a random-weight timm encoder and a random CLIP
+ViT-B/16 in weights files."""
 
 from __future__ import annotations
 
@@ -61,5 +62,42 @@ def paper_baseline_overrides(folder: str | Path, image_size: int = 32) -> dict[s
     folder.mkdir(parents=True, exist_ok=True)
     unet = unet_folder(folder / "ddpm", sample_size=image_size)
     mae = timm_weights_file(folder / "mae_vitb16.safetensors")
+    clip = clip_weights_file(folder / "clip_vitb16.safetensors")
     return {"diffusion": {"hparams": {"weights": str(unet)}},
-            "blackbox": {"hparams": {"encoder_file": str(mae)}}}
+            "blackbox": {"hparams": {"encoder_file": str(mae), "clip_file": str(clip)}}}
+
+
+# a CLIP small enough for unit tests, registered with open_clip under its own name
+TINY_CLIP = "pefts-tiny-clip"
+TINY_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def register_tiny_clip(folder: str | Path) -> str:
+    """Make ``TINY_CLIP`` an open_clip architecture (in this process) and return its name."""
+    import json
+
+    import open_clip
+
+    if TINY_CLIP not in open_clip.list_models():
+        path = Path(folder) / f"{TINY_CLIP}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(TINY_CLIP_CONFIG))
+        open_clip.add_model_config(path)
+    return TINY_CLIP
+
+
+def clip_weights_file(path: str | Path, arch: str = "ViT-B-16", seed: int = 0) -> Path:
+    """Random weights of open_clip's ``arch`` (the paper's CLIP ViT-B/16 by default) in a
+    safetensors file, as the black box's ``clip_file`` reads them; nothing is downloaded."""
+    from safetensors.torch import save_file
+
+    from pefts.blackbox.clip import bare_model
+
+    torch.manual_seed(seed)
+    model = bare_model(arch)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return Path(path)

@@ -19,6 +19,8 @@ from PIL import Image
 
 # timm's vit_base_patch16_224 without its head: the paper's 86M network
 VITB16_BODY_PARAMS = 85_798_656
+# open_clip's ViT-B-16 (image and text towers): the black box the presets query
+CLIP_VITB16_PARAMS = 149_620_737
 TESTSITE = Path(__file__).resolve().parent / "testsite"
 BATCH = 2  # images per training step and per certification batch
 CERTIFY_N, CERTIFY_ALPHA = 12, 0.05
@@ -143,7 +145,10 @@ def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
                     "max": 2, "shards": 1},
         "experiments": {
             "twobirds": {"sigmas": [sigma],
-                         "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train)},
+                         "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train),
+                         "source_train": shrink_train(exp["twobirds"].get("source_train")
+                                                      or preset["base"]["train"], num_train),
+                         "certify": {"skip": 1, "max": 2, "shards": 1}},
             "ablation": {"sigma": sigma, "prompt_length": exp["ablation"]["prompt_length"][:2],
                          "lora_rank": exp["ablation"]["lora_rank"][:2]},
             "noise_learning": {"sigmas": [sigma]},

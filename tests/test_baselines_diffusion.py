@@ -42,11 +42,14 @@ def hand_alphas_cumprod() -> torch.Tensor:
 
 
 class Recorder(nn.Module):
-    """A stand-in UNet that records its inputs and predicts the noise it is told."""
+    """A stand-in UNet that records its inputs and predicts the noise it is told;
+    ``levels`` gives it a config that says how much it downsamples."""
 
-    def __init__(self, sample_size: int, eps=None):
+    def __init__(self, sample_size: int, eps=None, levels: int | None = None):
         super().__init__()
         self.config = SimpleNamespace(sample_size=sample_size, in_channels=3)
+        if levels:
+            self.config.block_out_channels = (8,) * levels
         self.eps = eps
         self.calls = []
 
@@ -65,7 +68,7 @@ def test_timestep_matches_the_hand_computed_noise_level(weights, sigma):
     method = get_method("diffusion", weights=weights)
     model = method.build(small_base())
     assert method.fit(model, None, sigma, None, "cpu")["timestep"] == expected
-    assert int(model.denoiser.timestep) == expected
+    assert model.denoiser.timestep((8, 8)) == expected
     torch.testing.assert_close(model.denoiser.alphas_cumprod, abar.float())
 
 
@@ -114,6 +117,30 @@ def test_other_sizes_are_resized_to_the_unet_and_back():
     out = denoiser(torch.rand(2, 3, 6, 6))
     assert unet.calls[0][0].shape == (2, 3, 8, 8) and out.shape == (2, 3, 6, 6)
     assert 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+@pytest.mark.parametrize("side,resized", [(224, False), (200, True), (336, True)])
+def test_the_unet_sees_the_noise_level_of_t_star(side, resized):
+    """A 256x256 UNet with guided-diffusion's six levels (downsampling 32): a 224 image
+    runs unresized (224 = 7 x 32), 200 and 336 need a resize (up and down). Fed a constant image plus
+    noise of std sigma, the UNet's input must carry the noise of the forward process at
+    t* (std sqrt(1 - abar_t*)), within 2%."""
+    abar = hand_alphas_cumprod().float()
+    unet = Recorder(256, levels=6)
+    denoiser = DiffusionDenoiser(unet, abar)
+    sigma = 0.5
+    denoiser.set_sigma(sigma)
+    gen = torch.Generator().manual_seed(3)
+    constant = torch.full((2, 3, side, side), 0.4)
+    denoiser(constant + sigma * torch.randn(constant.shape, generator=gen))
+    x_t, steps = unet.calls[0]
+    t = int(steps[0])
+    assert t == denoiser.timestep((side, side))
+    assert tuple(x_t.shape[-2:]) == ((256, 256) if resized else (side, side))
+    # away from the border, where the resize sees no padding
+    seen = (x_t - abar[t].sqrt() * (2 * 0.4 - 1))[..., 16:-16, 16:-16]
+    level = float(seen.std())
+    assert abs(level / float((1 - abar[t]).sqrt()) - 1) < 0.02, (level, t)
 
 
 def test_denoiser_is_a_deterministic_function_of_the_noisy_input(weights):
@@ -187,7 +214,7 @@ def test_finetune_certify_and_parameter_table(weights, digits, tiny_base, tmp_pa
     assert meta["metrics"]["timestep"] == 259
 
     model, _ = load_model(out, tiny_base)
-    assert int(model.denoiser.timestep) == 259
+    assert model.denoiser.timestep((8, 8)) == 259
 
     table = parameter_table([("diffusion", 0.5, out)])
     row = table.iloc[0]

@@ -1,6 +1,7 @@
 """The paper's baselines at their real sizes on 2-3 CIFAR-sized images: a random
 ViT-B/16 base, the CIFAR-10 preset's SUNet (99.6M), a tiny random UNet in a local
-diffusers folder and a random-weight MAE ViT-B/16 file as the coordinator's encoder.
+diffusers folder, a random-weight MAE ViT-B/16 file as the coordinator's encoder and a
+random CLIP ViT-B/16 file as the queried black box.
 Nothing is downloaded."""
 
 from __future__ import annotations
@@ -62,13 +63,14 @@ def test_paper_baseline_at_real_size(method, overrides):
     if method == "sunet":
         hparams["stability_epochs"] = 1  # one step of each phase, not the preset's 20 epochs
     peft = get_method(method, **hparams)
+    peft.class_names = [f"class {c}" for c in range(10)]  # what build_model sets
     model = peft.build(vitb16_base())
     cfg = TrainConfig(epochs=1, batch_size=3, lr=2e-4, optimizer="adam")
     before = {k: v.clone() for k, v in peft.trainable_state(model).items()}
     metrics = peft.fit(model, images(3), SIGMA, cfg, "cpu")
     after = peft.trainable_state(model)
     if method == "diffusion":
-        assert metrics["timestep"] == int(after["denoiser.timestep"]) > 0
+        assert float(after["denoiser.sigma"]) == SIGMA and metrics["timestep"] > 0
         assert peft.frozen_parameters(model) > 0
     else:  # one step of each phase moved the trained weights
         assert any(not torch.equal(before[k], after[k]) for k in after if after[k].is_floating_point())
@@ -79,6 +81,8 @@ def test_paper_baseline_at_real_size(method, overrides):
         assert "stability_loss" in metrics
     if method == "blackbox":
         assert model.coordinator.encoder.out_features == 768  # the MAE ViT-B/16's CLS token
-        assert peft.frozen_parameters(model) > 85e6
+        # the preset queries zero-shot CLIP ViT-B/16 (149.6M), frozen beside the encoder
+        assert peft.frozen_parts(model)["coordinator encoder"] > 85e6
+        assert 149e6 < peft.frozen_parts(model)["queried CLIP"] < 150e6
         assert metrics["queries"] == 2 * 3
     certify_two(model)

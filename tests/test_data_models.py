@@ -70,6 +70,34 @@ def test_cifar10_loader_reads_the_on_disk_format(tmp_path, monkeypatch):
     assert 0 <= y < 10
 
 
+def test_cifar10_augment_changes_the_train_split_only(tmp_path, monkeypatch):
+    """augment: random crops of the 4-pixel padded image and flips, on training images
+    only; the test split (what is certified) is the plain image every time."""
+    write_cifar10(tmp_path / "cifar", monkeypatch)
+    root = str(tmp_path / "cifar")
+    plain = prepare("cifar10", tmp_path / "plain", root=root)
+    augmented = prepare("cifar10", tmp_path / "aug", root=root, images={"augment": True})
+    assert augmented["images"] == {"augment": True}
+    torch.manual_seed(0)
+    for split in ("train", "test"):
+        reference = load_split(plain, split)
+        data = load_split({**augmented, "_dir": str(tmp_path / "aug")}, split)
+        originals = [reference[i][0] for i in range(4)]
+        draws = [[data[i][0] for i in range(4)] for _ in range(8)]
+        changed = sum(not torch.equal(x, originals[i]) for draw in draws for i, x in enumerate(draw))
+        if split == "test":
+            assert changed == 0
+            continue
+        assert changed > 16  # most draws crop or flip
+        for draw in draws:  # each is a shifted (and maybe flipped) window of the padded image
+            for i, x in enumerate(draw):
+                padded = torch.nn.functional.pad(originals[i], (4, 4, 4, 4))
+                windows = [padded[:, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+                assert any(torch.equal(x, w) or torch.equal(x, w.flip(-1)) for w in windows)
+    with pytest.raises(PeftsError, match="augment"):
+        prepare("cifar10", tmp_path / "bad", root=root, images={"crop": 24})
+
+
 def test_cifar10_without_data_names_the_config_key(tmp_path):
     with pytest.raises(PeftsError, match="dataset.root"):
         prepare("cifar10", tmp_path / "prepared", root=str(tmp_path / "empty"))

@@ -48,8 +48,10 @@ def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
     for job in (main_base, source_base):
         assert job["arch"] == base["arch"] and int(job["input-size"]) == base["input_size"]
         assert json.loads(job["model-kwargs"]) == base["model_kwargs"]
-        assert json.loads(job["train"]) == base["train"]
         assert job["mean"] == ",".join(map(str, base["mean"]))
+    assert json.loads(main_base["train"]) == base["train"]
+    source_train = preset["experiments"]["twobirds"].get("source_train") or base["train"]
+    assert json.loads(source_base["train"]) == source_train
     for job in by_command["prepare"]:
         assert job["dataset"] == preset["dataset"]["name"]
         assert job["root"] == preset["dataset"]["root"]
@@ -71,10 +73,49 @@ def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
                                          *preset["experiments"]["twobirds"]["sigmas"],
                                          *preset["experiments"]["noise_learning"]["sigmas"]]}
     cert = preset["certify"]
+    twobirds = {**cert, **preset["experiments"]["twobirds"].get("certify", {})}
     for job in by_command["certify"]:
+        own = twobirds if "twobirds" in job["data"] else cert
         assert (int(job["n0"]), int(job["n"]), int(job["batch"]), int(job["skip"])) == (
-            cert["n0"], cert["n"], cert["batch"], cert["skip"])
-        assert job["shard"].endswith(f"/{cert['shards']}")
+            cert["n0"], cert["n"], cert["batch"], own["skip"])
+        assert int(job["shard"].split("/")[1]) <= own["shards"]
+
+
+# test images per class of the presets' datasets (ImageNet: its validation set)
+TEST_PER_CLASS = {"cifar10": 1000, "imagenet": 50}
+ALL_CLASSES = {"cifar10": 10, "imagenet": 1000}
+
+
+def certified_images(preset: dict, job: dict) -> int:
+    """How many images a certify job's run certifies: every skip-th test image of its
+    data (two birds: the target classes only), at most max."""
+    name = preset["dataset"]["name"]
+    classes = (len(preset["experiments"]["twobirds"]["target_classes"]) if "twobirds" in job["data"]
+               else ALL_CLASSES[name])
+    count = -(-TEST_PER_CLASS[name] * classes // int(job["skip"]))
+    return min(count, int(job["max"])) if int(job["max"]) > 0 else count
+
+
+@pytest.mark.parametrize("configfile", PRESETS)
+def test_each_run_once_and_no_empty_shard(configfile, tmp_path):
+    preset = yaml.safe_load((ROOT / configfile).read_text())
+    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={tmp_path}/r")
+    finetunes = [j for j in jobs if j["command"] == "finetune"]
+    # no two jobs train the same thing (lora_rank2 is the main LoRA run, prompt_length100
+    # the main prompt run: shared, not trained again)
+    keys = [(j["method"], j["hparams"], j["train"], float(j["sigma"]), j["data"], j["base"])
+            for j in finetunes]
+    assert len(keys) == len(set(keys)), sorted(keys)
+    assert len({j["out"] for j in finetunes}) == len(finetunes)
+    certify = [j for j in jobs if j["command"] == "certify"]
+    assert certify
+    for job in certify:
+        k, shards = map(int, job["shard"].split("/"))
+        assert k < shards <= certified_images(preset, job), job  # no shard without images
+    models = {j["model"] for j in certify}
+    assert models == {j["out"] for j in finetunes}  # each model certified, once per shard
+    twobirds = [j for j in certify if "twobirds" in j["data"]]
+    assert twobirds and all(certified_images(preset, j) >= 100 for j in twobirds)
 
 
 def test_a_second_configfile_overlays_a_preset(tmp_path):

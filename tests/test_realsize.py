@@ -105,7 +105,18 @@ def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
         meta = json.loads((folder / "model.json").read_text())
         assert body_params(meta, "total_params") == realsize.VITB16_BODY_PARAMS, folder
     finetuned = sorted((results / "finetune").glob("*/sigma*/model.json"))
-    assert len(finetuned) >= len(preset["methods"]) + 8  # main, two birds (4), ablations (4)
+    # main, two birds (4), ablations (4, of which lora_rank2 is the main LoRA run, shared)
+    assert len(finetuned) >= len(preset["methods"]) + 7
     for path in finetuned:
         meta = json.loads(path.read_text())
         assert body_params(meta, "base_params") == realsize.VITB16_BODY_PARAMS, path
+    # the black box is zero-shot CLIP ViT-B/16, reported apart from what trains
+    blackbox = json.loads((results / "finetune" / "blackbox" / f"sigma{sigma}" / "model.json").read_text())
+    assert blackbox["hparams"]["query"] == "clip" and blackbox["metrics"]["queries"] > 0
+    assert blackbox["frozen_parts"] == {"coordinator encoder": realsize.VITB16_BODY_PARAMS,
+                                        "queried CLIP": realsize.CLIP_VITB16_PARAMS}
+    params = pd.read_csv(results / "summary" / "parameters.tsv", sep="\t").set_index("method")
+    row = params.loc["blackbox"]
+    assert row["trainable"] == blackbox["trainable_params"] < 10_000
+    assert "queried CLIP 149,620,737" in row["frozen parts"]
+    assert "coordinator encoder 85,798,656" in row["frozen parts"]

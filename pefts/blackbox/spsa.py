@@ -49,24 +49,26 @@ class SPSA:
         self.generator = generator
         self.k = 0
 
-    def gradient(self, loss: Loss) -> tuple[torch.Tensor, float]:
-        """Two-sided estimate averaged over the perturbations, and the mean loss seen."""
+    def gradient(self, loss: Loss, at: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Two-sided estimate at ``at``, averaged over the perturbations, and the mean
+        loss seen."""
         c_k = self.config.perturbation_size(self.k)
         grad = torch.zeros_like(self.theta)
         seen = 0.0
         for _ in range(self.config.perturbations):
             delta = rademacher(self.theta, self.generator)
-            plus, minus = loss(self.theta + c_k * delta), loss(self.theta - c_k * delta)
+            plus, minus = loss(at + c_k * delta), loss(at - c_k * delta)
             grad += (plus - minus) / (2 * c_k) * delta
             seen += plus + minus
         return grad / self.config.perturbations, seen / (2 * self.config.perturbations)
 
     def step(self, loss: Loss) -> float:
-        grad, mean_loss = self.gradient(loss)
-        # gradient correction: a Nesterov-style look-ahead along the accumulated direction
-        self.velocity = self.config.momentum * self.velocity + grad
-        update = grad + self.config.momentum * self.velocity
-        self.theta = self.theta - self.config.step_size(self.k) * update
+        """BlackVIP's gradient correction (Nesterov): estimate the gradient at the
+        look-ahead point theta + beta m, then m <- beta m - a_k g, theta <- theta + m."""
+        beta = self.config.momentum
+        grad, mean_loss = self.gradient(loss, self.theta + beta * self.velocity)
+        self.velocity = beta * self.velocity - self.config.step_size(self.k) * grad
+        self.theta = self.theta + self.velocity
         self.k += 1
         return mean_loss
 

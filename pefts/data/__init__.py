@@ -41,12 +41,19 @@ def prepare(name: str, out_dir: str | Path, classes: list[int] | None = None,
             raise PeftsError(f"classes must be distinct labels of {name} "
                              f"(0..{manifest['num_classes'] - 1}), got {classes}")
         manifest.update(class_subset=list(classes), num_classes=len(classes),
-                        classes=[manifest["classes"][c] for c in classes])
+                        classes=[manifest["classes"][c] for c in classes],
+                        class_names=[manifest["class_names"][c] for c in classes])
         located = {**manifest, "_dir": str(out_dir)}  # as read_manifest would return it
         for split in ("train", "test"):
             manifest[f"num_{split}"] = len(load_split(located, split))
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def class_names(manifest: dict[str, Any]) -> list[str]:
+    """Readable class names (what a zero-shot model reads as text); manifests written
+    before they were recorded fall back to the class labels themselves."""
+    return list(manifest.get("class_names") or manifest["classes"])
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

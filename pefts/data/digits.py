@@ -46,6 +46,7 @@ def prepare(out_dir: Path, seed: int = 0, test_fraction: float = 0.25,
     return {
         "num_classes": len(class_list),
         "classes": [str(c) for c in class_list],
+        "class_names": [str(c) for c in class_list],
         "image_shape": [3, 8, 8],
         "seed": seed,
         "test_fraction": test_fraction,

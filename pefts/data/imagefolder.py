@@ -130,6 +130,7 @@ def prepare(out_dir: Path, root: str | None = None, images: dict[str, Any] | Non
     if not classes:
         raise PeftsError(f"{label} folder {class_dir} has no class folders")
     manifest = {"root": str(Path(root).resolve()), "classes": classes, "folder_classes": classes,
+                "class_names": [c.replace("_", " ") for c in classes],
                 "num_classes": len(classes), "images": options}
     test = open_split(manifest, "test", label)
     if not len(test):

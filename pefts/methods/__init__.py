@@ -41,12 +41,14 @@ def get_method(name: str, **hparams: Any) -> Method:
 
 
 def build_model(method: Method, base: PixelClassifier, classes: list[str],
-                base_classes: list[str]) -> nn.Module:
+                base_classes: list[str], class_names: list[str] | None = None) -> nn.Module:
     """``method`` on ``base``. Data of other classes than the base was trained on (a
     downstream task) always gets a fresh head first, even with as many classes: the
-    source task's head would map the new classes onto the old ones."""
+    source task's head would map the new classes onto the old ones. ``class_names``
+    (readable, defaults to ``classes``) is what a zero-shot query model reads."""
+    method.class_names = list(class_names or classes)
     if list(classes) != list(base_classes):
-        if not method.trains_head:
+        if method.keeps_base_head():
             raise PeftsError(
                 f"method {method.name!r} keeps the base classifier's {base.spec.num_classes}-class "
                 f"head (classes {', '.join(base_classes[:5])}...), so it cannot serve a downstream "
@@ -83,6 +85,7 @@ def load_model(weights: str | Path, base_weights: str | Path,
     method = get_method(meta["method"], **meta.get("hparams", {}))
     check_base(weights, meta, base_weights)
     base = load_base(base_weights)
-    model = build_model(method, base, meta["classes"], load_meta(base_weights)["classes"])
+    model = build_model(method, base, meta["classes"], load_meta(base_weights)["classes"],
+                        meta.get("class_names"))
     method.load_trainable(model, tensors)
     return model.to(device).eval(), meta

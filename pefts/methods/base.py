@@ -43,6 +43,11 @@ class Method:
                             f"got {sorted(cls.specs)}")
         check_hparams(getattr(cls, "name", cls.__name__), cls.specs, cls.defaults)
 
+    def keeps_base_head(self) -> bool:
+        """Whether the model answers with the base classifier's own head, so it serves
+        only the base's classes (a query model with heads of its own serves any)."""
+        return not self.trains_head
+
     def __init__(self, **hparams: Any):
         unknown = sorted(set(hparams) - set(self.defaults))
         if unknown:
@@ -52,6 +57,8 @@ class Method:
             )
         check_hparams(self.name, self.specs, hparams)
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+        # the task's readable class names, set by build_model for methods that read them
+        self.class_names: list[str] | None = None
 
     def build(self, base: PixelClassifier) -> nn.Module:
         """Return the model to fine-tune and certify ([0,1] images -> logits), with
@@ -67,12 +74,15 @@ class Method:
         """Only what this method trained, so a LoRA run of ViT-B/16 stays small on disk."""
         return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
+    def frozen_parts(self, model: nn.Module) -> dict[str, int]:
+        """Frozen networks this method adds around or instead of the base, by name: a
+        denoiser or encoder pretrained elsewhere, a queried model. The parameter table
+        shows them apart from the trainable ones, because the paper's Table 2 counts the
+        diffusion denoiser's."""
+        return {}
+
     def frozen_parameters(self, model: nn.Module) -> int:
-        """Parameters this method adds around the base that stay frozen here: a denoiser
-        or encoder pretrained elsewhere (the diffusion UNet, the black box's encoder).
-        The parameter table shows them beside the trainable ones, because the paper's
-        Table 2 counts the diffusion denoiser's."""
-        return 0
+        return sum(self.frozen_parts(model).values())
 
     def load_trainable(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Copy saved tensors into the model, in place: ``trainable_state`` returns views of

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
 from pefts.errors import PeftsError
-from pefts.hparams import BOOL, Float, Int, Text
+from pefts.hparams import BOOL, Choice, Float, Int, Text
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, count_parameters
 from pefts.progress import progress
@@ -42,8 +42,14 @@ class BlackBoxPrompt(Method):
     name = "blackbox"
     trains_head = False
     defaults = {
+        # the queried black box: the base classifier itself, or zero-shot CLIP (the
+        # paper's and BlackVIP's setting) from the local weights file clip_file
+        "query": "base", "clip_file": None, "clip_arch": "ViT-B-16",
+        "prompt_template": "a photo of a {}.",
         "eps": 1.0, "clip": True,  # prompt scale; clip prompted images to [0, 1]
-        "features": 8, "trigger": 8, "hidden": 16, "grid": 8, "seed": 0,  # coordinator
+        # coordinator: the decoder starts from a grid x grid map and doubles it in each of
+        # its transposed-conv stages (BlackVIP: grid 7, 5 stages -> 224, trigger 800)
+        "features": 8, "trigger": 8, "hidden": 16, "grid": 8, "stages": 2, "seed": 0,
         # the coordinator's frozen encoder: "conv" (random, seeded) or a timm model name,
         # e.g. the paper's vit_base_patch16_224.mae; encoder_file reads its weights locally
         "encoder": "conv", "encoder_file": None, "encoder_pretrained": True,
@@ -52,8 +58,11 @@ class BlackBoxPrompt(Method):
         "a": 0.001, "p": 0.4, "c": 0.01, "gamma": 0.1, "momentum": 0.9, "perturbations": 5,
     }
     specs = {
+        "query": Choice("base", "clip"), "clip_file": Text(optional=True), "clip_arch": Text(),
+        "prompt_template": Text(),
         "eps": Float(0, low_open=True), "clip": BOOL,
-        "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "seed": Int(0),
+        "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "stages": Int(1),
+        "seed": Int(0),
         "a": Float(0, low_open=True), "p": Float(0), "c": Float(0, low_open=True),
         "gamma": Float(0), "momentum": Float(0, 1, high_open=True), "perturbations": Int(1),
         "encoder": Text(), "encoder_file": Text(optional=True), "encoder_pretrained": BOOL,
@@ -69,8 +78,31 @@ class BlackBoxPrompt(Method):
         h = self.hparams
         coordinator = Coordinator(len(base.spec.mean), int(h["features"]), int(h["trigger"]),
                                   int(h["hidden"]), int(h["grid"]), int(h["seed"]),
-                                  str(h["encoder"]), h["encoder_file"], bool(h["encoder_pretrained"]))
-        return PromptedClassifier(coordinator, QueryModel(base), float(h["eps"]), bool(h["clip"]))
+                                  str(h["encoder"]), h["encoder_file"], bool(h["encoder_pretrained"]),
+                                  int(h["stages"]))
+        queried: nn.Module = base
+        if h["query"] == "clip":
+            queried = self.zero_shot_clip()
+        model = PromptedClassifier(coordinator, QueryModel(queried), float(h["eps"]), bool(h["clip"]))
+        # the query model hides its network; its size is known here, for the parameter table
+        model.queried_parameters = getattr(queried, "total_parameters", 0)
+        return model
+
+    def zero_shot_clip(self) -> nn.Module:
+        from pefts.blackbox.clip import load_clip
+
+        h = self.hparams
+        if "{}" not in str(h["prompt_template"]):
+            raise PeftsError(f"blackbox prompt_template must contain {{}} for the class name, "
+                             f"got {h['prompt_template']!r}")
+        if not self.class_names:
+            raise PeftsError("the CLIP black box needs the task's class names (none were given)")
+        return load_clip(h["clip_file"], self.class_names, str(h["clip_arch"]),
+                         str(h["prompt_template"]))
+
+    def keeps_base_head(self) -> bool:
+        # zero-shot CLIP reads the task's class names: it serves any classes
+        return self.hparams["query"] == "base"
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         # named from the enclosing model, so the base class's load_trainable finds them
@@ -78,8 +110,11 @@ class BlackBoxPrompt(Method):
         return {f"coordinator.{name}": p.detach()
                 for name, p in model.coordinator.named_parameters() if id(p) in learnable}
 
-    def frozen_parameters(self, model: nn.Module) -> int:
-        return count_parameters(model.coordinator.encoder)
+    def frozen_parts(self, model: nn.Module) -> dict[str, int]:
+        parts = {"coordinator encoder": count_parameters(model.coordinator.encoder)}
+        if self.hparams["query"] == "clip":
+            parts["queried CLIP"] = int(model.queried_parameters)
+        return parts
 
     def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
             device: torch.device | str) -> dict[str, Any]:

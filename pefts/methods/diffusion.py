@@ -8,6 +8,13 @@ sqrt((1 - abar_t) / abar_t) >= 2 sigma matches it, and sqrt(abar_t*) (2z - 1) ha
 law of the forward process at t*. Unlike the authors' code (which re-noises the clean
 image), the denoiser here is a deterministic function of z, which is what the
 certificate for x needs.
+
+The UNet is convolutional: like Carlini et al.'s ImageNet code (224 crops into the
+256x256 model), it runs on the image as it is whenever the image's sides are multiples
+of its total downsampling. Only where they are not is the noisy image resized to the
+UNet's size and back; resizing scales the noise's std (and correlates neighbours), so t*
+is then matched to the noise level the UNet actually sees, measured once per image size
+by resizing a fixed-seed white-noise probe the same way.
 """
 
 from __future__ import annotations
@@ -71,6 +78,27 @@ def load_unet(weights: str | Path) -> tuple[nn.Module, torch.Tensor]:
     return unet, scheduler.alphas_cumprod.to(torch.float32)
 
 
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic, antialiased when shrinking: the one resize used on images and probes."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False,
+                         antialias=size[-1] < x.shape[-1])
+
+
+def noise_gain(native: tuple[int, int], size: tuple[int, int], channels: int = 16) -> float:
+    """Std of white noise after the resize from ``native`` to ``size``, per unit of std
+    before it (a fixed-seed probe: the same number on every call)."""
+    probe = torch.randn(1, channels, *native, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+    return float(resize(probe, size).std() / probe.std())
+
+
+def downsampling(unet: nn.Module) -> int | None:
+    """The UNet's total downsampling factor (2 per level after the first); None when its
+    config does not say (then only its own sample size is known to fit)."""
+    levels = getattr(unet.config, "block_out_channels", None)
+    return 2 ** (len(levels) - 1) if levels else None
+
+
 class DiffusionDenoiser(nn.Module):
     """z in [0,1] -> one-step DDPM estimate of the clean image in [0,1]."""
 
@@ -80,13 +108,39 @@ class DiffusionDenoiser(nn.Module):
         freeze(self.unet)
         self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
         # -1 until a sigma is set; saved with the fine-tuned artifact so certification
-        # rebuilds the same denoiser
-        self.register_buffer("timestep", torch.tensor(-1, dtype=torch.long))
+        # rebuilds the same denoiser (the timestep follows from it and the image size)
+        self.register_buffer("sigma", torch.tensor(-1.0, dtype=torch.float64))
+        self._timesteps: dict[tuple[int, int], int] = {}
 
-    def set_sigma(self, sigma: float) -> int:
-        t = timestep_for_sigma(self.alphas_cumprod, sigma)
-        self.timestep.fill_(t)
-        return t
+    def unet_size(self, native: tuple[int, int]) -> tuple[int, int]:
+        """The size the UNet runs at: the image's own when it fits the downsampling."""
+        factor = downsampling(self.unet)
+        side = self.unet.config.sample_size
+        size = (side, side) if isinstance(side, int) else tuple(side)
+        if factor and all(s % factor == 0 for s in native):
+            return tuple(native)
+        return size
+
+    def timestep(self, native: tuple[int, int]) -> int:
+        """t* for the noise the UNet sees on images of size ``native``: 2 sigma, times the
+        resize's gain on the noise where a resize is unavoidable."""
+        if float(self.sigma) <= 0:
+            raise PeftsError("the diffusion denoiser has no noise level: call set_sigma first")
+        native = tuple(int(s) for s in native)
+        if native not in self._timesteps:
+            size = self.unet_size(native)
+            gain = 1.0 if size == native else noise_gain(native, size)
+            self._timesteps[native] = timestep_for_sigma(self.alphas_cumprod, float(self.sigma) * gain)
+        return self._timesteps[native]
+
+    def set_sigma(self, sigma: float, native: tuple[int, int] | None = None) -> int:
+        """Match ``sigma``; returns t* for images of size ``native`` (the UNet's own by default)."""
+        self.sigma.fill_(sigma)
+        self._timesteps.clear()
+        if native is None:
+            side = self.unet.config.sample_size
+            native = (side, side) if isinstance(side, int) else tuple(side)
+        return self.timestep(native)
 
     def train(self, mode: bool = True) -> DiffusionDenoiser:
         # frozen and pretrained: dropout inside the UNet must never switch on
@@ -94,17 +148,13 @@ class DiffusionDenoiser(nn.Module):
         return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        t = int(self.timestep)
-        if t < 0:
-            raise PeftsError("the diffusion denoiser has no noise level: call set_sigma first")
+        native = tuple(z.shape[-2:])
+        t = self.timestep(native)
         abar = self.alphas_cumprod[t]
-        side = self.unet.config.sample_size
-        size = (side, side) if isinstance(side, int) else tuple(side)
+        size = self.unet_size(native)
         x = z * 2 - 1
-        native = x.shape[-2:]
         if native != size:
-            # Carlini et al. resize ImageNet's 224 crops to the 256x256 model and back
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+            x = resize(x, size)
         x_t = abar.sqrt() * x
         steps = torch.full((len(z),), t, device=z.device, dtype=torch.long)
         eps = self.unet(x_t, steps).sample
@@ -112,7 +162,7 @@ class DiffusionDenoiser(nn.Module):
         eps = eps[:, :x.shape[1]]
         x0 = ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
         if native != size:
-            x0 = F.interpolate(x0, size=native, mode="bicubic", align_corners=False).clamp(-1, 1)
+            x0 = resize(x0, native).clamp(-1, 1)
         return (x0 + 1) / 2
 
 
@@ -142,13 +192,17 @@ class DiffusionSmoothing(Method):
             device: torch.device | str) -> dict[str, Any]:
         """Nothing trains: the pretrained DDPM is only matched to sigma."""
         model.to(device)
-        t = model.denoiser.set_sigma(sigma)
+        native = tuple(data[0][0].shape[-2:]) if data is not None and len(data) else None
+        t = model.denoiser.set_sigma(sigma, native)
         abar = float(model.denoiser.alphas_cumprod[t])
-        return {"timestep": t, "timestep_sigma": math.sqrt((1 - abar) / abar) / 2}
+        size = model.denoiser.unet_size(native) if native else None
+        return {"timestep": t, "timestep_sigma": math.sqrt((1 - abar) / abar) / 2,
+                "unet_size": list(size) if size else None, "resized": bool(native and size != native)}
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        # the one thing a run adds to the pretrained folder: the timestep chosen for sigma
-        return {"denoiser.timestep": model.denoiser.timestep.detach()}
+        # the one thing a run adds to the pretrained folder: the sigma it was matched to
+        # (t* follows from it and each image size)
+        return {"denoiser.sigma": model.denoiser.sigma.detach()}
 
-    def frozen_parameters(self, model: nn.Module) -> int:
-        return count_parameters(model.denoiser.unet)
+    def frozen_parts(self, model: nn.Module) -> dict[str, int]:
+        return {"diffusion UNet": count_parameters(model.denoiser.unet)}

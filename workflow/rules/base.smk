@@ -32,13 +32,17 @@ rule train_base:
         "{params.pretrained} {params.pretrained_file} --device {params.device} --force 2> {log}"
 
 
-# the source-task classifier of two birds, one stone: same recipe, source classes only
+# the source-task classifier of two birds, one stone: same network, source classes only,
+# trained with experiments.twobirds.source_train (the base recipe when unset: a base kept
+# as pretrained with 0 epochs would leave the source task a random head)
 use rule train_base as train_base_source with:
     input:
         path("twobirds", "data_source", "manifest.json"),
     output:
         weights=STUDY.setups()["oneround"]["base"],
         meta=STUDY.setups()["oneround"]["base"].replace(".safetensors", ".json"),
+    params:
+        train=json.dumps(EXP["twobirds"]["source_train"] or config["base"]["train"]),
     log:
         path("logs", "train_base_source.log"),
 

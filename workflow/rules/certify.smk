@@ -1,6 +1,8 @@
 # Certification is split into interleaved shards by image index; the shard count is
-# part of the path so that changing it never mixes shards of two layouts.
-SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", f"{{k}}-of-{SHARDS}.tsv")
+# part of the path so that changing it never mixes shards of two layouts. Each run has
+# its own selection and shard count (two birds certifies a few classes), capped at its
+# number of images so that no shard is empty (pefts.experiments.Study.shards).
+SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", "{k}-of-{shards}.tsv")
 
 
 rule certify_shard:
@@ -13,14 +15,15 @@ rule certify_shard:
     params:
         sampling=(
             f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
-            f"--seed {CERT['seed']} {SELECTION} --precision {CERT['precision']}"
+            f"--seed {CERT['seed']} --precision {CERT['precision']}"
         ),
+        selection=lambda w: STUDY.selection(w.runname),
         adaptive=(
             f"--adaptive --pool {CERT['pool']} --grid {','.join(map(str, CERT['grid']))}"
             + (f" --rtol {CERT['rtol']}" if CERT["rtol"] else "")
             if CERT["adaptive"] else ""
         ),
-        shard=lambda w: f"{w.k}/{SHARDS}",
+        shard=lambda w: f"{w.k}/{w.shards}",
         device=DEVICE,
     threads: config["threads"]
     resources:
@@ -28,21 +31,23 @@ rule certify_shard:
     conda:
         ENV
     log:
-        path("logs", "certify", f"{{runname}}_sigma{{sigma}}_{{k}}-of-{SHARDS}.log"),
+        path("logs", "certify", "{runname}_sigma{sigma}_{k}-of-{shards}.log"),
     shell:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
-        "--sigma {wildcards.sigma} {params.sampling} {params.adaptive} --shard {params.shard} "
+        "--sigma {wildcards.sigma} {params.sampling} {params.selection} {params.adaptive} "
+        "--shard {params.shard} "
         "--out {output} --device {params.device} --force 2> {log}"
 
 
 rule merge_shards:
     input:
         data=lambda w: STUDY.data(w.runname),
-        shards=expand(SHARD, k=range(SHARDS), allow_missing=True),
+        shards=lambda w: expand(SHARD, runname=w.runname, sigma=w.sigma,
+                                k=range(STUDY.shards(w.runname)), shards=STUDY.shards(w.runname)),
     output:
         STUDY.certified(),
     params:
-        selection=SELECTION,
+        selection=lambda w: STUDY.selection(w.runname),
     conda:
         ENV
     log:

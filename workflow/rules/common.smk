@@ -25,12 +25,9 @@ except (WorkflowError, PeftsError) as err:
 
 STUDY = Study(config)
 CERT = config["certify"]
-SHARDS = CERT["shards"]
 EXP = config["experiments"]
 DEVICE = config["device"]
 RADII = ",".join(map(str, config["summary"]["radii"]))
-# which test images, as the certify and merge commands take them
-SELECTION = f"--skip {CERT['skip']} --max {CERT['max']}"
 path = STUDY.path
 ENV = "../../envs/pefts.yaml"  # used only with --sdm conda (opt-in)
 
@@ -52,7 +49,9 @@ DATA_OPTIONS = data_options(config["dataset"])
 
 
 wildcard_constraints:
-    runname="|".join(sorted(STUDY.runs, key=len, reverse=True)),
+    # only distinct runs have folders (pefts.experiments.Study.folders)
+    runname="|".join(sorted(STUDY.distinct_runs(), key=len, reverse=True)),
+    shards="[0-9]+",
     sigma="[0-9.e+-]+",
     k="[0-9]+",
     task="source|target",

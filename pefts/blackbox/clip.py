@@ -1,0 +1,118 @@
+"""Zero-shot CLIP as the black box (BlackVIP's and the paper's setting): the class names
+become text prompts, their embeddings are computed once, and the model maps [0,1]
+images at native resolution to logits (resize and CLIP's normalisation inside).
+
+Weights come from a local file (safetensors or a torch state dict, read with
+``weights_only``); ``fetch_clip`` is the one place that downloads them, by open_clip's
+pretrained tag, for a fetch step on a host that may reach the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pefts.errors import PeftsError
+from pefts.files import file_digest
+
+ARCH = "ViT-B-16"
+TEMPLATE = "a photo of a {}."
+# CLIP's own normalisation (OpenAI's), used when the model's config names none
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ZeroShotCLIP(nn.Module):
+    """Images in [0,1] -> logit_scale.exp() * normalise(image_emb) @ W.T, where W holds
+    the L2-normalised text embeddings of ``template`` filled with each class name."""
+
+    def __init__(self, clip: nn.Module, tokenizer, class_names: list[str],
+                 template: str = TEMPLATE):
+        super().__init__()
+        self.total_parameters = sum(p.numel() for p in clip.parameters())
+        clip.eval()
+        with torch.no_grad():
+            tokens = tokenizer([template.format(name) for name in class_names])
+            text = clip.encode_text(tokens).float()
+            self.register_buffer("weights", F.normalize(text, dim=-1))
+            self.scale = float(clip.logit_scale.exp())
+        self.visual = clip.visual  # the text tower is not needed once W is known
+        size = self.visual.image_size
+        self.input_size = tuple(size) if isinstance(size, tuple | list) else (size, size)
+        cfg = getattr(self.visual, "preprocess_cfg", {}) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", CLIP_MEAN)).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", CLIP_STD)).view(1, -1, 1, 1),
+                             persistent=False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != self.input_size:
+            # CLIP's own preprocessing resizes bicubically; antialias only matters downwards
+            x = F.interpolate(x, size=self.input_size, mode="bicubic", align_corners=False,
+                              antialias=x.shape[-1] > self.input_size[-1])
+        image = self.visual((x - self.mean) / self.std).float()
+        return self.scale * F.normalize(image, dim=-1) @ self.weights.T
+
+
+def _architecture(arch: str):
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise PeftsError(f"unknown open_clip architecture {arch!r} (blackbox hparam clip_arch)")
+    return open_clip
+
+
+def bare_model(arch: str = ARCH) -> nn.Module:
+    """open_clip's ``arch`` with random weights, without its "no pretrained weights"
+    warning (the weights follow from a file, or the caller wants them random)."""
+    open_clip = _architecture(arch)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(arch, pretrained=None, load_weights=False)
+    finally:
+        logging.disable(previous)
+
+
+def load_clip(file: str | Path, class_names: list[str], arch: str = ARCH,
+              template: str = TEMPLATE) -> ZeroShotCLIP:
+    """Zero-shot CLIP ``arch`` with the weights of a local ``file``; nothing is downloaded."""
+    open_clip = _architecture(arch)
+    if not file or not Path(file).is_file():
+        raise PeftsError(f"CLIP weights file {file} does not exist (blackbox hparam clip_file; "
+                         "`pefts fetch-weights` writes it from an open_clip pretrained tag)")
+    model = bare_model(arch)
+    try:
+        open_clip.load_checkpoint(model, str(file), strict=True, weights_only=True)
+    except Exception as err:  # safetensors, pickle and key mismatches all raise differently
+        raise PeftsError(f"CLIP weights {file} do not fit {arch}: "
+                         f"{str(err).splitlines()[0][:200]}") from None
+    return ZeroShotCLIP(model, open_clip.get_tokenizer(arch), class_names, template)
+
+
+def fetch_clip(tag: str, out_file: str | Path, arch: str = ARCH) -> str:
+    """Download open_clip's ``arch`` weights by pretrained ``tag`` (e.g. ``openai``,
+    ``laion2b_s34b_b88k``) into ``out_file`` as safetensors; returns its sha256. Run
+    only where the network may be reached (the submit host's fetch step)."""
+    from safetensors.torch import save_file
+
+    open_clip = _architecture(arch)
+    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    if tag not in tags:
+        raise PeftsError(f"open_clip has no pretrained tag {tag!r} for {arch}; known: {', '.join(tags)}")
+    model = open_clip.create_model(arch, pretrained=tag)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial),
+              metadata={"arch": arch, "pretrained": tag})
+    partial.replace(out)  # the file appears only when complete
+    return file_digest(out)
