@@ -123,8 +123,10 @@ def test_timm_encoder_reads_its_local_file_and_stays_frozen(encoder_file):
     with torch.no_grad():
         expected = net.eval().forward_features((resized - mean) / std)[:, 0]
         torch.testing.assert_close(encoder(x), expected)
-    # the prompt reads the features through a learnable projection to the grid
-    assert model.coordinator.project.in_features == net.num_features
+    # the decoder reads the features and the trigger, reshaped into its grid (BlackVIP)
+    coordinator = model.coordinator
+    cells = coordinator.decoder[0].in_channels * coordinator.grid ** 2
+    assert net.num_features + coordinator.trigger.numel() <= cells
     with torch.no_grad():
         for p in method.trainable_state(model).values():
             p.add_(0.1)
