@@ -14,6 +14,7 @@ rule certify_shard:
         sampling=(
             f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
             f"--seed {CERT['seed']} {SELECTION} --precision {CERT['precision']}"
+            + (" --merge-lora" if CERT["merge_lora"] else "")
         ),
         adaptive=(
             f"--adaptive --pool {CERT['pool']} --radii {','.join(map(str, config['summary']['radii']))}"
