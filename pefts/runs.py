@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pefts.training import (
     split_validation,
     train_noisy,
 )
+from pefts.weights import external_provenance, record_path
 
 
 def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.Dataset:
@@ -59,7 +61,20 @@ def train_base(manifest_path: str | Path, out: str | Path, spec: dict[str, Any],
     start = {"spec": spec, "pretrained": origin,
              "pretrained_sha256": file_digest(pretrained_file) if pretrained_file else None}
     return fit_clean_and_save(model, manifest_path, manifest, cfg, out, device, eval_max,
-                              {"pretrained": origin}, start)
+                              {"pretrained": origin, **pretrained_provenance(pretrained_file)},
+                              start)
+
+
+def pretrained_provenance(pretrained_file: str | None) -> dict[str, Any]:
+    """sha256 of the external weights the base started from, and the hub name they were
+    fetched under when `pefts fetch-weights` wrote them."""
+    if not pretrained_file:
+        return {}
+    record = record_path(pretrained_file)
+    fetched = json.loads(record.read_text()) if record.is_file() else None
+    return {"pretrained_sha256": file_digest(pretrained_file),
+            "pretrained_source": ({"kind": fetched["kind"], "name": fetched["name"]}
+                                  if fetched else None)}
 
 
 def adapt_base(manifest_path: str | Path, source: str | Path, out: str | Path,
@@ -138,6 +153,8 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
         "train": vars(cfg) if method.trains else None, "dataset": manifest["dataset"],
         "classes": manifest["classes"], "num_classes": manifest["num_classes"],
         "base": str(base_weights), "base_sha256": file_digest(base_weights), "metrics": metrics,
+        # every local weight the method reads (coordinator encoder, diffusion UNet folder)
+        "external_sha256": external_provenance(method.hparams),
         "trainable_params": count_parameters(model, trainable_only=True),
         "frozen_added_params": method.frozen_parameters(model),
         "total_params": count_parameters(model),
