@@ -2,6 +2,10 @@
 # part of the path so that changing it never mixes shards of two layouts.
 SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", f"{{k}}-of-{SHARDS}.tsv")
 
+# concatenating shards takes seconds: on the submit host under any executor
+localrules:
+    merge_shards,
+
 
 rule certify_shard:
     input:

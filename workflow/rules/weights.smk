@@ -5,6 +5,9 @@ EXTERNAL_FILES = STUDY.external_files()
 
 if EXTERNAL_FILES:
 
+    localrules:
+        fetch_weights,
+
     rule fetch_weights:
         # after the data is prepared: a missing dataset is the first thing to report
         priority: -1
