@@ -112,7 +112,8 @@ def epoch_batches(size: int, cfg: TrainConfig, order_gen: torch.Generator
                   ) -> tuple[list[list[int]], int]:
     """One epoch's shuffled batches of indices, and the seed of its loader (workers).
     Both come from ``order_gen`` alone, so an epoch is rebuilt exactly from the
-    generator's state at its start: a resumed run sees the same batches."""
+    generator's state at its start: a resumed run sees the same batches. The draws are
+    DataLoader(shuffle=True)'s (its loader seed, then the permutation)."""
     loader_seed = int(torch.empty((), dtype=torch.int64).random_(generator=order_gen))
     order = torch.randperm(size, generator=order_gen).tolist()
     return [order[i:i + cfg.batch_size] for i in range(0, size, cfg.batch_size)], loader_seed
@@ -180,6 +181,10 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
             # refresh=False: the bar redraws on its own schedule, not at every step
             bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
             epoch_end = batch == len(batches)
+            if epoch_end:
+                # the draw torch's RandomSampler makes once an epoch is exhausted: the
+                # batches stay those of DataLoader(shuffle=True, generator=seed)
+                torch.randperm(len(data), generator=order_gen)
             if checkpoint and (epoch_end or step >= total or checkpoint.due()):
                 # at an epoch's end the next epoch starts from the generator's state now
                 checkpoint.save({
