@@ -94,7 +94,7 @@ def _release(procs) -> None:
     for proc in procs:
         proc.stdin.close()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # still waiting for a GPU: it never reads stdin
             proc.kill()
             proc.wait()
