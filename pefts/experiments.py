@@ -15,11 +15,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pefts.weights import base_weight, encoder_weight
+
 # Test images per class of the named datasets, at least (digits: 174 images in its
 # smallest class, a quarter of them in the test split), so that the shard count can be
 # capped at the number of certified images before any data is prepared
 TEST_IMAGES_PER_CLASS = {"cifar10": 1000, "imagenet": 50, "digits": 43}
 NUM_CLASSES = {"cifar10": 10, "imagenet": 1000, "digits": 10}
+
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,13 @@ def sigma_label(sigma: float) -> str:
 class Study:
     """Paths and grids of one configuration."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], local_weights: bool = True):
+        """local_weights: runs name the fetched local copy of any external weight
+        (pefts.weights), so no job downloads."""
         self.config = config
         self.results = config["results"].rstrip("/")
         self.sigmas = [sigma_label(s) for s in config["sigmas"]]
+        self.local_weights = local_weights
         self.runs = self._runs()
         self.folders = self._folders()
 
@@ -129,7 +135,11 @@ class Study:
 
         def add(name: str, method: str, setup: str = "main", **overrides: Any) -> None:
             hparams, train = self.method_params(method)
-            runs[name] = Run(method, setup, {**hparams, **overrides}, train)
+            hparams = {**hparams, **overrides}
+            encoder = encoder_weight(hparams) if method == "blackbox" else None
+            if encoder is not None and self.local_weights:
+                hparams["encoder_file"] = encoder.file(self.results)
+            runs[name] = Run(method, setup, hparams, train)
 
         for method in dict.fromkeys([*self.config["methods"], *exp["noise_learning"]["methods"]]):
             add(method, method)
@@ -158,6 +168,25 @@ class Study:
     def distinct_runs(self) -> list[str]:
         return sorted(set(self.folders.values()))
 
+    # --- external weights, fetched once by a local rule ----------------------------------
+
+    def external_files(self) -> list[str]:
+        """Local copies of every external weight, with the fetch options that make them."""
+        from pefts.weights import external_weights
+
+        return [w.file(self.results) for w in external_weights(self.config)]
+
+    def base_pretrained_file(self) -> str | None:
+        """The file the base classifier starts from: the config's own, or the fetched copy
+        of the hub weights it names, or None (random init)."""
+        weight = base_weight(self.config)
+        return weight.file(self.results) if weight else self.config["base"].get("pretrained_file")
+
+    def weight_inputs(self, run: str) -> list[str]:
+        """The fetched files a run's job reads (a Snakemake input, so the fetch runs first)."""
+        files = set(self.external_files())
+        return sorted(v for v in self.runs[run].hparams.values() if isinstance(v, str) and v in files)
+
     def main_grid(self) -> list[tuple[str, str]]:
         return [(m, s) for m in self.config["methods"] for s in self.sigmas]
 
@@ -179,3 +208,45 @@ class Study:
     def run_args(self, grid: list[tuple[str, str]], files: list[str]) -> str:
         """--run LABEL SIGMA FILE for each grid point, in grid order."""
         return " ".join(f"--run {r} {s} {f}" for (r, s), f in zip(grid, files, strict=True))
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake's merge of config files: key by key, nested dicts too, the last wins."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(configfiles: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config a `snakemake [--configfile F ...]` run sees: config.yaml alone, or the
+    given files overlaid in order (the Snakefile skips config.yaml then), with the
+    schema's defaults filled in and checked like the Snakefile does."""
+    from pathlib import Path
+
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from pefts.config import check_config
+    from pefts.errors import PeftsError
+
+    root = Path(__file__).resolve().parents[1]
+    config: dict[str, Any] = {}
+    for file in configfiles or [root / "config.yaml"]:
+        try:
+            loaded = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise PeftsError(f"cannot read config {file}: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise PeftsError(f"config {file} is not a mapping of keys to values")
+        config = _overlay(config, loaded)
+    try:
+        validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+    except WorkflowError as err:
+        raise PeftsError(f"config is invalid: {str(err).strip().splitlines()[0]}") from None
+    check_config(config)
+    return config

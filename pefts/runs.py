@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pefts.artifacts import file_digest, load_meta, save_artifact
+from pefts.checkpoints import checkpointing, discard, fingerprint
 from pefts.data import class_names, load_split, read_manifest
 from pefts.errors import PeftsError
 from pefts.methods import build_model, get_method
@@ -19,7 +21,14 @@ from pefts.models import (
     load_base,
     replace_head,
 )
-from pefts.training import TrainConfig, noisy_accuracy, split_validation, train_noisy
+from pefts.training import (
+    CONDUCT_OPTIONS,
+    TrainConfig,
+    noisy_accuracy,
+    split_validation,
+    train_noisy,
+)
+from pefts.weights import external_provenance, record_path
 
 
 def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.Dataset:
@@ -49,7 +58,23 @@ def train_base(manifest_path: str | Path, out: str | Path, spec: dict[str, Any],
     model = build_classifier(BaseSpec(num_classes=manifest["num_classes"], **spec),
                              pretrained, pretrained_file)
     origin = pretrained_file or (spec["arch"] if pretrained else None)
-    return fit_clean_and_save(model, manifest, cfg, out, device, eval_max, {"pretrained": origin})
+    start = {"spec": spec, "pretrained": origin,
+             "pretrained_sha256": file_digest(pretrained_file) if pretrained_file else None}
+    return fit_clean_and_save(model, manifest_path, manifest, cfg, out, device, eval_max,
+                              {"pretrained": origin, **pretrained_provenance(pretrained_file)},
+                              start)
+
+
+def pretrained_provenance(pretrained_file: str | None) -> dict[str, Any]:
+    """sha256 of the external weights the base started from, and the hub name they were
+    fetched under when `pefts fetch-weights` wrote them."""
+    if not pretrained_file:
+        return {}
+    record = record_path(pretrained_file)
+    fetched = json.loads(record.read_text()) if record.is_file() else None
+    return {"pretrained_sha256": file_digest(pretrained_file),
+            "pretrained_source": ({"kind": fetched["kind"], "name": fetched["name"]}
+                                  if fetched else None)}
 
 
 def adapt_base(manifest_path: str | Path, source: str | Path, out: str | Path,
@@ -64,17 +89,28 @@ def adapt_base(manifest_path: str | Path, source: str | Path, out: str | Path,
     # always a fresh head: with as many classes, the source head would still map the
     # downstream classes onto the source ones
     replace_head(model, manifest["num_classes"])
-    return fit_clean_and_save(model, manifest, cfg, out, device, eval_max,
-                              {"pretrained": None, "adapted_from": str(source)})
+    return fit_clean_and_save(model, manifest_path, manifest, cfg, out, device, eval_max,
+                              {"pretrained": None, "adapted_from": str(source)},
+                              {"source_sha256": file_digest(source)})
 
 
-def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: TrainConfig,
-                       out: str | Path, device: torch.device, eval_max: int,
-                       extra: dict[str, Any]) -> dict[str, Any]:
+def run_fingerprint(manifest_path: str | Path, cfg: TrainConfig, **start: Any) -> str:
+    """What decides a run's final weights: the data, where training starts (base, method,
+    hyper-parameters, sigma) and the training options that change the result."""
+    train = {k: v for k, v in vars(cfg).items() if k not in CONDUCT_OPTIONS}
+    return fingerprint(data=file_digest(manifest_path), train=train, **start)
+
+
+def fit_clean_and_save(model: PixelClassifier, manifest_path: str | Path,
+                       manifest: dict[str, Any], cfg: TrainConfig, out: str | Path,
+                       device: torch.device, eval_max: int, extra: dict[str, Any],
+                       start: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     train, val = split_validation(load_split(manifest, "train"), cfg)
     if cfg.epochs > 0:
-        metrics = train_noisy(model, train, 0.0, cfg, device, desc="base")
+        with checkpointing(out, run_fingerprint(manifest_path, cfg, **start),
+                           cfg.checkpoint_minutes):
+            metrics = train_noisy(model, train, 0.0, cfg, device, desc="base")
     metrics["clean_val_accuracy"] = held_out_accuracy(model, val, 0.0, device, eval_max)
     test = eval_subset(load_split(manifest, "test"), eval_max)
     metrics["clean_test_accuracy"] = noisy_accuracy(model, test, 0.0, device=device)
@@ -84,6 +120,7 @@ def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: Tr
         "total_params": count_parameters(model), **extra,
     }
     save_artifact(out, model.state_dict(), meta)
+    discard(out)
     return meta
 
 
@@ -105,7 +142,10 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     metrics: dict[str, Any] = {}
     train, val = split_validation(load_split(manifest, "train"), cfg)
     if method.trains:
-        metrics = method.fit(model, train, sigma, cfg, device)
+        run = run_fingerprint(manifest_path, cfg, base=file_digest(base_weights),
+                              method=method_name, hparams=method.hparams, sigma=sigma)
+        with checkpointing(out, run, cfg.checkpoint_minutes):
+            metrics = method.fit(model, train, sigma, cfg, device)
     metrics["noisy_val_accuracy"] = held_out_accuracy(model, val, sigma, device, eval_max)
     test = eval_subset(load_split(manifest, "test"), eval_max)
     metrics["noisy_test_accuracy"] = noisy_accuracy(model, test, sigma, device=device)
@@ -115,6 +155,8 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
         "classes": manifest["classes"], "class_names": class_names(manifest),
         "num_classes": manifest["num_classes"],
         "base": str(base_weights), "base_sha256": file_digest(base_weights), "metrics": metrics,
+        # every local weight the method reads (coordinator encoder, diffusion UNet folder)
+        "external_sha256": external_provenance(method.hparams),
         "trainable_params": count_parameters(model, trainable_only=True),
         "frozen_added_params": method.frozen_parameters(model),
         "frozen_parts": method.frozen_parts(model),
@@ -122,4 +164,5 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
         "base_params": base_params,
     }
     save_artifact(out, method.trainable_state(model), meta)
+    discard(out)
     return meta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from pefts import checkpoints
 from pefts.errors import PeftsError
-from pefts.hparams import Choice, Float, Int, check_values
+from pefts.hparams import BOOL, Choice, Float, Int, check_values
 from pefts.progress import progress
 
 
@@ -31,6 +33,13 @@ class TrainConfig:
     # share of the training images held out (seeded by ``seed``) for the training-time
     # evaluation, so no choice is ever judged on the test images that get certified
     val_fraction: float = 0.1
+    # minutes between checkpoints inside an epoch (one is always written at each epoch's
+    # end); 0: epoch ends only
+    checkpoint_minutes: float = 10.0
+    # fp32, or bf16 autocast (weights and optimiser state stay fp32)
+    precision: str = "fp32"
+    # TF32 tensor-core matmuls on GPUs that have them (no effect on a CPU)
+    tf32: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
@@ -49,7 +58,12 @@ TRAIN_SPECS = {
     "optimizer": Choice("sgd", "adam", "adamw"), "momentum": Float(0, 1, high_open=True),
     "weight_decay": Float(0), "schedule": Choice("cosine", "constant"), "warmup_epochs": Float(0),
     "seed": Int(0), "num_workers": Int(0), "val_fraction": Float(0, 1, high_open=True),
+    "checkpoint_minutes": Float(0), "precision": Choice("fp32", "bf16"), "tf32": BOOL,
 }
+
+# options that change how a run is carried out, never its result (ignored by the
+# checkpoint's fingerprint)
+CONDUCT_OPTIONS = ("checkpoint_minutes", "num_workers")
 
 
 def split_validation(data: Dataset, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
@@ -94,28 +108,67 @@ def loader(data: Dataset, cfg: TrainConfig, shuffle: bool = True) -> DataLoader:
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
+def epoch_batches(size: int, cfg: TrainConfig, order_gen: torch.Generator
+                  ) -> tuple[list[list[int]], int]:
+    """One epoch's shuffled batches of indices, and the seed of its loader (workers).
+    Both come from ``order_gen`` alone, so an epoch is rebuilt exactly from the
+    generator's state at its start: a resumed run sees the same batches. The draws are
+    DataLoader(shuffle=True)'s (its loader seed, then the permutation)."""
+    loader_seed = int(torch.empty((), dtype=torch.int64).random_(generator=order_gen))
+    order = torch.randperm(size, generator=order_gen).tolist()
+    return [order[i:i + cfg.batch_size] for i in range(0, size, cfg.batch_size)], loader_seed
+
+
+def set_matmul_precision(cfg: TrainConfig) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
 def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
              batch_loss: BatchLoss, device: torch.device | str, desc: str) -> dict[str, float]:
     """Minimise ``batch_loss`` over ``epochs`` of ``data`` with the configured optimiser
     and schedule, on the parameters that require grad; returns the last epoch's
-    statistics per image."""
+    statistics per image. Inside checkpoints.checkpointing() it saves its whole state
+    at every epoch end and every cfg.checkpoint_minutes, and resumes from it."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PeftsError("nothing to train: the model has no trainable parameters")
-    batches = loader(data, cfg)
-    total = max(1, int(round(epochs * len(batches))))
-    warmup = int(round(cfg.warmup_epochs * len(batches)))
+    checkpoint = checkpoints.active()
+    done, saved = checkpoint.begin_stage() if checkpoint else (None, None)
+    if done is not None:
+        return done  # finished before the kill; the weights come from a later stage
+    per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = max(1, int(round(epochs * per_epoch)))
+    warmup = int(round(cfg.warmup_epochs * per_epoch))
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    set_matmul_precision(cfg)
+    device_type = torch.device(device).type
+    autocast = (torch.autocast(device_type, dtype=torch.bfloat16)
+                if cfg.precision == "bf16" else nullcontext())
     model.to(device).train()
-    step, seen, sums = 0, 0, {}
-    bar = progress(total=total, desc=desc, unit="step", leave=False)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    step, skip, seen, sums = 0, 0, 0, {}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        order_gen.set_state(saved["epoch_start"])
+        step, skip, seen, sums = saved["step"], saved["batch"], saved["seen"], dict(saved["sums"])
+        checkpoints.set_rng_state(saved["rng"])
+    bar = progress(total=total, initial=step, desc=desc, unit="step", leave=False)
     while step < total:
-        seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
-        for x, y in batches:
+        epoch_start = order_gen.get_state()
+        batches, loader_seed = epoch_batches(len(data), cfg, order_gen)
+        if skip == 0:
+            seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
+        rest = DataLoader(data, batch_sampler=batches[skip:], num_workers=cfg.num_workers,
+                          generator=torch.Generator().manual_seed(loader_seed))
+        for batch, (x, y) in enumerate(rest, start=skip + 1):
             x, y = x.to(device), y.to(device)
-            loss, stats = batch_loss(x, y)
+            with autocast:
+                loss, stats = batch_loss(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -127,11 +180,27 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
             bar.update(1)
             # refresh=False: the bar redraws on its own schedule, not at every step
             bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+            epoch_end = batch == len(batches)
+            if epoch_end:
+                # the draw torch's RandomSampler makes once an epoch is exhausted: the
+                # batches stay those of DataLoader(shuffle=True, generator=seed)
+                torch.randperm(len(data), generator=order_gen)
+            if checkpoint and (epoch_end or step >= total or checkpoint.due()):
+                # at an epoch's end the next epoch starts from the generator's state now
+                checkpoint.save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step,
+                    "epoch_start": order_gen.get_state() if epoch_end else epoch_start,
+                    "batch": 0 if epoch_end else batch, "seen": seen, "sums": sums})
             if step >= total:
                 break
+        skip = 0
     bar.close()
     model.eval()
-    return {key: value / max(1, seen) for key, value in sums.items()}
+    metrics = {key: value / max(1, seen) for key, value in sums.items()}
+    if checkpoint:
+        checkpoint.end_stage(metrics)
+    return metrics
 
 
 def train_noisy(

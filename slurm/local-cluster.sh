@@ -19,6 +19,13 @@ LOGS=/var/log/slurm
 MUNGE_PID=/run/munge/munged.pid
 MUNGE_OURS=/run/pefts-local-cluster.munged   # present when start launched munged
 PARTITION=debug
+GRES=/etc/slurm/gres.conf
+# GPUs declared as a generic resource, so jobs can ask for --gpus=1 on a machine without
+# any: gres.conf names one device file per GPU, and slurmd only needs those files to
+# exist. Missing ones are made as placeholder character devices (NVIDIA's major 195);
+# nothing can use them, and stop removes the ones start made.
+GPUS=${PEFTS_LOCAL_GPUS:-2}
+GPU_FILES_OURS=/run/pefts-local-cluster.gpu-files
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
@@ -69,9 +76,25 @@ AccountingStorageType=accounting_storage/none
 MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+write_gres() {
+    local k files=()
+    for ((k = 0; k < GPUS; k++)); do
+        if [[ ! -e /dev/nvidia$k ]]; then
+            mknod -m 000 "/dev/nvidia$k" c 195 "$k" 2>/dev/null || touch "/dev/nvidia$k"
+            echo "/dev/nvidia$k" >>"$GPU_FILES_OURS"
+        fi
+        files+=("/dev/nvidia$k")
+    done
+    {
+        echo "$MARK"
+        for file in "${files[@]}"; do echo "Name=gpu File=$file"; done
+    } >"$GRES"
 }
 
 start_munge() {
@@ -101,6 +124,7 @@ start() {
         die "$CONF exists and was not written by this script; not touching it"
     fi
     write_conf
+    write_gres
     start_munge
     pgrep -x slurmctld >/dev/null || slurmctld
     pgrep -x slurmd >/dev/null || slurmd
@@ -108,7 +132,7 @@ start() {
     for _ in $(seq 60); do
         state=$(node_state)
         if [[ $state == idle ]]; then
-            echo "local-cluster: node $(hostname -s) idle ($(nproc) CPUs), partition $PARTITION"
+            echo "local-cluster: node $(hostname -s) idle ($(nproc) CPUs, $GPUS placeholder GPUs), partition $PARTITION"
             return
         fi
         # a node left down or drained by an earlier run comes back on resume
@@ -133,6 +157,10 @@ stop() {
     done
     if [[ -f /run/slurmd.pid ]] && pgrep -x slurmd >/dev/null; then
         kill "$(cat /run/slurmd.pid)" 2>/dev/null || true
+    fi
+    if [[ -f $GPU_FILES_OURS ]]; then
+        xargs rm -f <"$GPU_FILES_OURS"
+        rm -f "$GPU_FILES_OURS"
     fi
     if [[ -f $MUNGE_OURS && -f $MUNGE_PID ]]; then
         kill "$(cat "$MUNGE_PID")" 2>/dev/null || true

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -67,6 +69,8 @@ def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
         # the ablations change exactly their own hyper-parameter
         varied = {"length"} if "prompt_length" in job["out"] else (
             {"rank", "alpha"} if "lora_rank" in job["out"] else set())
+        # a hub encoder is read from its fetched local copy (test_weights)
+        varied |= {"encoder_file"} if job["method"] == "blackbox" else set()
         assert {k: v for k, v in hparams.items() if k not in varied} == {
             k: v for k, v in params.get("hparams", {}).items() if k not in varied}, job
     sigmas = {float(j["sigma"]) for j in finetunes}
@@ -138,3 +142,37 @@ def test_plain_config_overrides_still_use_config_yaml(tmp_path):
     assert json.loads(base["model-kwargs"]) == default["base"]["model_kwargs"]
     assert {j["device"] for j in jobs if "device" in j} == {"cpu"}
     assert {j["n"] for j in jobs if j["command"] == "certify"} == {str(default["certify"]["n"])}
+
+
+@pytest.mark.parametrize("configfile", PRESETS)
+def test_presets_take_the_fast_path(configfile, tmp_path):
+    jobs = [j for j in commands("--configfile", configfile, "--config", f"results={tmp_path}/r")
+            if j["command"] == "certify"]
+    assert jobs
+    for job in jobs:
+        assert "adaptive" in job and "merge-lora" in job, job
+        assert (job["n"], job["precision"]) == ("100000", "bf16"), job
+        radii = yaml.safe_load((ROOT / configfile).read_text())["summary"]["radii"]
+        assert [float(r) for r in job["radii"].split(",")] == radii  # the preset's own grid
+
+
+def test_fixed_n_option_reproduces_cohens_protocol(tmp_path, digits, none_model, tiny_base):
+    overlay = tmp_path / "fixed.yaml"
+    overlay.write_text(yaml.safe_dump({"certify": {"adaptive": False, "precision": "fp32",
+                                                   "merge_lora": False}}))
+    jobs = [j for j in commands("--configfile", PRESETS[0], str(overlay),
+                                "--config", f"results={tmp_path}/r") if j["command"] == "certify"]
+    job = jobs[0]
+    assert not {"adaptive", "merge-lora", "radii"} & set(job) and job["precision"] == "fp32"
+    # the preset's certify options, run on a small model with a small n
+    out = tmp_path / "fixed.tsv"
+    options = [f"--{k}={job[k]}" for k in ("n0", "alpha", "seed", "precision")]
+    result = subprocess.run(
+        [sys.executable, "-m", "pefts", "certify", "--model", str(none_model), "--base",
+         str(tiny_base), "--data", str(digits), "--sigma", "0.5", *options, "--n", "200",
+         "--max", "3", "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in out.read_text().splitlines() if not line.startswith("#"))
+    # Cohen's columns first, then his n (fixed) and counts: no adaptive n_used / n_max
+    assert header.split("\t") == ["idx", "label", "predict", "radius", "correct", "time",
+                                  "n0", "n", "nA", "pA_lower"]

@@ -1,5 +1,6 @@
 """The cluster path: the tiny config through `snakemake --profile slurm` on a real SLURM
-(one node, started by slurm/local-cluster.sh), every job through sbatch, giving the same
+(one node with placeholder GPUs, started by slurm/local-cluster.sh), every compute job
+through sbatch with one GPU, the cheap rules on the submit host, giving the same
 certification as a local `snakemake --cores` run.
 
 Without a SLURM controller the test skips, except under CI=true, where it fails."""
@@ -46,11 +47,24 @@ def slurm() -> None:
         pytest.skip(reason)
 
 
-def run_config(tmp_path: Path, name: str) -> Path:
+# the cheap rules: run on the submit host (localrules), never through sbatch
+LOCAL_RULES = {"all", "merge_shards", "summarize", "plot_certified", "parameters"}
+
+
+def run_config(tmp_path: Path, name: str, gpus_per_job: int = 0) -> Path:
     # one method: every rule of the main comparison, the fewest job waves on a small node
     config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "methods": ["lora"], "results": str(tmp_path / name)}))
+    config.write_text(yaml.safe_dump({**TINY, "methods": ["lora"], "results": str(tmp_path / name),
+                                      "gpus_per_job": gpus_per_job}))
     return config
+
+
+def gpus_requested(job_id: str) -> str | None:
+    """The GPUs a job asked sbatch for (--gpus=N is TresPerJob=gres/gpu:N)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    found = re.search(r"TresPerJob=\S*gpu:(\d+)", out)
+    return found[1] if found else None
 
 
 def certified(results: Path) -> dict[str, pd.DataFrame]:
@@ -69,16 +83,19 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
 @pytest.mark.slow
 def test_profile_runs_every_job_through_sbatch_like_a_local_run(slurm, tmp_path):
     logs = tmp_path / "slurm_logs"
+    # one (placeholder) GPU per job: slurm/local-cluster.sh declares GPUs as a gres
     result = snakemake("--profile", "slurm", "--profile", "slurm/local",
-                       "--configfile", str(run_config(tmp_path, "cluster")), "--nolock",
+                       "--configfile", str(run_config(tmp_path, "cluster", gpus_per_job=1)),
+                       "--resources", "gpu=2", "--nolock",
                        "--slurm-logdir", str(logs), "--slurm-keep-successful-logs", timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     counts = job_counts(output)
     counts.pop("total")
-    # only the target rule may run in the submitting process
-    assert set(re.findall(r"^localrule (\w+):", output, re.M)) <= {"all"}, output[-4000:]
-    counts.pop("all")
+    # exactly the cheap rules ran in the submitting process, none of them through sbatch
+    assert set(re.findall(r"^localrule (\w+):", output, re.M)) == LOCAL_RULES, output[-4000:]
+    for rule in LOCAL_RULES:
+        counts.pop(rule)
 
     # the executor names each job's log after its SLURM job id: one per job, per rule
     job_logs = sorted(logs.rglob("*.log"))
@@ -89,6 +106,11 @@ def test_profile_runs_every_job_through_sbatch_like_a_local_run(slurm, tmp_path)
     assert per_rule == counts
     job_ids = [log.stem for log in job_logs]
     assert set(slurm_states(job_ids).values()) == {"COMPLETED"}, slurm_states(job_ids)
+    # the GPU rules' sbatch lines carried --gpus=1 (prepare asks for none)
+    gpus = {rule: {gpus_requested(log.stem) for log in job_logs
+                   if log.relative_to(logs).parts[0].removeprefix("rule_") == rule}
+            for rule in per_rule}
+    assert gpus == {rule: {None} if rule == "prepare" else {"1"} for rule in per_rule}, gpus
 
     local = snakemake("--cores", "2", "--configfile", str(run_config(tmp_path, "local")), "--nolock",
                       timeout=900)

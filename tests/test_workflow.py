@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def snakemake(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     # the venv's bin first, so rules find the `pefts` console script of this interpreter
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # HF_HUB_OFFLINE: a test never reaches for the network, even by mistake
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

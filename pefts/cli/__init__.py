@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pefts.cli import benchmarks, certification, data, reporting, training
+from pefts.cli import benchmarks, certification, cluster, data, reporting, training
 from pefts.cli.options import FiniteFloat
 from pefts.errors import PeftsError
 
@@ -22,7 +22,7 @@ def cli() -> None:
     """PEFTSmoothing: fine-tune classifiers on noise and certify them with randomized smoothing."""
 
 
-for _stage in (data, training, certification, reporting, benchmarks):
+for _stage in (data, training, certification, reporting, benchmarks, cluster):
     for _command in _stage.COMMANDS:
         cli.add_command(_command)
 

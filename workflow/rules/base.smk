@@ -1,6 +1,8 @@
 rule train_base:
     input:
-        STUDY.setups()["main"]["data"],
+        data=STUDY.setups()["main"]["data"],
+        # the fetched copy of hub weights (weights.smk), or the config's own file
+        pretrained=[f for f in [STUDY.base_pretrained_file()] if f],
     output:
         weights=STUDY.setups()["main"]["base"],
         meta=STUDY.setups()["main"]["base"].replace(".safetensors", ".json"),
@@ -12,10 +14,9 @@ rule train_base:
         mean=",".join(map(str, config["base"]["mean"])),
         std=",".join(map(str, config["base"]["std"])),
         train=json.dumps(config["base"]["train"]),
-        pretrained="--pretrained" if config["base"]["pretrained"] else "",
         pretrained_file=(
-            f"--pretrained-file {config['base']['pretrained_file']}"
-            if config["base"]["pretrained_file"]
+            f"--pretrained-file {STUDY.base_pretrained_file()}"
+            if STUDY.base_pretrained_file()
             else ""
         ),
     threads: config["threads"]
@@ -26,10 +27,10 @@ rule train_base:
     log:
         path("logs", "train_base.log"),
     shell:
-        "pefts train-base --data {input} --out {output.weights} --arch {params.arch} "
+        "pefts train-base --data {input.data} --out {output.weights} --arch {params.arch} "
         "--input-size {params.input_size} --model-kwargs {params.model_kwargs:q} "
         "--mean {params.mean} --std {params.std} --train {params.train:q} "
-        "{params.pretrained} {params.pretrained_file} --device {params.device} --force 2> {log}"
+        "{params.pretrained_file} --device {params.device} --force 2> {log}"
 
 
 # the source-task classifier of two birds, one stone: same network, source classes only,
@@ -37,7 +38,8 @@ rule train_base:
 # as pretrained with 0 epochs would leave the source task a random head)
 use rule train_base as train_base_source with:
     input:
-        path("twobirds", "data_source", "manifest.json"),
+        data=path("twobirds", "data_source", "manifest.json"),
+        pretrained=[f for f in [STUDY.base_pretrained_file()] if f],
     output:
         weights=STUDY.setups()["oneround"]["base"],
         meta=STUDY.setups()["oneround"]["base"].replace(".safetensors", ".json"),

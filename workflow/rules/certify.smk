@@ -4,6 +4,10 @@
 # number of images so that no shard is empty (pefts.experiments.Study.shards).
 SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", "{k}-of-{shards}.tsv")
 
+# concatenating shards takes seconds: on the submit host under any executor
+localrules:
+    merge_shards,
+
 
 rule certify_shard:
     input:
@@ -16,6 +20,7 @@ rule certify_shard:
         sampling=(
             f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
             f"--seed {CERT['seed']} --precision {CERT['precision']}"
+            + (" --merge-lora" if CERT["merge_lora"] else "")
         ),
         selection=lambda w: STUDY.selection(w.runname),
         adaptive=(

@@ -2,6 +2,7 @@ rule finetune:
     input:
         data=lambda w: STUDY.data(w.runname),
         base=lambda w: STUDY.base(w.runname),
+        weights=lambda w: STUDY.weight_inputs(w.runname),
     output:
         weights=STUDY.model(),
         meta=STUDY.model().replace(".safetensors", ".json"),

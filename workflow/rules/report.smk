@@ -4,6 +4,16 @@ MAIN = STUDY.main_grid()
 TWOBIRDS = STUDY.twobirds_grid()
 NOISE = STUDY.noise_grid()
 
+# Tables and figures take seconds: on a cluster they run on the submit host, never
+# through sbatch with a GPU job's memory and runtime (docs/cluster.md).
+localrules:
+    summarize,
+    plot_certified,
+    parameters,
+    twobirds_report,
+    ablation_report,
+    noise_learning_report,
+
 
 rule summarize:
     input:

@@ -1,0 +1,167 @@
+"""External weights: every pretrained weight a config names, fetched once on a machine
+that has the internet (the submit host) into the results folder, with its sha256.
+
+Cluster compute nodes are often offline, so no job may download: the pipeline's local
+rule ``fetch_weights`` runs ``pefts fetch-weights`` and every compute job then reads the
+local files (the base classifier through --pretrained-file, the black box's coordinator
+encoder through its encoder_file hyper-parameter).
+
+Fetchers form a small registry by kind. A kind is one function that builds the model by
+its hub name and returns its state dict; adding open_clip's CLIP weights is one more::
+
+    @fetcher("open_clip")
+    def fetch_open_clip(name):  # name "ViT-B-16:openai" = architecture:pretrained tag
+        import open_clip
+        arch, tag = name.split(":")
+        return open_clip.create_model(arch, pretrained=tag).state_dict()
+
+and a line in ``external_weights`` naming where the config asks for it.
+
+Free of torch at import time: the Snakefile lists the files on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pefts.errors import PeftsError
+from pefts.files import atomic_write_text, file_digest, fsync_dir
+
+# kind -> function(name) returning the weights as a state dict of tensors
+FETCHERS: dict[str, Callable[[str], dict[str, Any]]] = {}
+
+
+def fetcher(kind: str) -> Callable:
+    def register(function: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+        FETCHERS[kind] = function
+        return function
+    return register
+
+
+@fetcher("timm")
+def fetch_timm(name: str) -> dict[str, Any]:
+    """timm's pretrained weights of ``name``, head included: the loader of a local file
+    (pretrained_cfg_overlay) drops a head of another size and adapts position embeddings."""
+    import timm
+
+    return timm.create_model(name, pretrained=True).state_dict()
+
+
+@dataclass(frozen=True)
+class ExternalWeight:
+    kind: str  # a key of FETCHERS
+    name: str  # the hub name
+
+    def file(self, results: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)
+        return f"{results.rstrip('/')}/weights/{self.kind}/{safe}.safetensors"
+
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def record_path(file: str | Path) -> Path:
+    """The fetch record beside a fetched file: kind, name, sha256."""
+    return Path(f"{file}.json")
+
+
+def base_weight(config: dict[str, Any]) -> ExternalWeight | None:
+    base = config["base"]
+    if base.get("pretrained") and not base.get("pretrained_file"):
+        return ExternalWeight("timm", base["arch"])
+    return None
+
+
+def encoder_weight(hparams: dict[str, Any]) -> ExternalWeight | None:
+    """The black box's coordinator encoder, when it is a timm model with hub weights."""
+    encoder = hparams.get("encoder", "conv")
+    if (encoder != "conv" and not hparams.get("encoder_file")
+            and hparams.get("encoder_pretrained", True)):
+        return ExternalWeight("timm", encoder)
+    return None
+
+
+def external_weights(config: dict[str, Any]) -> list[ExternalWeight]:
+    """Every external weight the config's jobs would otherwise download, each once."""
+    from pefts.experiments import Study
+
+    found = [base_weight(config)]
+    found += [encoder_weight(run.hparams) for run in Study(config, local_weights=False).runs.values()
+              if run.method == "blackbox"]
+    return sorted({w for w in found if w is not None}, key=ExternalWeight.label)
+
+
+def parse_weight(text: str) -> ExternalWeight:
+    kind, sep, name = text.partition(":")
+    if not sep or not name:
+        raise PeftsError(f"--weight {text!r} must be KIND:NAME, e.g. timm:vit_base_patch16_224")
+    if kind not in FETCHERS:
+        raise PeftsError(f"--weight {text!r}: unknown kind {kind!r}; known: "
+                         f"{', '.join(sorted(FETCHERS))}")
+    return ExternalWeight(kind, name)
+
+
+def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str, Any]:
+    """Fetch ``weight`` into the results folder (unless a complete copy is there); returns
+    its record. The file is written through a temporary file and renamed, so a killed
+    fetch never leaves a file that looks complete."""
+    from safetensors.torch import save_file
+
+    file = Path(weight.file(results))
+    record_file = record_path(file)
+    if not force and file.is_file() and record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if record.get("sha256") == file_digest(file):
+            return record
+    if weight.kind not in FETCHERS:
+        raise PeftsError(f"no fetcher for weights of kind {weight.kind!r}")
+    try:
+        state = FETCHERS[weight.kind](weight.name)
+    except (RuntimeError, OSError, ValueError) as err:  # unknown name, no network, bad tag
+        raise PeftsError(f"cannot fetch {weight.label()}: {str(err).splitlines()[0]}") from None
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, file)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    fsync_dir(file.parent)
+    record = {"kind": weight.kind, "name": weight.name, "file": str(file),
+              "sha256": file_digest(file)}
+    atomic_write_text(record_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over a folder's files (relative path and content digest, sorted): the
+    fingerprint of a diffusers model folder."""
+    import hashlib
+
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root)}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of a weights file, or of a weights folder's files."""
+    return folder_digest(path) if Path(path).is_dir() else file_digest(path)
+
+
+def external_provenance(hparams: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every local weight a method's hyper-parameters name (the coordinator's
+    encoder_file, the diffusion UNet folder, ...): any text value that is a path on disk."""
+    return {key: weights_digest(value) for key, value in sorted(hparams.items())
+            if isinstance(value, str) and value and Path(value).exists()}

@@ -1,0 +1,128 @@
+"""External weights: fetched once by a local rule with their sha256, read from local files
+by every compute job, fingerprinted in the provenance. Never the network: the fetchers
+are replaced by ones that build small random timm models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from pefts.artifacts import load_meta
+from pefts.blackbox.encoder import build_encoder
+from pefts.errors import PeftsError
+from pefts.files import file_digest
+from pefts.runs import finetune, train_base
+from pefts.weights import (
+    FETCHERS,
+    ExternalWeight,
+    external_provenance,
+    fetch,
+    parse_weight,
+    record_path,
+    weights_digest,
+)
+from tests.conftest import TINY_SPEC
+from tests.test_presets import PRESETS, commands
+
+TINY_VIT = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
+
+
+@pytest.fixture
+def offline_timm(monkeypatch):
+    """The timm fetcher, offline: random weights of the named architecture (the tiny base's
+    own shapes for a ".tiny" tag); counts its calls."""
+    calls = []
+
+    def fake(name: str) -> dict:
+        calls.append(name)
+        torch.manual_seed(len(calls))
+        kwargs = TINY_VIT if name.endswith(".tiny") else {}
+        return timm.create_model(name.removesuffix(".tiny"), **kwargs).state_dict()
+
+    monkeypatch.setitem(FETCHERS, "timm", fake)
+    return calls
+
+
+def test_fetch_writes_a_local_file_with_its_sha256_once(tmp_path, offline_timm):
+    weight = ExternalWeight("timm", "vit_tiny_patch16_224.tiny")
+    record = fetch(weight, str(tmp_path))
+    file = tmp_path / "weights" / "timm" / "vit_tiny_patch16_224.tiny.safetensors"
+    assert record["file"] == str(file) and record["sha256"] == file_digest(file)
+    assert json.loads(record_path(file).read_text()) == record
+    assert fetch(weight, str(tmp_path)) == record and len(offline_timm) == 1  # verified copy kept
+    file.write_bytes(file.read_bytes()[:-10])  # a damaged copy is fetched again
+    assert fetch(weight, str(tmp_path))["sha256"] == file_digest(file) and len(offline_timm) == 2
+    assert not list(file.parent.glob("*.tmp"))
+
+
+def test_weight_names_are_checked():
+    assert parse_weight("timm:vit_base_patch16_224.mae") == ExternalWeight("timm", "vit_base_patch16_224.mae")
+    for bad in ("vit_base", "nokind:x", "timm:"):
+        with pytest.raises(PeftsError, match="--weight"):
+            parse_weight(bad)
+
+
+def test_jobs_read_the_fetched_files_and_record_their_sha256(digits, tmp_path, offline_timm):
+    record = fetch(ExternalWeight("timm", "vit_tiny_patch16_224.tiny"), str(tmp_path))
+    # the base starts from the local copy, its metadata names the hub weights and sha256
+    meta = train_base(digits, tmp_path / "base.safetensors", TINY_SPEC, {"epochs": 0},
+                      pretrained=False, pretrained_file=record["file"], device="cpu")
+    assert meta["pretrained_sha256"] == record["sha256"]
+    assert meta["pretrained_source"] == {"kind": "timm", "name": "vit_tiny_patch16_224.tiny"}
+    assert torch.equal(load_file(tmp_path / "base.safetensors")["net.blocks.0.attn.qkv.weight"],
+                       load_file(record["file"])["blocks.0.attn.qkv.weight"])
+    # the coordinator encoder loads the same local file, no download (pretrained=True
+    # with a file reads only the file)
+    record = fetch(ExternalWeight("timm", "vit_tiny_patch16_224"), str(tmp_path))
+    gen = torch.Generator().manual_seed(0)
+    encoder = build_encoder("vit_tiny_patch16_224", 3, 0, 0, gen, file=record["file"])
+    fetched = load_file(record["file"])
+    assert torch.equal(encoder.net.patch_embed.proj.weight.float(),
+                       fetched["patch_embed.proj.weight"])
+
+
+def test_provenance_fingerprints_local_weight_files_and_folders(tmp_path):
+    unet = tmp_path / "unet"
+    (unet / "scheduler").mkdir(parents=True)
+    (unet / "config.json").write_text("{}")
+    (unet / "scheduler" / "scheduler_config.json").write_text("{}")
+    encoder = tmp_path / "encoder.safetensors"
+    encoder.write_bytes(b"weights")
+    found = external_provenance({"weights": str(unet), "encoder_file": str(encoder),
+                                 "encoder": "vit_base_patch16_224.mae", "rank": 2})
+    assert found == {"weights": weights_digest(unet), "encoder_file": file_digest(encoder)}
+    before = found["weights"]
+    (unet / "scheduler" / "scheduler_config.json").write_text('{"changed": 1}')
+    assert weights_digest(unet) != before  # any file of the folder counts
+
+
+def test_finetune_records_the_sha256_of_its_external_weights(digits, tiny_base, tmp_path):
+    encoder = tmp_path / "encoder.safetensors"
+    from safetensors.torch import save_file
+    save_file(timm.create_model("vit_tiny_patch16_224").state_dict(), encoder)
+    out = tmp_path / "bb.safetensors"
+    finetune(digits, tiny_base, out, "blackbox", 0.5,
+             {"encoder": "vit_tiny_patch16_224", "encoder_file": str(encoder), "perturbations": 1},
+             {"epochs": 0.01, "batch_size": 8}, device="cpu", eval_max=8)
+    assert load_meta(out)["external_sha256"] == {"encoder_file": file_digest(encoder)}
+
+
+@pytest.mark.parametrize("configfile", PRESETS)
+def test_no_compute_job_of_a_preset_names_a_hub_model(configfile, tmp_path):
+    results = f"{tmp_path}/r"
+    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={results}")
+    local = f"{results}/weights/"
+    [fetch_job] = [j for j in jobs if j["command"] == "fetch-weights"]
+    for job in jobs:
+        if job["command"] in ("train-base",):
+            assert "pretrained" not in job and job["pretrained-file"].startswith(local), job
+        if job["command"] == "finetune" and job["method"] == "blackbox":
+            hparams = json.loads(job["hparams"])
+            assert hparams["encoder_file"].startswith(local), job
+        if job["command"] == "certify":
+            assert {k for k in job if "pretrained" in k or "encoder" in k} == set(), job
+    assert fetch_job["results"] == results
