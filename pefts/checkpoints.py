@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pefts.files import fsync_dir
+from pefts.files import durable_path
 
 _active: list[Checkpoint] = []
 
@@ -120,22 +118,11 @@ class Checkpoint:
         return self.minutes > 0 and time.monotonic() - self.last_save >= 60 * self.minutes
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write through a temporary file, fsync, rename: a kill never leaves half a file."""
+        """Written durably (pefts.files.durable_path): a kill never leaves half a file."""
         state = {**state, "fingerprint": self.fingerprint, "stage": self.stage,
                  "finished": self.finished[:self.stage], "rng": rng_state()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                   suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        with durable_path(self.path) as tmp:
+            torch.save(state, tmp)
         self.last_save = time.monotonic()
 
 

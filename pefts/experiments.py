@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pefts.weights import base_weight, encoder_weight
+from pefts.weights import base_weight, clip_weight, encoder_weight
 
 # Test images per class of the named datasets, at least (digits: 174 images in its
 # smallest class, a quarter of them in the test split), so that the shard count can be
@@ -136,9 +136,11 @@ class Study:
         def add(name: str, method: str, setup: str = "main", **overrides: Any) -> None:
             hparams, train = self.method_params(method)
             hparams = {**hparams, **overrides}
-            encoder = encoder_weight(hparams) if method == "blackbox" else None
-            if encoder is not None and self.local_weights:
-                hparams["encoder_file"] = encoder.file(self.results)
+            if method == "blackbox" and self.local_weights:
+                for key, weight in (("encoder_file", encoder_weight(hparams)),
+                                    ("clip_file", clip_weight(hparams))):
+                    if weight is not None:
+                        hparams[key] = weight.file(self.results)
             runs[name] = Run(method, setup, hparams, train)
 
         for method in dict.fromkeys([*self.config["methods"], *exp["noise_learning"]["methods"]]):

@@ -6,16 +6,10 @@ rule ``fetch_weights`` runs ``pefts fetch-weights`` and every compute job then r
 local files (the base classifier through --pretrained-file, the black box's coordinator
 encoder through its encoder_file hyper-parameter).
 
-Fetchers form a small registry by kind. A kind is one function that builds the model by
-its hub name and returns its state dict; adding open_clip's CLIP weights is one more::
-
-    @fetcher("open_clip")
-    def fetch_open_clip(name):  # name "ViT-B-16:openai" = architecture:pretrained tag
-        import open_clip
-        arch, tag = name.split(":")
-        return open_clip.create_model(arch, pretrained=tag).state_dict()
-
-and a line in ``external_weights`` naming where the config asks for it.
+Fetchers form a small registry by kind: a kind is one function that builds the model by
+its hub name and returns its state dict (timm by model name; open_clip by
+"architecture:pretrained tag"), and a line in ``external_weights`` names where the config
+asks for it.
 
 Free of torch at import time: the Snakefile lists the files on every call.
 """
@@ -23,16 +17,14 @@ Free of torch at import time: the Snakefile lists the files on every call.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import atomic_write_text, file_digest, fsync_dir
+from pefts.files import atomic_write_text, durable_path, file_digest
 
 # kind -> function(name) returning the weights as a state dict of tensors
 FETCHERS: dict[str, Callable[[str], dict[str, Any]]] = {}
@@ -52,6 +44,15 @@ def fetch_timm(name: str) -> dict[str, Any]:
     import timm
 
     return timm.create_model(name, pretrained=True).state_dict()
+
+
+@fetcher("open_clip")
+def fetch_open_clip(name: str) -> dict[str, Any]:
+    """open_clip's weights of ``name`` = "ARCH:TAG", e.g. "ViT-B-16:openai"."""
+    from pefts.blackbox.clip import clip_state
+
+    arch, _, tag = name.partition(":")
+    return clip_state(tag, arch)
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,23 @@ def encoder_weight(hparams: dict[str, Any]) -> ExternalWeight | None:
     return None
 
 
+def clip_weight(hparams: dict[str, Any]) -> ExternalWeight | None:
+    """The black box's queried CLIP, when the config names an open_clip pretrained tag
+    rather than a local clip_file."""
+    if hparams.get("query") == "clip" and not hparams.get("clip_file") and hparams.get("clip_pretrained"):
+        arch = hparams.get("clip_arch", "ViT-B-16")
+        return ExternalWeight("open_clip", f"{arch}:{hparams['clip_pretrained']}")
+    return None
+
+
 def external_weights(config: dict[str, Any]) -> list[ExternalWeight]:
     """Every external weight the config's jobs would otherwise download, each once."""
     from pefts.experiments import Study
 
     found = [base_weight(config)]
-    found += [encoder_weight(run.hparams) for run in Study(config, local_weights=False).runs.values()
-              if run.method == "blackbox"]
+    for run in Study(config, local_weights=False).runs.values():
+        if run.method == "blackbox":
+            found += [encoder_weight(run.hparams), clip_weight(run.hparams)]
     return sorted({w for w in found if w is not None}, key=ExternalWeight.label)
 
 
@@ -126,17 +137,8 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
         state = FETCHERS[weight.kind](weight.name)
     except (RuntimeError, OSError, ValueError) as err:  # unknown name, no network, bad tag
         raise PeftsError(f"cannot fetch {weight.label()}: {str(err).splitlines()[0]}") from None
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, file)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    fsync_dir(file.parent)
+    with durable_path(file) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     record = {"kind": weight.kind, "name": weight.name, "file": str(file),
               "sha256": file_digest(file)}
     atomic_write_text(record_file, json.dumps(record, indent=2, sort_keys=True) + "\n")

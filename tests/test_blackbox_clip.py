@@ -93,13 +93,13 @@ def test_blackbox_run_on_clip_trains_saves_and_reloads(tiny_clip, digits, tiny_b
         assert torch.allclose(model(x).exp(), torch.softmax(direct(prompted), 1), atol=1e-5)
 
 
-def test_fetch_clip_writes_a_loadable_file_and_its_digest(tiny_clip, tmp_path, monkeypatch):
-    """The fetch step's function, with open_clip's download replaced by the tiny model:
-    the file it writes loads offline, and its digest is returned."""
+def test_fetch_weights_writes_clip_as_a_loadable_file_and_its_digest(tiny_clip, tmp_path, monkeypatch):
+    """The fetch step's open_clip kind, with open_clip's download replaced by the tiny
+    model: the file it writes loads offline, and its record holds the file's digest."""
     import open_clip
 
-    from pefts.blackbox.clip import fetch_clip
     from pefts.files import file_digest
+    from pefts.weights import ExternalWeight, fetch
 
     arch, _ = tiny_clip
     asked, tiny = [], bare_model(arch)
@@ -109,11 +109,11 @@ def test_fetch_clip_writes_a_loadable_file_and_its_digest(tiny_clip, tmp_path, m
         return tiny
 
     monkeypatch.setattr(open_clip, "create_model", download)
-    out = tmp_path / "weights" / "clip.safetensors"
-    digest = fetch_clip("openai", out)
+    record = fetch(ExternalWeight("open_clip", "ViT-B-16:openai"), str(tmp_path / "results"))
+    out = record["file"]
     assert asked == [("ViT-B-16", "openai")]
-    assert digest == file_digest(out) and not list(out.parent.glob("*.partial"))
+    assert record["sha256"] == file_digest(out)
     monkeypatch.undo()
     assert load_clip(out, NAMES, arch)(torch.rand(1, 3, 32, 32)).shape == (1, 3)
     with pytest.raises(PeftsError, match="no pretrained tag"):
-        fetch_clip("no-such-tag", tmp_path / "other.safetensors")
+        fetch(ExternalWeight("open_clip", "ViT-B-16:no-such-tag"), str(tmp_path / "results"))

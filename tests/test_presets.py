@@ -69,8 +69,8 @@ def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
         # the ablations change exactly their own hyper-parameter
         varied = {"length"} if "prompt_length" in job["out"] else (
             {"rank", "alpha"} if "lora_rank" in job["out"] else set())
-        # a hub encoder is read from its fetched local copy (test_weights)
-        varied |= {"encoder_file"} if job["method"] == "blackbox" else set()
+        # a hub encoder and CLIP are read from their fetched local copies (test_weights)
+        varied |= {"encoder_file", "clip_file"} if job["method"] == "blackbox" else set()
         assert {k: v for k, v in hparams.items() if k not in varied} == {
             k: v for k, v in params.get("hparams", {}).items() if k not in varied}, job
     sigmas = {float(j["sigma"]) for j in finetunes}
@@ -153,7 +153,7 @@ def test_presets_take_the_fast_path(configfile, tmp_path):
         assert "adaptive" in job and "merge-lora" in job, job
         assert (job["n"], job["precision"]) == ("100000", "bf16"), job
         radii = yaml.safe_load((ROOT / configfile).read_text())["summary"]["radii"]
-        assert [float(r) for r in job["radii"].split(",")] == radii  # the preset's own grid
+        assert [float(r) for r in job["grid"].split(",")] == radii  # the preset's own grid
 
 
 def test_fixed_n_option_reproduces_cohens_protocol(tmp_path, digits, none_model, tiny_base):
@@ -163,7 +163,7 @@ def test_fixed_n_option_reproduces_cohens_protocol(tmp_path, digits, none_model,
     jobs = [j for j in commands("--configfile", PRESETS[0], str(overlay),
                                 "--config", f"results={tmp_path}/r") if j["command"] == "certify"]
     job = jobs[0]
-    assert not {"adaptive", "merge-lora", "radii"} & set(job) and job["precision"] == "fp32"
+    assert not {"adaptive", "merge-lora", "grid"} & set(job) and job["precision"] == "fp32"
     # the preset's certify options, run on a small model with a small n
     out = tmp_path / "fixed.tsv"
     options = [f"--{k}={job[k]}" for k in ("n0", "alpha", "seed", "precision")]

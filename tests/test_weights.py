@@ -123,6 +123,7 @@ def test_no_compute_job_of_a_preset_names_a_hub_model(configfile, tmp_path):
         if job["command"] == "finetune" and job["method"] == "blackbox":
             hparams = json.loads(job["hparams"])
             assert hparams["encoder_file"].startswith(local), job
+            assert hparams["clip_file"].startswith(local), job  # the queried CLIP too
         if job["command"] == "certify":
             assert {k for k in job if "pretrained" in k or "encoder" in k} == set(), job
     assert fetch_job["results"] == results

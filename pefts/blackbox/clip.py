@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefts.errors import PeftsError
-from pefts.files import file_digest
 
 ARCH = "ViT-B-16"
 TEMPLATE = "a photo of a {}."
@@ -98,21 +97,12 @@ def load_clip(file: str | Path, class_names: list[str], arch: str = ARCH,
     return ZeroShotCLIP(model, open_clip.get_tokenizer(arch), class_names, template)
 
 
-def fetch_clip(tag: str, out_file: str | Path, arch: str = ARCH) -> str:
+def clip_state(tag: str, arch: str = ARCH) -> dict[str, torch.Tensor]:
     """Download open_clip's ``arch`` weights by pretrained ``tag`` (e.g. ``openai``,
-    ``laion2b_s34b_b88k``) into ``out_file`` as safetensors; returns its sha256. Run
-    only where the network may be reached (the submit host's fetch step)."""
-    from safetensors.torch import save_file
-
+    ``laion2b_s34b_b88k``) and return them. Only ``pefts fetch-weights`` calls this, on a
+    host that may reach the network; it writes them where ``clip_file`` reads them."""
     open_clip = _architecture(arch)
     tags = [t for a, t in open_clip.list_pretrained() if a == arch]
     if tag not in tags:
         raise PeftsError(f"open_clip has no pretrained tag {tag!r} for {arch}; known: {', '.join(tags)}")
-    model = open_clip.create_model(arch, pretrained=tag)
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial),
-              metadata={"arch": arch, "pretrained": tag})
-    partial.replace(out)  # the file appears only when complete
-    return file_digest(out)
+    return open_clip.create_model(arch, pretrained=tag).state_dict()

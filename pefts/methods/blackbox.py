@@ -43,8 +43,9 @@ class BlackBoxPrompt(Method):
     trains_head = False
     defaults = {
         # the queried black box: the base classifier itself, or zero-shot CLIP (the
-        # paper's and BlackVIP's setting) from the local weights file clip_file
-        "query": "base", "clip_file": None, "clip_arch": "ViT-B-16",
+        # paper's and BlackVIP's setting) from the local weights file clip_file, which
+        # `pefts fetch-weights` writes from open_clip's clip_pretrained tag
+        "query": "base", "clip_file": None, "clip_arch": "ViT-B-16", "clip_pretrained": None,
         "prompt_template": "a photo of a {}.",
         "eps": 1.0, "clip": True,  # prompt scale; clip prompted images to [0, 1]
         # coordinator: the decoder starts from a grid x grid map and doubles it in each of
@@ -59,6 +60,7 @@ class BlackBoxPrompt(Method):
     }
     specs = {
         "query": Choice("base", "clip"), "clip_file": Text(optional=True), "clip_arch": Text(),
+        "clip_pretrained": Text(optional=True),
         "prompt_template": Text(),
         "eps": Float(0, low_open=True), "clip": BOOL,
         "features": Int(1), "trigger": Int(1), "hidden": Int(1), "grid": Int(1), "stages": Int(1),
@@ -97,6 +99,10 @@ class BlackBoxPrompt(Method):
                              f"got {h['prompt_template']!r}")
         if not self.class_names:
             raise PeftsError("the CLIP black box needs the task's class names (none were given)")
+        if not h["clip_file"]:
+            raise PeftsError("the CLIP black box (blackbox query: clip) needs clip_file, a local "
+                             "weights file, or clip_pretrained, an open_clip tag that "
+                             "`pefts fetch-weights` fetches")
         return load_clip(h["clip_file"], self.class_names, str(h["clip_arch"]),
                          str(h["prompt_template"]))
 
