@@ -138,8 +138,9 @@ def adaptive_passes(config: dict[str, Any], replay: str | None, replay_n: int | 
         raise PeftsError("adaptive certification: give --replay TSV (an earlier run's "
                          "hit rates) or --passes-per-image")
     p = hit_rates(replay, replay_n, replay_sigma)
+    # the certifier stops on certify.grid (a setting of its own), not the summary radii
     means = [replay_samples(p, AdaptivePlan(float(s), cert["alpha"], cert["n"],
-                                            tuple(config["summary"]["radii"])), seed).mean()
+                                            tuple(cert["grid"]), cert.get("rtol")), seed).mean()
              for s in config["sigmas"]]
     return float(np.mean(means)), f"replay of {len(p)} hit rates from {replay}"
 
