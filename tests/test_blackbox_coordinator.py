@@ -77,3 +77,13 @@ def test_spsa_estimates_the_gradient_at_the_look_ahead_point():
         assert torch.allclose(centre, history[k] + 0.9 * velocity, atol=1e-6)
         assert not torch.allclose(centre, history[k], atol=1e-3)
 
+
+
+def test_a_prompt_decoded_larger_than_the_image_runs_under_bf16_autocast():
+    """The presets certify in bf16: CIFAR's prompt is decoded at 224 and shrunk to 32 with
+    an antialiased resize, which torch's CPU kernels refuse in bf16."""
+    coordinator = Coordinator(grid=7, stages=5).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        prompt = coordinator(x)
+    assert prompt.shape == x.shape and torch.isfinite(prompt).all()

@@ -85,7 +85,9 @@ class Coordinator(nn.Module):
             if i < len(self.decoder) - 1:
                 h = F.gelu(h)
         if tuple(h.shape[-2:]) != tuple(x.shape[-2:]):
-            h = F.interpolate(h, size=x.shape[-2:], mode="bilinear", align_corners=False,
+            # in fp32: under bf16 autocast the decoder's map is bf16, and torch's CPU
+            # antialiased resize has no bf16 kernel (the CIFAR prompt shrinks 224 -> 32)
+            h = F.interpolate(h.float(), size=x.shape[-2:], mode="bilinear", align_corners=False,
                               antialias=h.shape[-1] > x.shape[-1])
         return torch.tanh(h)
 
