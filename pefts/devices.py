@@ -156,6 +156,11 @@ def resolve_device(name: str):  # -> torch.device; torch imported lazily (cheap 
         device = torch.device(name)
     except RuntimeError:
         raise PeftsError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta...: no code path here is tested on them
+        raise PeftsError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PeftsError(f"device {name} requested but CUDA is not available")
+        raise PeftsError(f"device {name} requested but this torch has no usable CUDA "
+                         f"(torch {torch.__version__})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PeftsError(f"device {name} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     return device

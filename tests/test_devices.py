@@ -62,8 +62,12 @@ def test_device_names():
         resolve_device("tpu:7")
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(PeftsError, match="CUDA is not available"):
+        with pytest.raises(PeftsError, match="no usable CUDA"):
             resolve_device("cuda:0")
+    # devices torch knows but pefts was never run on are refused before any work starts
+    for name in ("mps", "xpu:0", "meta"):
+        with pytest.raises(PeftsError, match="not supported"):
+            resolve_device(name)
 
 
 # --- GPU choice in real processes: a scheduler's binding, a shared box, another user's file
