@@ -14,9 +14,9 @@ from pefts.cli.options import (
     device_option,
     force_option,
     parse_floats,
-    refuse_existing,
 )
 from pefts.errors import PeftsError
+from pefts.files import refuse_existing
 
 
 def sampling_options(func):

@@ -13,9 +13,6 @@ from typing import Any
 import click
 
 from pefts.errors import PeftsError
-from pefts.files import refuse_existing
-
-__all__ = ["refuse_existing"]  # re-exported for the commands
 
 
 class FiniteFloat(click.FloatRange):

@@ -16,10 +16,9 @@ from pefts.cli.options import (
     force_option,
     parse_floats,
     parse_json,
-    refuse_existing,
 )
 from pefts.errors import PeftsError
-from pefts.files import refuse_clashes
+from pefts.files import refuse_clashes, refuse_existing
 
 
 def weights_outputs(out: str) -> dict[str, str]:
