@@ -3,8 +3,8 @@ become text prompts, their embeddings are computed once, and the model maps [0,1
 images at native resolution to logits (resize and CLIP's normalisation inside).
 
 Weights come from a local file (safetensors or a torch state dict, read with
-``weights_only``); ``fetch_clip`` is the one place that downloads them, by open_clip's
-pretrained tag, for a fetch step on a host that may reach the network.
+``weights_only``); ``clip_state`` is the one place that downloads them, by open_clip's
+pretrained tag, called only by ``pefts fetch-weights`` (pefts.weights, kind open_clip).
 """
 
 from __future__ import annotations
