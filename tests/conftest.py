@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,23 @@ TINY_SPEC = {
     "mean": (0.5, 0.5, 0.5),
     "std": (0.5, 0.5, 0.5),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slurm_controller(tmp_path_factory):
+    """Every snakemake process imports the SLURM executor plugin, which asks `scontrol show
+    config` for its help text; where SLURM's client is installed but no controller runs
+    (a laptop with the client, or this box after CI stopped its one-node cluster) each ask
+    waits for a timeout, 9 s per snakemake start. Only the SLURM test talks to a
+    controller (it takes this stand-in off PATH); every other test gets an answer at once."""
+    shim = tmp_path_factory.mktemp("no-slurm-controller")
+    scontrol = shim / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'scontrol: no SLURM controller in this test' >&2\nexit 1\n")
+    scontrol.chmod(0o755)
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{shim}{os.pathsep}{path}"
+    yield shim
+    os.environ["PATH"] = path
 
 
 @pytest.fixture(scope="session")

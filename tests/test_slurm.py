@@ -39,7 +39,10 @@ def slurm_missing() -> str | None:
 
 
 @pytest.fixture
-def slurm() -> None:
+def slurm(no_slurm_controller, monkeypatch) -> None:
+    # this test talks to the real controller: the conftest's stand-in scontrol goes
+    path = os.environ["PATH"].split(os.pathsep)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in path if p != str(no_slurm_controller)))
     reason = slurm_missing()
     if reason:
         if IN_CI:
