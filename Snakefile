@@ -17,6 +17,7 @@ include: "workflow/rules/base.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/certify.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/docs.smk"
 
 
 rule all:

@@ -11,6 +11,7 @@ the same simulated hits and stop by the same rule, so the difference is the sequ
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -113,7 +114,8 @@ class Comparison:
         return [
             f"passes fixed/adaptive = {fixed.passes / adaptive.passes:.1f}x; samples/s "
             f"adaptive/fixed = {rate:.2f}; largest certified-count difference up to 2 sigma: "
-            f"adaptive vs fixed {self.gap}, fixed seed vs seed {self.spread}",
+            f"adaptive vs fixed {self.gap}, fixed seed vs seed "
+            + ("n/a (one seed)" if math.isnan(self.spread) else f"{self.spread:g}"),
             "confidence sequences simulated on these images' fixed-n hit rates (same hits, "
             "same stopping rule): estimation samples in total "
             + ", ".join(f"{name} {int(total):,}" for name, total in self.simulated.items()),

@@ -31,11 +31,15 @@ def keep_threads():
 
 
 def test_benchmark_prints_table_and_writes_tsv(run_cli, tmp_path, keep_threads):
-    out = tmp_path / "bench.tsv"
+    out, page = tmp_path / "bench.tsv", tmp_path / "bench.md"
     code, stdout, err = run_cli("benchmark", "--n", "60", "--n0", "5", "--batch", "25",
                                 "--repeats", "2", "--threads", "1", "--device", "cpu",
-                                "--out", out)
+                                "--out", out, "--out-md", page)
     assert code == 0, err
+    # the page is what was printed, headed by the command that printed it
+    head, printed = page.read_text().split("\n\n", 1)
+    assert head.startswith("Written by `pefts benchmark --n 60 --n0 5 --batch 25 --repeats 2 ")
+    assert printed == stdout
     assert "device: cpu" in stdout and "torch threads: 1" in stdout
     assert "certifier/raw forward = " in stdout and "certifier/Cohen-style = " in stdout
     assert "s/image" in stdout.strip().splitlines()[-1]
@@ -107,8 +111,10 @@ def test_benchmark_adaptive_prints_both_runs_side_by_side(run_cli, digits, tiny_
     code, stdout, err = run_cli("benchmark-adaptive", "--model", none_model, "--base", tiny_base,
                                 "--data", digits, "--sigma", "0.25", "--n", "400", "--n0", "8",
                                 "--max", "3", "--skip", "50", "--seeds", "0,1", "--device", "cpu",
-                                "--out", out)
+                                "--out", out, "--out-md", tmp_path / "cmp.md")
     assert code == 0, err
+    head, printed = (tmp_path / "cmp.md").read_text().split("\n\n", 1)
+    assert head.startswith("Written by `pefts benchmark-adaptive --model ") and printed == stdout
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns) == ["measure", "fixed n seed 0", "fixed n seed 1", "adaptive"]
     passes = table.set_index("measure").loc["forward passes"]

@@ -25,6 +25,14 @@ def snakemake(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def in_workdir(tmp_path: Path) -> list[str]:
+    """Snakemake options that write docs/ under tmp_path, never over the committed pages."""
+    (tmp_path / "docs").mkdir(parents=True)
+    for head in (ROOT / "docs").glob("*.head.md"):
+        (tmp_path / "docs" / head.name).write_text(head.read_text())
+    return ["-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)]
+
+
 def job_counts(output: str) -> dict[str, int]:
     table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
@@ -136,3 +144,14 @@ def test_main_pipeline_end_to_end(tmp_path):
     text = html.read_text()
     for name in ("certified.tsv", "certified.md", "parameters.tsv", "certified_sigma0.5.png"):
         assert name in text, name
+    # docs/ pages come from their targets, run for real in a work folder (the committed
+    # pages stay as they are)
+    work = tmp_path / "work"
+    docs = snakemake("docs", "docs/measurements/throughput-cpu.md", "--cores", "1",
+                     *in_workdir(work), "--configfile", str(config), "--nolock")
+    assert docs.returncode == 0, docs.stderr[-3000:]
+    page = (work / "docs" / "default-run.md").read_text()
+    assert "## Certified accuracy" in page and "| lora " in page and "| none " in page
+    assert (work / "docs" / "figures" / "certified.png").stat().st_size > 10_000
+    throughput = (work / "docs" / "measurements" / "throughput-cpu.md").read_text()
+    assert throughput.startswith("Written by `pefts benchmark ") and "certifier/raw forward" in throughput

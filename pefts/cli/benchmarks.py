@@ -14,7 +14,9 @@ from pefts.cli.options import (
     PROBABILITY,
     TSV_OUT,
     device_option,
+    page_option,
     parse_floats,
+    write_page,
 )
 from pefts.errors import PeftsError
 
@@ -41,10 +43,12 @@ from pefts.errors import PeftsError
 @click.option("--method", default="none", show_default=True, help="PEFT method wrapped (with --arch)")
 @click.option("--diffusion", default=None, type=click.Path(file_okay=False),
               help="also time a diffusion denoiser (local diffusers folder) in front of the model")
+@page_option
 @fast_path_options
 @device_option
-def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch, num_classes,
-              method, diffusion, precision, channels_last, compile_net, merge_lora, device) -> None:
+def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_md, arch,
+              num_classes, method, diffusion, precision, channels_last, compile_net, merge_lora,
+              device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
@@ -87,9 +91,9 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
         add_diffusion_row(result, subject, diffusion, torch_device)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
-    click.echo(result.header())
-    click.echo(to_markdown(result.table), nl=False)
-    click.echo(result.summary())
+    printed = f"{result.header()}\n\n{to_markdown(result.table)}\n{result.summary()}\n"
+    click.echo(printed, nl=False)
+    write_page(out_md, printed)
 
 
 @click.command("benchmark-adaptive")
@@ -109,9 +113,10 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, arch
 @click.option("--seeds", default="0,1", show_default=True,
               help="noise seeds of the fixed-n runs (two show their spread); adaptive uses the first")
 @click.option("--out", default=None, type=TSV_OUT, help="also write a TSV")
+@page_option
 @device_option
 def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
-                       max_count, seeds, out, device) -> None:
+                       max_count, seeds, out, out_md, device) -> None:
     """The same images certified with fixed n and adaptively (n_max = n), side by side."""
     from pefts.adaptive_benchmark import compare
     from pefts.artifacts import atomic_write_text
@@ -125,14 +130,17 @@ def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, poo
                      batch, pool, seed_list, torch_device)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
-    click.echo(f"device: {device_name(torch_device)}; {len(indices)} images; {Path(model).name}; "
-               f"sigma {sigma:g}; n0 {n0}, n = n_max {n}, alpha {alpha:g}; batch {batch}, "
-               f"pool {pool}")
     readable = result.table.map(lambda v: f"{v:,}" if isinstance(v, int) else v)
-    click.echo(readable.to_markdown(index=False, disable_numparse=True,
-                                    colalign=["left"] + ["right"] * len(result.runs)))
-    for line in result.summary():
-        click.echo(line)
+    printed = "\n".join([
+        f"device: {device_name(torch_device)}; {len(indices)} images; {Path(model).name}; "
+        f"sigma {sigma:g}; n0 {n0}, n = n_max {n}, alpha {alpha:g}; batch {batch}, pool {pool}",
+        "",
+        readable.to_markdown(index=False, disable_numparse=True,
+                             colalign=["left"] + ["right"] * len(result.runs)),
+        "",
+        "\n\n".join(result.summary()), ""])
+    click.echo(printed, nl=False)
+    write_page(out_md, printed)
 
 
 COMMANDS = [benchmark, benchmark_adaptive]

@@ -57,6 +57,7 @@ class OutputPath(click.Path):
 
 TSV_OUT = OutputPath(".tsv")
 WEIGHTS_OUT = OutputPath(".safetensors")
+MD_OUT = OutputPath(".md")
 
 
 def parse_json(text: str | None, option: str) -> dict[str, Any]:
@@ -74,6 +75,20 @@ def parse_json(text: str | None, option: str) -> dict[str, Any]:
 def device_option(func):
     return click.option("--device", default="auto", show_default=True,
                         help="auto (a leased GPU if any, else CPU), cpu, cuda or cuda:N")(func)
+
+
+def page_option(func):
+    return click.option("--out-md", default=None, type=MD_OUT,
+                        help="also write what is printed as a Markdown page headed by this "
+                             "command line (docs/ pages are made this way)")(func)
+
+
+def write_page(out_md: str | None, printed: str) -> None:
+    if out_md:
+        from pefts.files import atomic_write_text
+        from pefts.pages import measurement_page, this_command
+
+        atomic_write_text(out_md, measurement_page(printed, this_command()))
 
 
 def force_option(func):

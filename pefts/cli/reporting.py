@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pefts.cli.options import (
+    MD_OUT,
     NON_NEGATIVE,
     RUN,
     parse_floats,
@@ -182,4 +183,23 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     click.echo(markdown, nl=False)
 
 
-COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters]
+@click.command("docs-page")
+@click.option("--head", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the page's prose (Markdown), written by hand")
+@click.option("--section", "sections", multiple=True,
+              type=(str, click.Path(exists=True, dir_okay=False)),
+              help="HEADING FILE: a table written by a command, under its heading (repeat)")
+@click.option("--by", required=True, help="the command that regenerates the page, named on it")
+@click.option("--out", required=True, type=MD_OUT)
+def docs_page(head, sections, by, out) -> None:
+    """A page of docs/: hand-written prose, then tables that commands wrote (never pasted)."""
+    from pefts.files import atomic_write_text, refuse_clashes
+    from pefts.pages import assembled_page
+
+    refuse_clashes({"--out": out}, [head, *[path for _, path in sections]])
+    page = assembled_page(Path(head).read_text(), list(sections), by)
+    atomic_write_text(out, page)
+    click.echo(f"{out}: {len(sections)} table(s) under the prose of {head}")
+
+
+COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters, docs_page]

@@ -154,26 +154,3 @@ rule experiments:
         twobirds_outputs(),
         ablation_outputs(),
         noise_outputs(),
-
-
-# The README's figure and docs/default-run.md, regenerated from a finished main run (run
-# from the repository root: `snakemake --cores all docs`).
-rule docs:
-    input:
-        certified=path("summary", "certified.md"),
-        parameters=path("summary", "parameters.md"),
-        figure=path("figures", f"certified_sigma{STUDY.sigmas[-1]}.png"),
-    output:
-        page="docs/default-run.md",
-        figure="docs/figures/certified.png",
-    conda:
-        ENV
-    log:
-        path("logs", "docs.log"),
-    shell:
-        "(echo '# One run of the embedded default'; echo;"
-        " echo 'Written by `snakemake --cores all docs` from `{input.certified}` and"
-        " `{input.parameters}`; the figure is `{input.figure}`.'; echo;"
-        " echo '## Certified accuracy'; echo; cat {input.certified}; echo;"
-        " echo '## Trainable parameters'; echo; cat {input.parameters}) > {output.page}"
-        " && cp {input.figure} {output.figure} 2> {log}"

@@ -1,0 +1,70 @@
+"""docs/ pages are written by the command that measured or computed what they show, so a
+reader regenerates them instead of trusting a paste."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_workflow import ROOT, in_workdir, job_counts, snakemake
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_docs_page_puts_command_written_tables_under_the_prose(run_cli, tmp_path):
+    head = write(tmp_path / "page.head.md", "# Title\n\nProse by hand.\n")
+    first = write(tmp_path / "first.md", "| a |\n|--:|\n| 1 |\n")
+    second = write(tmp_path / "second.md", "| b |\n|--:|\n| 2 |\n")
+    out = tmp_path / "page.md"
+    code, _, err = run_cli("docs-page", "--head", head, "--section", "First", first,
+                           "--section", "Second", second, "--by", "snakemake --cores all x",
+                           "--out", out)
+    assert code == 0, err
+    text = out.read_text()
+    assert text.startswith("# Title\n\nProse by hand.\n")
+    assert "written by `snakemake --cores all x`" in text
+    assert text.index("## First") < text.index("| 1 |") < text.index("## Second") < text.index("| 2 |")
+    assert f"`{first}`" in text and f"`{second}`" in text
+
+
+@pytest.mark.parametrize("out, needle", [("table", "--out"), ("page.txt", "must end in .md")])
+def test_docs_page_refuses_to_write_over_a_table_or_outside_markdown(run_cli, tmp_path, out, needle):
+    head = write(tmp_path / "page.head.md", "# Title\n")
+    table = write(tmp_path / "table.md", "| a |\n|--:|\n| 1 |\n")
+    target = table if out == "table" else tmp_path / out
+    code, _, err = run_cli("docs-page", "--head", head, "--section", "T", table, "--by", "x",
+                           "--out", target)
+    assert code != 0 and needle in err and "Traceback" not in err
+    assert table.read_text() == "| a |\n|--:|\n| 1 |\n"
+
+
+@pytest.mark.parametrize("page", ["default-run", "experiments"])
+def test_committed_pages_are_their_prose_plus_tables_a_target_wrote(page):
+    text = (ROOT / "docs" / f"{page}.md").read_text()
+    assert text.startswith((ROOT / "docs" / f"{page}.head.md").read_text().rstrip("\n"))
+    assert "were written by `snakemake --cores all docs" in text
+
+
+def test_measurement_pages_name_the_command_that_wrote_them():
+    pages = sorted((ROOT / "docs" / "measurements").glob("*.md"))
+    assert {p.name for p in pages} >= {"throughput-cpu.md", "adaptive-lora-sigma0.25.md",
+                                       "adaptive-lora-sigma0.5.md"}
+    for page in pages:
+        first = page.read_text().splitlines()[0]
+        # the one page no command here could rewrite says so in its title
+        assert first.startswith("Written by `pefts ") or "not regenerated" in first, page.name
+
+
+def test_docs_targets_build_their_dag(tmp_path):
+    result = snakemake("docs", "docs_experiments", "docs_benchmarks", "-n", "--cores", "1",
+                       *in_workdir(tmp_path), "--configfile", str(ROOT / "config.yaml"),
+                       "--config", f"results={tmp_path}/r")
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["docs_benchmark_adaptive"] == 2  # one page per sigma of the default
+    for rule in ("docs", "docs_experiments", "docs_benchmark_throughput", "twobirds_report"):
+        assert counts[rule] == 1, rule
