@@ -1,7 +1,7 @@
 # Pages of docs/ regenerated from finished runs, never pasted (run from the repository root):
 #   snakemake --cores all docs               the README's figure and docs/default-run.md
 #   snakemake --cores all docs_experiments   docs/experiments.md (after `experiments`)
-#   snakemake --cores all docs_benchmarks    docs/measurements/*.md (about 20 min on 2 cores)
+#   snakemake --cores all docs_benchmarks    docs/measurements/*.md (8 min on 2 cores)
 # Each page names the command that wrote it; its prose lives in docs/<page>.head.md.
 
 # pages are assembled in seconds; the benchmarks measure, so they run where the jobs run
