@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
@@ -98,12 +98,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     raise PeftsError(f"unknown schedule {schedule!r}; use cosine or constant")
 
 
-def loader(data: Dataset, cfg: TrainConfig, shuffle: bool = True) -> DataLoader:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(data, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen,
-                      num_workers=cfg.num_workers, drop_last=False)
-
-
 # (loss to minimise, statistics summed over the batch) for one batch of clean images
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
@@ -122,6 +116,51 @@ def epoch_batches(size: int, cfg: TrainConfig, order_gen: torch.Generator
 def set_matmul_precision(cfg: TrainConfig) -> None:
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands after a batch: enough to rebuild the rest of the run exactly."""
+
+    step: int  # steps done in the run
+    batch: int  # batches done in this epoch (1 after the first)
+    epoch_end: bool
+    resume_from: torch.Tensor  # order generator state that rebuilds the rest of the epoch
+    # (at an epoch's end, the next epoch's start)
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch_start": self.resume_from,
+                "batch": 0 if self.epoch_end else self.batch}
+
+
+def resumable_batches(data: Dataset, cfg: TrainConfig, total: int,
+                      saved: dict[str, Any] | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Position]]:
+    """``total`` steps of shuffled batches, DataLoader(shuffle=True, generator=seed)'s
+    batches epoch after epoch, each with its Position; from a saved Position's state the
+    same batches continue where they stopped."""
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    step, skip = 0, 0
+    if saved is not None:
+        order_gen.set_state(saved["epoch_start"])
+        step, skip = saved["step"], saved["batch"]
+    while step < total:
+        epoch_start = order_gen.get_state()
+        batches, loader_seed = epoch_batches(len(data), cfg, order_gen)
+        rest = DataLoader(data, batch_sampler=batches[skip:], num_workers=cfg.num_workers,
+                          generator=torch.Generator().manual_seed(loader_seed))
+        for batch, (x, y) in enumerate(rest, start=skip + 1):
+            step += 1
+            epoch_end = batch == len(batches)
+            if epoch_end:
+                # the draw torch's RandomSampler makes once an epoch is exhausted: the
+                # batches stay those of DataLoader(shuffle=True, generator=seed)
+                torch.randperm(len(data), generator=order_gen)
+            yield x, y, Position(step, batch, epoch_end,
+                                 order_gen.get_state() if epoch_end else epoch_start)
+            if step >= total:
+                return
+        skip = 0
 
 
 def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
@@ -148,53 +187,35 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16)
                 if cfg.precision == "bf16" else nullcontext())
     model.to(device).train()
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    step, skip, seen, sums = 0, 0, 0, {}
+    seen, sums = 0, {}
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        order_gen.set_state(saved["epoch_start"])
-        step, skip, seen, sums = saved["step"], saved["batch"], saved["seen"], dict(saved["sums"])
+        seen, sums = saved["seen"], dict(saved["sums"])
         checkpoints.set_rng_state(saved["rng"])
-    bar = progress(total=total, initial=step, desc=desc, unit="step", leave=False)
-    while step < total:
-        epoch_start = order_gen.get_state()
-        batches, loader_seed = epoch_batches(len(data), cfg, order_gen)
-        if skip == 0:
+    bar = progress(total=total, initial=saved["step"] if saved else 0, desc=desc, unit="step",
+                   leave=False)
+    for x, y, at in resumable_batches(data, cfg, total, saved):
+        if at.batch == 1:
             seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
-        rest = DataLoader(data, batch_sampler=batches[skip:], num_workers=cfg.num_workers,
-                          generator=torch.Generator().manual_seed(loader_seed))
-        for batch, (x, y) in enumerate(rest, start=skip + 1):
-            x, y = x.to(device), y.to(device)
-            with autocast:
-                loss, stats = batch_loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(x)
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value
-            step += 1
-            bar.update(1)
-            # refresh=False: the bar redraws on its own schedule, not at every step
-            bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
-            epoch_end = batch == len(batches)
-            if epoch_end:
-                # the draw torch's RandomSampler makes once an epoch is exhausted: the
-                # batches stay those of DataLoader(shuffle=True, generator=seed)
-                torch.randperm(len(data), generator=order_gen)
-            if checkpoint and (epoch_end or step >= total or checkpoint.due()):
-                # at an epoch's end the next epoch starts from the generator's state now
-                checkpoint.save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step,
-                    "epoch_start": order_gen.get_state() if epoch_end else epoch_start,
-                    "batch": 0 if epoch_end else batch, "seen": seen, "sums": sums})
-            if step >= total:
-                break
-        skip = 0
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            loss, stats = batch_loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        seen += len(x)
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.update(1)
+        # refresh=False: the bar redraws on its own schedule, not at every step
+        bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+        if checkpoint and (at.epoch_end or at.step >= total or checkpoint.due()):
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "seen": seen, "sums": sums,
+                             **at.state()})
     bar.close()
     model.eval()
     metrics = {key: value / max(1, seen) for key, value in sums.items()}

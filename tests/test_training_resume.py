@@ -1,5 +1,6 @@
 """Training that survives a kill: SIGKILL a real `pefts train-base` / `pefts finetune`
-mid-epoch, run the same command again, and the final weights equal an uninterrupted run's."""
+(gradient methods, the denoiser's two stages, the black box's SPSA) mid-epoch, run the
+same command again, and the final weights equal an uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ def test_train_base_killed_mid_epoch_resumes_to_the_same_weights(digits, tmp_pat
 @pytest.mark.slow
 def test_finetune_killed_mid_epoch_resumes_to_the_same_weights(digits, tiny_base, tmp_path):
     resume_and_compare(finetune_command(digits, tiny_base, "lora", {"rank": 2}), tmp_path)
+
+
+@pytest.mark.slow
+def test_blackbox_spsa_killed_mid_epoch_resumes_to_the_same_prompt(digits, tiny_base, tmp_path):
+    # SPSA's iterate, momentum, step count and perturbation generator, and the batch order
+    resume_and_compare(finetune_command(digits, tiny_base, "blackbox", {"perturbations": 2}),
+                       tmp_path)
 
 
 @pytest.mark.slow

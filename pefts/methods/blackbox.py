@@ -7,6 +7,7 @@ from query losses alone: nothing is back-propagated through the base model.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -14,13 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from pefts import checkpoints
 from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
 from pefts.errors import PeftsError
 from pefts.hparams import BOOL, Choice, Float, Int, Text
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, count_parameters
 from pefts.progress import progress
-from pefts.training import TrainConfig, loader
+from pefts.training import TrainConfig, resumable_batches
 
 
 def assign(params: list[nn.Parameter], theta: torch.Tensor) -> None:
@@ -127,37 +129,51 @@ class BlackBoxPrompt(Method):
         model.to(device).eval()
         params = model.coordinator.learnable()
         query: QueryModel = model.query
-        start_images, start_calls = query.images, query.calls
         torch.manual_seed(cfg.seed)
         perturb_gen = torch.Generator(device=torch.device(device)).manual_seed(cfg.seed)
         optimiser = SPSA(flatten(params), self.spsa_config(), perturb_gen)
-        batches = loader(data, cfg)
-        total = max(1, int(round(cfg.epochs * len(batches))))
-        step, seen, correct, loss_sum = 0, 0, 0, 0.0
-        bar = progress(total=total, desc=f"{self.name} sigma={sigma}", unit="step", leave=False)
-        while step < total:
-            seen, correct, loss_sum = 0, 0, 0.0
-            for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                noisy = x + torch.randn_like(x) * sigma  # one draw for all of the step's queries
-                hits = []
+        total = max(1, int(round(cfg.epochs * math.ceil(len(data) / cfg.batch_size))))
+        checkpoint = checkpoints.active()
+        _, saved = checkpoint.begin_stage() if checkpoint else (None, None)
+        seen, correct, loss_sum, queries, calls = 0, 0.0, 0.0, 0, 0
+        if saved is not None:  # SPSA's whole state, the statistics and the query counts
+            optimiser.theta, optimiser.velocity = saved["theta"], saved["velocity"]
+            optimiser.k = saved["k"]
+            perturb_gen.set_state(saved["perturb_gen"])
+            seen, correct, loss_sum = saved["seen"], saved["correct"], saved["loss_sum"]
+            queries, calls = saved["queries"], saved["query_calls"]
+            checkpoints.set_rng_state(saved["rng"])
+        start_images, start_calls = query.images - queries, query.calls - calls
+        bar = progress(total=total, initial=saved["step"] if saved else 0,
+                       desc=f"{self.name} sigma={sigma}", unit="step", leave=False)
+        step = saved["step"] if saved else 0
+        for x, y, at in resumable_batches(data, cfg, total, saved):
+            if at.batch == 1:
+                seen, correct, loss_sum = 0, 0.0, 0.0  # the last epoch's statistics only
+            x, y = x.to(device), y.to(device)
+            noisy = x + torch.randn_like(x) * sigma  # one draw for all of the step's queries
+            hits = []
 
-                def loss(theta: torch.Tensor, noisy=noisy, y=y, hits=hits) -> float:
-                    assign(params, theta)
-                    log_probs = model(noisy)
-                    hits.append(int((log_probs.argmax(1) == y).sum()))
-                    return float(F.nll_loss(log_probs, y))
+            def loss(theta: torch.Tensor, noisy=noisy, y=y, hits=hits) -> float:
+                assign(params, theta)
+                log_probs = model(noisy)
+                hits.append(int((log_probs.argmax(1) == y).sum()))
+                return float(F.nll_loss(log_probs, y))
 
-                with torch.no_grad():
-                    loss_sum += optimiser.step(loss) * len(y)
-                seen += len(y)
-                correct += sum(hits) / len(hits)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                queries=query.images - start_images, refresh=False)
-                if step >= total:
-                    break
+            with torch.no_grad():
+                loss_sum += optimiser.step(loss) * len(y)
+            seen += len(y)
+            correct += sum(hits) / len(hits)
+            step = at.step
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            queries=query.images - start_images, refresh=False)
+            if checkpoint and (at.epoch_end or at.step >= total or checkpoint.due()):
+                checkpoint.save({
+                    "theta": optimiser.theta, "velocity": optimiser.velocity, "k": optimiser.k,
+                    "perturb_gen": perturb_gen.get_state(), "seen": seen, "correct": correct,
+                    "loss_sum": loss_sum, "queries": query.images - start_images,
+                    "query_calls": query.calls - start_calls, **at.state()})
         bar.close()
         assign(params, optimiser.theta)
         return {
