@@ -137,7 +137,10 @@ class BlackBoxPrompt(Method):
         _, saved = checkpoint.begin_stage() if checkpoint else (None, None)
         seen, correct, loss_sum, queries, calls = 0, 0.0, 0.0, 0, 0
         if saved is not None:  # SPSA's whole state, the statistics and the query counts
-            optimiser.theta, optimiser.velocity = saved["theta"], saved["velocity"]
+            # the checkpoint loads on the CPU; SPSA draws its perturbations where theta lives
+            at_device = optimiser.theta.device
+            optimiser.theta = saved["theta"].to(at_device)
+            optimiser.velocity = saved["velocity"].to(at_device)
             optimiser.k = saved["k"]
             perturb_gen.set_state(saved["perturb_gen"])
             seen, correct, loss_sum = saved["seen"], saved["correct"], saved["loss_sum"]
