@@ -11,10 +11,10 @@ the first of them, so each distinct run is trained and certified once.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pefts.certification.selection import selected_indices
 from pefts.weights import base_weight, clip_weight, encoder_weight
 
 # Test images per class of the named datasets, at least (digits: 174 images in its
@@ -113,10 +113,9 @@ class Study:
         """At least how many images the run certifies (every skip-th, at most max)."""
         cert = self.certify_settings(run)
         total = self.test_images(self.runs[run].setup if run in self.runs else "main")
-        count = math.ceil(total / cert["skip"]) if total is not None else None
-        if cert["max"] > 0:
-            count = cert["max"] if count is None else min(count, cert["max"])
-        return count
+        if total is not None:
+            return len(selected_indices(total, cert["skip"], cert["max"]))
+        return cert["max"] if cert["max"] > 0 else None
 
     def shards(self, run: str) -> int:
         """The configured shard count, capped at the certified images: no empty shard."""

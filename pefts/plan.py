@@ -9,7 +9,6 @@ follow at a given samples/s.
 
 from __future__ import annotations
 
-import math
 import re
 import subprocess
 import sys
@@ -22,10 +21,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from pefts.certification.selection import selected_indices
 from pefts.errors import PeftsError
+from pefts.experiments import NUM_CLASSES, TEST_IMAGES_PER_CLASS
 
-# test images of the datasets whose size is known without the data
-TEST_IMAGES = {"cifar10": 10_000, "imagenet": 50_000}
+# test images of the datasets whose size is known without the data (digits' per-class
+# figure is only a lower bound, so digits needs --test-images)
+TEST_IMAGES = {name: TEST_IMAGES_PER_CLASS[name] * NUM_CLASSES[name] for name in ("cifar10", "imagenet")}
 
 # samples/s of the certifier's network pass, per precision (docs/cost.md). Measured on an
 # NVIDIA H200 for ViT-B/16 + LoRA at 224x224, batch 1000, bf16 autocast (raw forward;
@@ -61,8 +63,7 @@ def certified_images(config: dict[str, Any], test_images: int | None) -> int:
     if total is None:
         raise PeftsError(f"how many test images does {config['dataset']['name']!r} have? "
                          "give --test-images")
-    images = math.ceil(total / cert["skip"])
-    return min(images, cert["max"]) if cert["max"] > 0 else images
+    return len(selected_indices(total, cert["skip"], cert["max"]))
 
 
 def hit_rates(tsv: str | Path, n: int | None, sigma: float | None) -> np.ndarray:
