@@ -125,12 +125,23 @@ class Position:
     step: int  # steps done in the run
     batch: int  # batches done in this epoch (1 after the first)
     epoch_end: bool
+    run_end: bool
     resume_from: torch.Tensor  # order generator state that rebuilds the rest of the epoch
     # (at an epoch's end, the next epoch's start)
+
+    def save_due(self, checkpoint: checkpoints.Checkpoint | None) -> bool:
+        """A checkpoint is written at every epoch end, at the run's end and every
+        train.checkpoint_minutes."""
+        return checkpoint is not None and (self.epoch_end or self.run_end or checkpoint.due())
 
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch_start": self.resume_from,
                 "batch": 0 if self.epoch_end else self.batch}
+
+
+def total_steps(data: Dataset, cfg: TrainConfig, epochs: float) -> int:
+    """Optimiser steps of ``epochs`` epochs (a fraction allowed), at least one."""
+    return max(1, int(round(epochs * math.ceil(len(data) / cfg.batch_size))))
 
 
 def resumable_batches(data: Dataset, cfg: TrainConfig, total: int,
@@ -156,7 +167,7 @@ def resumable_batches(data: Dataset, cfg: TrainConfig, total: int,
                 # the draw torch's RandomSampler makes once an epoch is exhausted: the
                 # batches stay those of DataLoader(shuffle=True, generator=seed)
                 torch.randperm(len(data), generator=order_gen)
-            yield x, y, Position(step, batch, epoch_end,
+            yield x, y, Position(step, batch, epoch_end, step >= total,
                                  order_gen.get_state() if epoch_end else epoch_start)
             if step >= total:
                 return
@@ -176,9 +187,8 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     done, saved = checkpoint.begin_stage() if checkpoint else (None, None)
     if done is not None:
         return done  # finished before the kill; the weights come from a later stage
-    per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = max(1, int(round(epochs * per_epoch)))
-    warmup = int(round(cfg.warmup_epochs * per_epoch))
+    total = total_steps(data, cfg, epochs)
+    warmup = int(round(cfg.warmup_epochs * math.ceil(len(data) / cfg.batch_size)))
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
@@ -212,7 +222,7 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
         bar.update(1)
         # refresh=False: the bar redraws on its own schedule, not at every step
         bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
-        if checkpoint and (at.epoch_end or at.step >= total or checkpoint.due()):
+        if at.save_due(checkpoint):
             checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "seen": seen, "sums": sums,
                              **at.state()})

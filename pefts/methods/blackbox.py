@@ -7,7 +7,6 @@ from query losses alone: nothing is back-propagated through the base model.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from pefts.hparams import BOOL, Choice, Float, Int, Text
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, count_parameters
 from pefts.progress import progress
-from pefts.training import TrainConfig, resumable_batches
+from pefts.training import TrainConfig, resumable_batches, total_steps
 
 
 def assign(params: list[nn.Parameter], theta: torch.Tensor) -> None:
@@ -132,7 +131,7 @@ class BlackBoxPrompt(Method):
         torch.manual_seed(cfg.seed)
         perturb_gen = torch.Generator(device=torch.device(device)).manual_seed(cfg.seed)
         optimiser = SPSA(flatten(params), self.spsa_config(), perturb_gen)
-        total = max(1, int(round(cfg.epochs * math.ceil(len(data) / cfg.batch_size))))
+        total = total_steps(data, cfg, cfg.epochs)
         checkpoint = checkpoints.active()
         _, saved = checkpoint.begin_stage() if checkpoint else (None, None)
         seen, correct, loss_sum, queries, calls = 0, 0.0, 0.0, 0, 0
@@ -149,7 +148,6 @@ class BlackBoxPrompt(Method):
         start_images, start_calls = query.images - queries, query.calls - calls
         bar = progress(total=total, initial=saved["step"] if saved else 0,
                        desc=f"{self.name} sigma={sigma}", unit="step", leave=False)
-        step = saved["step"] if saved else 0
         for x, y, at in resumable_batches(data, cfg, total, saved):
             if at.batch == 1:
                 seen, correct, loss_sum = 0, 0.0, 0.0  # the last epoch's statistics only
@@ -167,11 +165,10 @@ class BlackBoxPrompt(Method):
                 loss_sum += optimiser.step(loss) * len(y)
             seen += len(y)
             correct += sum(hits) / len(hits)
-            step = at.step
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                             queries=query.images - start_images, refresh=False)
-            if checkpoint and (at.epoch_end or at.step >= total or checkpoint.due()):
+            if at.save_due(checkpoint):
                 checkpoint.save({
                     "theta": optimiser.theta, "velocity": optimiser.velocity, "k": optimiser.k,
                     "perturb_gen": perturb_gen.get_state(), "seen": seen, "correct": correct,
@@ -182,7 +179,7 @@ class BlackBoxPrompt(Method):
         return {
             "train_loss": loss_sum / max(1, seen),  # over the last epoch's perturbed queries
             "train_accuracy": correct / max(1, seen),
-            "spsa_steps": step,
+            "spsa_steps": optimiser.k,
             "queries": query.images - start_images,
             "query_calls": query.calls - start_calls,
             "trainable_parameters": int(optimiser.theta.numel()),
