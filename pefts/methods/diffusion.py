@@ -112,14 +112,17 @@ class DiffusionDenoiser(nn.Module):
         self.register_buffer("sigma", torch.tensor(-1.0, dtype=torch.float64))
         self._timesteps: dict[tuple[int, int], int] = {}
 
+    def sample_size(self) -> tuple[int, int]:
+        """The size the UNet was trained at (its config's sample_size)."""
+        side = self.unet.config.sample_size
+        return (side, side) if isinstance(side, int) else tuple(side)
+
     def unet_size(self, native: tuple[int, int]) -> tuple[int, int]:
         """The size the UNet runs at: the image's own when it fits the downsampling."""
         factor = downsampling(self.unet)
-        side = self.unet.config.sample_size
-        size = (side, side) if isinstance(side, int) else tuple(side)
         if factor and all(s % factor == 0 for s in native):
             return tuple(native)
-        return size
+        return self.sample_size()
 
     def timestep(self, native: tuple[int, int]) -> int:
         """t* for the noise the UNet sees on images of size ``native``: 2 sigma, times the
@@ -137,10 +140,7 @@ class DiffusionDenoiser(nn.Module):
         """Match ``sigma``; returns t* for images of size ``native`` (the UNet's own by default)."""
         self.sigma.fill_(sigma)
         self._timesteps.clear()
-        if native is None:
-            side = self.unet.config.sample_size
-            native = (side, side) if isinstance(side, int) else tuple(side)
-        return self.timestep(native)
+        return self.timestep(native or self.sample_size())
 
     def train(self, mode: bool = True) -> DiffusionDenoiser:
         # frozen and pretrained: dropout inside the UNet must never switch on
