@@ -52,9 +52,13 @@ def job_counts(configfiles: tuple[str, ...], target: str) -> dict[str, int]:
     if done.returncode != 0 or "Job stats:" not in done.stdout:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise PeftsError(f"snakemake's dry run of the config failed: {lines[-1]}")
-    table = done.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
-            if m[1] != "total"}
+    return {rule: count for rule, count in job_stats(done.stdout).items() if rule != "total"}
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The "Job stats" table of a snakemake run or dry run: jobs per rule, and total."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 def certified_images(config: dict[str, Any], test_images: int | None) -> int:
