@@ -1,36 +1,58 @@
-"""Training that survives a kill: a checkpoint at every epoch end and every few minutes,
-resumed when the same command runs again with the same settings.
+"""Training that survives a kill or a time limit: a checkpoint at every epoch end,
+every few minutes and when the scheduler signals, resumed when the same command runs
+again with the same settings.
 
 A run (train-base, adapt-base, finetune) opens one checkpoint beside its output,
 ``<out>.ckpt``: not a declared output, so Snakemake leaves it alone when a job fails or
-meets its time limit. The checkpoint holds everything the rest of the run depends on
-(weights, optimiser, schedule, every random generator, the epoch's shuffle and the
-position in it), so a resumed run ends with exactly the weights of an uninterrupted one.
+meets its time limit. The checkpoint holds what the rest of the run depends on and
+nothing else: the trainable tensors (never the frozen base: it is rebuilt from its
+file), the optimiser, the schedule and the position (the epoch's shuffle and the batch
+in it). Random draws are keyed by position (pefts.streams), so no generator state is
+stored and a checkpoint written on one GPU resumes on another, on fewer, or on the CPU.
 It carries a fingerprint of data, base, method, hyper-parameters and training options:
 a checkpoint of other settings is ignored. It is deleted once the output is written.
 
-Nothing is unpickled: torch.load with weights_only=True, so NumPy's generator state is
-stored as a tensor.
+SIGTERM (what SLURM sends at the time limit) and SIGUSR1/SIGUSR2 (the warning a
+profile can request ahead of it, ``sbatch --signal=USR1@120``) end the run after the
+step in progress: the checkpoint is written and the command exits with
+``INTERRUPTED_EXIT`` (75, EX_TEMPFAIL), a failure Snakemake retries.
+
+Nothing is unpickled: torch.load with weights_only=True.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 
+from pefts.errors import PeftsError
 from pefts.files import durable_path
 
 _active: list[Checkpoint] = []
+
+# the version of what a checkpoint holds; one of another version is refused
+FORMAT = 2
+# what every checkpoint holds, whatever trained it
+REQUIRED = ("format", "fingerprint", "stage", "finished", "step", "epoch_start", "batch")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+INTERRUPTED_EXIT = 75
+
+
+class Interrupted(PeftsError):
+    """The scheduler asked the run to stop; its checkpoint is on disk."""
+
+    exit_code = INTERRUPTED_EXIT
 
 
 def fingerprint(**settings: Any) -> str:
@@ -43,30 +65,36 @@ def checkpoint_path(out: str | Path) -> Path:
     return Path(f"{out}.ckpt")
 
 
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                       *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What of ``model`` a checkpoint keeps: the parameters that train and the buffers
+    (small, and a module in training mode may update them); frozen parameters come
+    back from the files the model is built from."""
+    state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    state.update((name, b.detach()) for name, b in model.named_buffers())
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuples(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore_trainable(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``trainable_tensors``' output back; a checkpoint that does not fit the model's
+    trainable part is refused in one line."""
+    expected = trainable_tensors(model)
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise PeftsError(f"checkpoint {path} does not fit this model (missing "
+                         f"{missing[:3]}, unexpected {extra[:3]}); delete it to start over")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise PeftsError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, "
+                             f"the model {tuple(expected[name].shape)}; delete it to start over")
+    model.load_state_dict(state, strict=False)
 
 
-def _tuples(value: Any) -> Any:
-    """random.setstate wants tuples all the way down; a round trip may give lists."""
-    if isinstance(value, list | tuple):
-        return tuple(_tuples(v) for v in value)
-    return value
+def ignore_stop_signals(_worker: int = 0) -> None:
+    """In loader workers: the scheduler signals every process of the job, and only the
+    training process should act (a worker killed by SIGTERM would crash the loader
+    before the checkpoint is written)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class Checkpoint:
@@ -78,19 +106,33 @@ class Checkpoint:
         self.path, self.fingerprint, self.minutes = path, fingerprint, minutes
         self.stage = -1
         self.finished: list[dict[str, float]] = []
+        self.stop_signal: int | None = None
+        self._remove_litter()
         self.saved = self._load()
         self.last_save = time.monotonic()
 
+    def _remove_litter(self) -> None:
+        """A save killed by SIGKILL leaves its temporary file (pefts.files.durable_path's
+        name): the next run of the same output removes it."""
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     def _load(self) -> dict[str, Any] | None:
+        if self.path.is_dir():
+            raise PeftsError(f"checkpoint {self.path} is a folder, not a checkpoint file; "
+                             "move it away")
         if not self.path.exists():
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file costs the progress, never the run
-            print(f"pefts: ignoring unreadable checkpoint {self.path}: {error}",
-                  file=sys.stderr, flush=True)
-            return None
-        if state.get("fingerprint") != self.fingerprint:
+        except Exception as error:  # not a torch file, or one holding more than tensors
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise PeftsError(f"checkpoint {self.path} is not a readable pefts checkpoint "
+                             f"({reason}); delete it to start over") from None
+        problem = self._structure_problem(state)
+        if problem:
+            raise PeftsError(f"checkpoint {self.path} {problem}; delete it to start over")
+        if state["fingerprint"] != self.fingerprint:
             print(f"pefts: ignoring checkpoint {self.path}: it was written with other "
                   "settings (data, base, method, hyper-parameters or training options)",
                   file=sys.stderr, flush=True)
@@ -99,6 +141,23 @@ class Checkpoint:
               f"step {state['step']})", file=sys.stderr, flush=True)
         self.finished = list(state["finished"])
         return state
+
+    @staticmethod
+    def _structure_problem(state: Any) -> str | None:
+        """What makes ``state`` no checkpoint of this version, or None."""
+        if not isinstance(state, dict):
+            return f"holds a {type(state).__name__}, not a pefts checkpoint"
+        missing = [key for key in REQUIRED if key not in state]
+        if missing:
+            return f"is not a pefts checkpoint (no {', '.join(missing)})"
+        if state["format"] != FORMAT:
+            return (f"has format {state['format']!r}, this pefts writes {FORMAT} (an older "
+                    "checkpoint kept generator state)")
+        if not isinstance(state["stage"], int) or not isinstance(state["step"], int) \
+                or not isinstance(state["finished"], list | tuple) \
+                or not isinstance(state["epoch_start"], torch.Tensor):
+            return "has fields of the wrong type"
+        return None
 
     def begin_stage(self) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
         """(statistics of this stage if it already finished, saved state to resume)."""
@@ -115,15 +174,28 @@ class Checkpoint:
         self.finished = [*self.finished[:self.stage], metrics]
 
     def due(self) -> bool:
+        """A save is due: the timer ran out, or the scheduler asked the run to stop."""
+        if self.stop_signal is not None:
+            return True
         return self.minutes > 0 and time.monotonic() - self.last_save >= 60 * self.minutes
 
+    def request_stop(self, signum: int, _frame: Any = None) -> None:
+        """Signal handler: stop at the next step's end (the step in progress finishes)."""
+        self.stop_signal = signum
+
     def save(self, state: dict[str, Any]) -> None:
-        """Written durably (pefts.files.durable_path): a kill never leaves half a file."""
-        state = {**state, "fingerprint": self.fingerprint, "stage": self.stage,
-                 "finished": self.finished[:self.stage], "rng": rng_state()}
+        """Written durably (pefts.files.durable_path): a kill never leaves half a file,
+        a signal during the save only takes effect once it is on disk. After a stop
+        request the run ends here (Interrupted)."""
+        state = {**state, "format": FORMAT, "fingerprint": self.fingerprint,
+                 "stage": self.stage, "finished": self.finished[:self.stage]}
         with durable_path(self.path) as tmp:
             torch.save(state, tmp)
         self.last_save = time.monotonic()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            raise Interrupted(f"stopped by {name} at step {state['step']}; checkpoint "
+                              f"{self.path} written, run the same command again to resume")
 
 
 def active() -> Checkpoint | None:
@@ -134,13 +206,19 @@ def active() -> Checkpoint | None:
 
 @contextmanager
 def checkpointing(out: str | Path, fingerprint: str, minutes: float) -> Iterator[Checkpoint]:
-    """Checkpoint the training inside the block; the caller removes the file once the
-    output is written (discard)."""
+    """Checkpoint the training inside the block, which ends with Interrupted after a
+    stop signal (STOP_SIGNALS); the caller removes the file once the output is written
+    (discard)."""
     checkpoint = Checkpoint(checkpoint_path(out), fingerprint, minutes)
     _active.append(checkpoint)
+    # handlers can be set from the main thread only (a library caller's thread: none)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, checkpoint.request_stop) for sig in STOP_SIGNALS} if main else {}
     try:
         yield checkpoint
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _active.remove(checkpoint)
 
 

@@ -3,3 +3,5 @@
 
 class PeftsError(Exception):
     """A problem with the user's input or files, explained in one line."""
+
+    exit_code = 1  # the command line's exit status

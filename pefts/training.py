@@ -16,6 +16,7 @@ from pefts import checkpoints
 from pefts.errors import PeftsError
 from pefts.hparams import BOOL, Choice, Float, Int, check_values
 from pefts.progress import progress
+from pefts.streams import KeyedSamples, noise_like, seed_step
 
 
 @dataclass
@@ -62,7 +63,8 @@ TRAIN_SPECS = {
 }
 
 # options that change how a run is carried out, never its result (ignored by the
-# checkpoint's fingerprint)
+# checkpoint's fingerprint): augmentation is keyed by sample (pefts.streams), so the
+# number of loader workers no longer changes the weights
 CONDUCT_OPTIONS = ("checkpoint_minutes", "num_workers")
 
 
@@ -145,41 +147,55 @@ def total_steps(data: Dataset, cfg: TrainConfig, epochs: float) -> int:
 
 
 def resumable_batches(data: Dataset, cfg: TrainConfig, total: int,
-                      saved: dict[str, Any] | None = None
+                      saved: dict[str, Any] | None = None, stream: str = "train"
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Position]]:
     """``total`` steps of shuffled batches, DataLoader(shuffle=True, generator=seed)'s
-    batches epoch after epoch, each with its Position; from a saved Position's state the
-    same batches continue where they stopped."""
+    order epoch after epoch, each with its Position; from a saved Position's state the
+    same batches continue where they stopped. Each sample's augmentation is drawn from
+    (seed, stream, epoch, index) and, before each batch is handed out, the global
+    generators are seeded by (seed, stream, step) (pefts.streams): the batches and the
+    step's noise are the same with any number of workers and after any restart."""
     order_gen = torch.Generator().manual_seed(cfg.seed)
+    keyed = KeyedSamples(data, cfg.seed, stream)
+    per_epoch = math.ceil(len(data) / cfg.batch_size)
     step, skip = 0, 0
     if saved is not None:
         order_gen.set_state(saved["epoch_start"])
         step, skip = saved["step"], saved["batch"]
+    epoch = (step - skip) // per_epoch
     while step < total:
         epoch_start = order_gen.get_state()
         batches, loader_seed = epoch_batches(len(data), cfg, order_gen)
-        rest = DataLoader(data, batch_sampler=batches[skip:], num_workers=cfg.num_workers,
+        keys = [[(epoch, i) for i in batch] for batch in batches[skip:]]
+        rest = DataLoader(keyed, batch_sampler=keys, num_workers=cfg.num_workers,
+                          worker_init_fn=checkpoints.ignore_stop_signals,
                           generator=torch.Generator().manual_seed(loader_seed))
         for batch, (x, y) in enumerate(rest, start=skip + 1):
             step += 1
             epoch_end = batch == len(batches)
             if epoch_end:
                 # the draw torch's RandomSampler makes once an epoch is exhausted: the
-                # batches stay those of DataLoader(shuffle=True, generator=seed)
+                # order stays that of DataLoader(shuffle=True, generator=seed)
                 torch.randperm(len(data), generator=order_gen)
+            seed_step(cfg.seed, stream, step)
             yield x, y, Position(step, batch, epoch_end, step >= total,
                                  order_gen.get_state() if epoch_end else epoch_start)
             if step >= total:
                 return
         skip = 0
+        epoch += 1
 
 
 def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
-             batch_loss: BatchLoss, device: torch.device | str, desc: str) -> dict[str, float]:
+             batch_loss: BatchLoss, device: torch.device | str, desc: str,
+             stream: str = "train") -> dict[str, float]:
     """Minimise ``batch_loss`` over ``epochs`` of ``data`` with the configured optimiser
     and schedule, on the parameters that require grad; returns the last epoch's
-    statistics per image. Inside checkpoints.checkpointing() it saves its whole state
-    at every epoch end and every cfg.checkpoint_minutes, and resumes from it."""
+    statistics per image. Inside checkpoints.checkpointing() it saves its state (the
+    trainable tensors, optimiser, schedule and position) at every epoch end, every
+    cfg.checkpoint_minutes and when the scheduler signals, and resumes from it.
+    ``stream`` names the run's random streams (pefts.streams): a second optimise() of
+    one run passes another name, so it does not replay the first one's noise."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PeftsError("nothing to train: the model has no trainable parameters")
@@ -199,14 +215,13 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     model.to(device).train()
     seen, sums = 0, {}
     if saved is not None:
-        model.load_state_dict(saved["model"])
+        checkpoints.restore_trainable(model, saved["model"], checkpoint.path)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         seen, sums = saved["seen"], dict(saved["sums"])
-        checkpoints.set_rng_state(saved["rng"])
     bar = progress(total=total, initial=saved["step"] if saved else 0, desc=desc, unit="step",
                    leave=False)
-    for x, y, at in resumable_batches(data, cfg, total, saved):
+    for x, y, at in resumable_batches(data, cfg, total, saved, stream):
         if at.batch == 1:
             seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
         x, y = x.to(device), y.to(device)
@@ -223,7 +238,8 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
         # refresh=False: the bar redraws on its own schedule, not at every step
         bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
         if at.save_due(checkpoint):
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            checkpoint.save({"model": checkpoints.trainable_tensors(model),
+                             "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "seen": seen, "sums": sums,
                              **at.state()})
     bar.close()
@@ -238,18 +254,18 @@ def train_noisy(
     model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
     device: torch.device | str = "cpu", desc: str = "train",
 ) -> dict[str, float]:
-    """Minimise cross-entropy of model(x + d), fresh d ~ N(0, sigma^2 I) every batch.
+    """Minimise cross-entropy of model(x + d), fresh d ~ N(0, sigma^2 I) every batch
+    (drawn from the step's keyed stream, pefts.streams).
 
     Only parameters with requires_grad are optimised. Returns the last epoch's loss
     and accuracy on the noisy training inputs.
     """
     def noisy_cross_entropy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(x + torch.randn_like(x) * sigma)
+        logits = model(x + noise_like(x) * sigma)
         loss = nn.functional.cross_entropy(logits, y)
         return loss, {"train_loss": loss.item() * len(y),
                       "train_accuracy": float((logits.argmax(1) == y).sum())}
 
-    torch.manual_seed(cfg.seed)
     return optimise(model, data, cfg, cfg.epochs, noisy_cross_entropy, device, desc)
 
 

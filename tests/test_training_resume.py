@@ -119,7 +119,7 @@ def test_a_checkpoint_of_other_settings_is_ignored(digits, tmp_path, capfd):
     out = tmp_path / "base.safetensors"
     stale = Checkpoint(checkpoint_path(out), "other settings", 1.0)
     stale.stage = 0
-    stale.save({"model": {}, "step": 3})
+    stale.save({"model": {}, "step": 3, "batch": 0, "epoch_start": torch.Generator().get_state()})
     train = {"epochs": 1, "batch_size": 128, "lr": 3e-3}
     train_base(digits, out, TINY_SPEC, train, False, None, "cpu")
     assert "written with other settings" in capfd.readouterr().err

@@ -30,7 +30,10 @@ class SPSAConfig:
 
 
 def rademacher(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    bits = torch.randint(0, 2, like.shape, generator=generator, device=like.device)
+    """Random signs of ``like``'s shape, drawn where ``generator`` lives (a CPU generator
+    gives the same signs whatever device ``like`` is on)."""
+    where = generator.device if generator is not None else like.device
+    bits = torch.randint(0, 2, like.shape, generator=generator, device=where).to(like.device)
     return (bits * 2 - 1).to(like.dtype)
 
 

@@ -32,7 +32,7 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except PeftsError as err:
         click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        sys.exit(err.exit_code)
     except OSError as err:
         # the machine refused (full disk, read-only folder, a parent that is a file):
         # one line naming the path; atomic writes left nothing half-written

@@ -21,6 +21,7 @@ from pefts.hparams import BOOL, Choice, Float, Int, Text
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, count_parameters
 from pefts.progress import progress
+from pefts.streams import keyed_seed, noise_like
 from pefts.training import TrainConfig, resumable_batches, total_steps
 
 
@@ -128,8 +129,9 @@ class BlackBoxPrompt(Method):
         model.to(device).eval()
         params = model.coordinator.learnable()
         query: QueryModel = model.query
-        torch.manual_seed(cfg.seed)
-        perturb_gen = torch.Generator(device=torch.device(device)).manual_seed(cfg.seed)
+        # on the CPU, reseeded at every step by (seed, step): the same perturbations on
+        # any device and after any restart (pefts.streams)
+        perturb_gen = torch.Generator()
         optimiser = SPSA(flatten(params), self.spsa_config(), perturb_gen)
         total = total_steps(data, cfg, cfg.epochs)
         checkpoint = checkpoints.active()
@@ -141,10 +143,8 @@ class BlackBoxPrompt(Method):
             optimiser.theta = saved["theta"].to(at_device)
             optimiser.velocity = saved["velocity"].to(at_device)
             optimiser.k = saved["k"]
-            perturb_gen.set_state(saved["perturb_gen"])
             seen, correct, loss_sum = saved["seen"], saved["correct"], saved["loss_sum"]
             queries, calls = saved["queries"], saved["query_calls"]
-            checkpoints.set_rng_state(saved["rng"])
         start_images, start_calls = query.images - queries, query.calls - calls
         bar = progress(total=total, initial=saved["step"] if saved else 0,
                        desc=f"{self.name} sigma={sigma}", unit="step", leave=False)
@@ -152,7 +152,8 @@ class BlackBoxPrompt(Method):
             if at.batch == 1:
                 seen, correct, loss_sum = 0, 0.0, 0.0  # the last epoch's statistics only
             x, y = x.to(device), y.to(device)
-            noisy = x + torch.randn_like(x) * sigma  # one draw for all of the step's queries
+            perturb_gen.manual_seed(keyed_seed(cfg.seed, "spsa", at.step))
+            noisy = x + noise_like(x) * sigma  # one draw for all of the step's queries
             hits = []
 
             def loss(theta: torch.Tensor, noisy=noisy, y=y, hits=hits) -> float:
@@ -171,7 +172,7 @@ class BlackBoxPrompt(Method):
             if at.save_due(checkpoint):
                 checkpoint.save({
                     "theta": optimiser.theta, "velocity": optimiser.velocity, "k": optimiser.k,
-                    "perturb_gen": perturb_gen.get_state(), "seen": seen, "correct": correct,
+                    "seen": seen, "correct": correct,
                     "loss_sum": loss_sum, "queries": query.images - start_images,
                     "query_calls": query.calls - start_calls, **at.state()})
         bar.close()

@@ -19,6 +19,7 @@ from pefts.errors import PeftsError
 from pefts.hparams import Choice, Float, Int
 from pefts.methods.base import Method, freeze
 from pefts.models import PixelClassifier
+from pefts.streams import noise_like
 from pefts.training import TrainConfig, optimise
 
 OBJECTIVES = ("mse", "mse+stability")
@@ -106,7 +107,7 @@ class DenoisedSmoothing(Method):
         denoiser, classifier = model.denoiser, model.classifier
 
         def mse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-            noisy = x + torch.randn_like(x) * sigma
+            noisy = x + noise_like(x) * sigma
             loss = F.mse_loss(denoiser(noisy), x)
             n = len(x)
             return loss, {"mse_denoised": float(loss.detach()) * n,
@@ -116,21 +117,20 @@ class DenoisedSmoothing(Method):
             # Salman et al.'s Stab objective: the classifier's own clean prediction is the label
             with torch.no_grad():
                 target = classifier(x).argmax(1)
-            logits = classifier(denoiser(x + torch.randn_like(x) * sigma))
+            logits = classifier(denoiser(x + noise_like(x) * sigma))
             loss = F.cross_entropy(logits, target)
             pred = logits.argmax(1)
             return loss, {"stability_loss": float(loss.detach()) * len(x),
                           "stability_agreement": float((pred == target).sum()),
                           "train_accuracy": float((pred == y).sum())}
 
-        torch.manual_seed(cfg.seed)
         metrics = optimise(model, data, cfg, cfg.epochs, mse, device, f"{self.name} mse sigma={sigma}")
         metrics["train_loss"] = metrics["mse_denoised"]
         stab_epochs = self.stability_epochs(cfg)
         if stab_epochs > 0:
             stab_cfg = replace(cfg, lr=float(self.hparams["stability_lr"]))
             stab = optimise(model, data, stab_cfg, stab_epochs, stability, device,
-                            f"{self.name} stability sigma={sigma}")
+                            f"{self.name} stability sigma={sigma}", stream="stability")
             metrics.update(stab, train_loss=stab["stability_loss"])
         return metrics
 

@@ -1,0 +1,212 @@
+"""The checkpoint in-process (the quick tier): a noisy, augmented run with dropout stopped
+by a signal or a crash resumes to an uninterrupted run's weights; a checkpoint is
+written at every epoch end and holds no generator state; the fingerprint covers every
+option that changes the weights; a checkpoint file that is not ours is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from pefts.checkpoints import (
+    FORMAT,
+    INTERRUPTED_EXIT,
+    Checkpoint,
+    Interrupted,
+    checkpoint_path,
+    checkpointing,
+)
+from pefts.runs import run_fingerprint
+from pefts.streams import noise_like
+from pefts.training import CONDUCT_OPTIONS, TrainConfig, optimise, resumable_batches
+from tests.conftest import TINY_SPEC
+
+SIGMA = 0.5
+# every option that changes the final weights: the fingerprint must see each
+WEIGHT_OPTIONS = {"epochs": 3, "batch_size": 5, "lr": 0.5, "optimizer": "sgd", "momentum": 0.5,
+                  "weight_decay": 0.1, "schedule": "constant", "warmup_epochs": 1.0, "seed": 7,
+                  "val_fraction": 0.3, "precision": "bf16", "tf32": True}
+
+
+class Augmented(Dataset):
+    """Small images with random crops and flips drawn from torch's global generator,
+    as torchvision's transforms draw them."""
+
+    def __init__(self, size: int = 20) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.images = torch.rand(size, 3, 8, 8, generator=gen)
+        self.labels = torch.randint(0, 3, (size,), generator=gen)
+        self.augment = transforms.Compose([transforms.RandomCrop(8, padding=2),
+                                           transforms.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augment(self.images[i]), self.labels[i]
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(192, 3))
+
+
+CFG = TrainConfig(epochs=3, batch_size=6, lr=0.05, checkpoint_minutes=0.0)  # 4 steps an epoch
+
+
+def train(out: Path, cfg: TrainConfig = CFG, interrupt_at: int | None = None,
+          crash_at: int | None = None) -> nn.Module:
+    """Noisy training of the tiny model; at step ``interrupt_at`` the process signals
+    itself (as SLURM does), at ``crash_at`` the step raises (a crash: no save)."""
+    model = tiny_model()
+    calls = [0]
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        calls[0] += 1
+        if calls[0] == interrupt_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if calls[0] == crash_at:
+            raise RuntimeError("crash")
+        logits = model(x + noise_like(x) * SIGMA)
+        return nn.functional.cross_entropy(logits, y), {}
+
+    with checkpointing(out, "settings", cfg.checkpoint_minutes):
+        optimise(model, Augmented(), cfg, cfg.epochs, loss, "cpu", "test")
+    return model
+
+
+def assert_equal_models(a: nn.Module, b: nn.Module) -> None:
+    for (name, left), right in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(left, right), name
+
+
+@pytest.mark.parametrize("at", [2, 6])  # in the first epoch, in the second
+def test_a_signal_mid_epoch_saves_and_the_run_resumes_to_the_same_weights(tmp_path, at):
+    whole = train(tmp_path / "whole")
+    out = tmp_path / "stopped"
+    with pytest.raises(Interrupted, match=f"stopped by SIGUSR1 at step {at}") as stopped:
+        train(out, interrupt_at=at)
+    assert stopped.value.exit_code == INTERRUPTED_EXIT
+    saved = torch.load(checkpoint_path(out), weights_only=True)
+    assert (saved["step"], saved["batch"]) == (at, at % 4)
+    assert not list(tmp_path.glob(".*.tmp"))
+    # the resumed process's global generators are wherever they happen to be
+    torch.manual_seed(12345)
+    assert_equal_models(train(out), whole)
+
+
+def test_a_crash_resumes_from_the_last_epoch_end(tmp_path):
+    # no timer: the epoch's end alone leaves a checkpoint to resume from
+    whole = train(tmp_path / "whole")
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        train(out, crash_at=7)  # the third step of the second epoch
+    saved = torch.load(checkpoint_path(out), weights_only=True)
+    assert (saved["step"], saved["batch"]) == (4, 0)
+    assert_equal_models(train(out), whole)
+
+
+def test_the_checkpoint_holds_position_and_trainable_state_only(tmp_path):
+    model = tiny_model()
+    model[2].weight.requires_grad_(False)  # a frozen tensor stays out
+    out = tmp_path / "frozen"
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return nn.functional.cross_entropy(model(x), y), {}
+
+    with checkpointing(out, "settings", 0.0):
+        optimise(model, Augmented(), dataclasses.replace(CFG, epochs=1), 1, loss, "cpu", "test")
+    saved = torch.load(checkpoint_path(out), weights_only=True)
+    assert set(saved["model"]) == {"2.bias"}
+    assert set(saved) == {"model", "optimizer", "scheduler", "seen", "sums", "step", "batch",
+                          "epoch_start", "format", "fingerprint", "stage", "finished"}
+
+
+def test_batches_do_not_depend_on_workers_or_a_restart_mid_epoch():
+    data, cfg = Augmented(), dataclasses.replace(CFG, epochs=2)
+    whole = [(x, y) for x, y, _ in resumable_batches(data, cfg, 8)]
+    workers = [(x, y) for x, y, _ in resumable_batches(data, dataclasses.replace(cfg, num_workers=2), 8)]
+    for (x, y), (wx, wy) in zip(whole, workers, strict=True):
+        assert torch.equal(x, wx) and torch.equal(y, wy)
+    # restarted after the second batch of the second epoch
+    steps = list(resumable_batches(data, cfg, 8))
+    restart = list(resumable_batches(data, cfg, 8, steps[5][2].state()))
+    for (x, _, _), (rx, _, _) in zip(steps[6:], restart, strict=True):
+        assert torch.equal(x, rx)
+    assert not torch.equal(whole[0][0], whole[4][0])  # another epoch, other crops
+
+
+def test_the_fingerprint_covers_every_option_that_changes_the_weights(digits):
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields == set(WEIGHT_OPTIONS) | set(CONDUCT_OPTIONS)
+    plain = run_fingerprint(digits, TrainConfig())
+    for name, value in WEIGHT_OPTIONS.items():
+        assert run_fingerprint(digits, TrainConfig(**{name: value})) != plain, name
+    assert run_fingerprint(digits, TrainConfig(num_workers=3, checkpoint_minutes=1)) == plain
+
+
+def test_a_checkpoint_of_another_learning_rate_is_not_resumed(tmp_path, digits):
+    out = tmp_path / "model"
+    first = Checkpoint(checkpoint_path(out), run_fingerprint(digits, CFG), 0.0)
+    first.stage = 0
+    first.save({"step": 1, "batch": 1, "epoch_start": torch.Generator().get_state()})
+    other = dataclasses.replace(CFG, lr=CFG.lr * 2)
+    assert Checkpoint(checkpoint_path(out), run_fingerprint(digits, other), 0.0).saved is None
+    assert Checkpoint(checkpoint_path(out), run_fingerprint(digits, CFG), 0.0).saved is not None
+
+
+def train_base_args(digits: Path, out: Path) -> list[str]:
+    return ["train-base", "--data", str(digits), "--arch", TINY_SPEC["arch"], "--input-size",
+            str(TINY_SPEC["input_size"]), "--model-kwargs", json.dumps(TINY_SPEC["model_kwargs"]),
+            "--out", str(out), "--train", '{"epochs": 1}', "--device", "cpu"]
+
+
+GENERATOR = torch.Generator().get_state()
+# what an older pefts wrote on a GPU: generator states, one of them CUDA-shaped
+FROM_A_GPU = {"fingerprint": "x", "stage": 0, "finished": [], "step": 3, "batch": 1,
+              "epoch_start": GENERATOR, "rng": {"torch": GENERATOR,
+                                                "cuda": [torch.zeros(16, dtype=torch.uint8)]}}
+
+
+@pytest.mark.parametrize("content, problem", [
+    ({"weights": torch.zeros(3)}, "is not a pefts checkpoint (no format, fingerprint"),
+    (torch.zeros(3), "holds a Tensor, not a pefts checkpoint"),
+    ([1, 2], "holds a list, not a pefts checkpoint"),
+    (FROM_A_GPU, "is not a pefts checkpoint (no format)"),
+    ({**FROM_A_GPU, "format": 1}, f"has format 1, this pefts writes {FORMAT}"),
+    ({**FROM_A_GPU, "format": FORMAT, "step": "3"}, "has fields of the wrong type"),
+])
+def test_a_checkpoint_of_the_wrong_structure_is_refused_in_one_line(digits, tmp_path, run_cli,
+                                                                     content, problem):
+    out = tmp_path / "base.safetensors"
+    torch.save(content, checkpoint_path(out))
+    code, _, err = run_cli(*train_base_args(digits, out))
+    assert code == 1
+    assert err.startswith(f"error: checkpoint {checkpoint_path(out)} {problem}")
+    assert err.endswith("; delete it to start over\n") and err.count("\n") == 1
+    assert checkpoint_path(out).is_file() and not out.exists()
+
+
+def test_a_checkpoint_that_is_a_folder_is_refused_in_one_line(digits, tmp_path, run_cli):
+    out = tmp_path / "base.safetensors"
+    checkpoint_path(out).mkdir()
+    code, _, err = run_cli(*train_base_args(digits, out))
+    assert (code, err) == (1, f"error: checkpoint {checkpoint_path(out)} is a folder, not a "
+                              "checkpoint file; move it away\n")
+
+
+def test_litter_of_a_save_killed_midway_is_removed(tmp_path):
+    out = tmp_path / "model"
+    litter = tmp_path / f".{checkpoint_path(out).name}.abc123.tmp"
+    litter.write_bytes(b"half a checkpoint")
+    Checkpoint(checkpoint_path(out), "settings", 0.0)
+    assert not litter.exists()
