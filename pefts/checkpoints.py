@@ -66,12 +66,11 @@ def checkpoint_path(out: str | Path) -> Path:
 
 
 def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What of ``model`` a checkpoint keeps: the parameters that train and the buffers
-    (small, and a module in training mode may update them); frozen parameters come
-    back from the files the model is built from."""
-    state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    state.update((name, b.detach()) for name, b in model.named_buffers())
-    return state
+    """What of ``model`` a checkpoint keeps: the parameters that train and the saved
+    buffers (small, and a module in training mode may update them); frozen parameters
+    come back from the files the model is built from."""
+    return {name: t.detach() for name, t in model.state_dict(keep_vars=True).items()
+            if not isinstance(t, nn.Parameter) or t.requires_grad}
 
 
 def restore_trainable(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -7,6 +7,8 @@ Without a SLURM controller the test skips, except under CI=true, where it fails.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -123,3 +125,42 @@ def test_profile_runs_every_job_through_sbatch_like_a_local_run(slurm, tmp_path)
     assert list(here) == list(on_cluster)
     for name, table in on_cluster.items():
         pd.testing.assert_frame_equal(table, here[name], obj=name)
+
+
+# about a minute and a half of training on one busy CPU, in small batches (91 steps an
+# epoch): more than the first attempt holds
+LIMITED_TRAIN = {"epochs": 30, "batch_size": 16, "checkpoint_minutes": 0}
+
+
+@pytest.mark.slow
+def test_training_past_its_time_limit_resumes_and_finishes_by_retry(slurm, tmp_path):
+    """train_base with a 2-minute limit and a warning (SIGTERM 10 s ahead, which SLURM
+    sends up to a minute early) and training that needs more: pefts writes its checkpoint
+    mid-epoch and exits, Snakemake's retry resumes from it, and the last attempt completes.
+    No timer checkpoint (checkpoint_minutes 0): a mid-epoch resume comes from the signal."""
+    logs = tmp_path / "slurm_logs"
+    config = tmp_path / "limited.yaml"
+    base = {**TINY["base"], "train": {**TINY["base"]["train"], **LIMITED_TRAIN}}
+    config.write_text(yaml.safe_dump({**TINY, "base": base, "results": str(tmp_path / "limited"),
+                                      "gpus_per_job": 0, "threads": 1}))
+    result = snakemake("--profile", "slurm", "--profile", "slurm/local", "--configfile", str(config),
+                       "--nolock", "--slurm-logdir", str(logs), "--slurm-keep-successful-logs",
+                       "--set-resources", "train_base:runtime=2",
+                       "train_base:slurm_extra='--signal=TERM@10'", "--", "train_base", timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    attempts = sorted(logs.glob("rule_train_base/*.log"), key=lambda log: int(log.stem))
+    states = slurm_states([log.stem for log in attempts])
+    assert len(attempts) >= 2 and states[attempts[-1].stem] == "COMPLETED", states
+    # stopped by the warning before the limit: the job's own exit, not SLURM's TIMEOUT kill
+    assert all(states[log.stem] == "FAILED" for log in attempts[:-1]), states
+    results = tmp_path / "limited"
+    assert not list(results.rglob("*.ckpt")) and next(results.rglob("base/*.safetensors"))
+    # the rule's log is the last attempt's stderr: it resumed mid-epoch, where only the
+    # signal writes a checkpoint
+    resumed = re.search(r"resuming from checkpoint \S+ \(stage 0, step (\d+)\)",
+                        next(results.rglob("train_base.log")).read_text())
+    assert resumed, output[-4000:]
+    num_train = json.loads(next(results.rglob("manifest.json")).read_text())["num_train"]
+    per_epoch = math.ceil((num_train - round(0.1 * num_train)) / LIMITED_TRAIN["batch_size"])
+    assert int(resumed[1]) % per_epoch != 0, (resumed[0], per_epoch)
