@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,31 @@ def test_a_signal_mid_epoch_saves_and_the_run_resumes_to_the_same_weights(tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))
     # the resumed process's global generators are wherever they happen to be
     torch.manual_seed(12345)
+    assert_equal_models(train(out), whole)
+
+
+def written_on(path: Path, device: str) -> None:
+    """Make a CPU-written torch file read as one written on ``device`` (every storage's
+    location tag in the pickle), as a checkpoint saved by a run on that GPU would."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    cpu = b"X\x03\x00\x00\x00cpu"  # the pickled string 'cpu', memoised after its first use
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in entries:
+            if info.filename.endswith("data.pkl"):
+                assert cpu in data
+                data = data.replace(cpu, b"X" + len(device).to_bytes(4, "little") + device.encode())
+            archive.writestr(info, data)
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu_to_the_same_weights(tmp_path):
+    whole = train(tmp_path / "whole")
+    out = tmp_path / "on-gpu-1"
+    with pytest.raises(Interrupted):
+        train(out, interrupt_at=6)
+    written_on(checkpoint_path(out), "cuda:1")
+    with pytest.raises(RuntimeError, match="CUDA"):  # the simulation holds: CUDA storages
+        torch.load(checkpoint_path(out), weights_only=True)
     assert_equal_models(train(out), whole)
 
 
