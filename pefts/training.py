@@ -132,8 +132,8 @@ class Position:
     # (at an epoch's end, the next epoch's start)
 
     def save_due(self, checkpoint: checkpoints.Checkpoint | None) -> bool:
-        """A checkpoint is written at every epoch end, at the run's end and every
-        train.checkpoint_minutes."""
+        """A checkpoint is written at every epoch end, at the run's end, every
+        train.checkpoint_minutes and after a stop signal (Checkpoint.due)."""
         return checkpoint is not None and (self.epoch_end or self.run_end or checkpoint.due())
 
     def state(self) -> dict[str, Any]:
