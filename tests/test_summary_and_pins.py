@@ -117,14 +117,15 @@ def test_denoiser_stability_phase_has_its_own_learning_rate(monkeypatch):
 
     rates = []
 
-    def record(model, data, cfg, epochs, loss, device, desc):
-        rates.append((desc.split()[1], cfg.lr))
+    def record(model, data, cfg, epochs, loss, device, desc, stream="train"):
+        rates.append((desc.split()[1], cfg.lr, stream))
         return {"mse_denoised": 0.0, "stability_loss": 0.0}
 
     monkeypatch.setattr(denoiser, "optimise", record)
     method = get_method("denoiser", depth=3, channels=4, stability_lr=2e-5)
     method.fit(method.build(small_base()), toy_data(8), 0.25, TrainConfig(epochs=1, lr=1e-3), "cpu")
-    assert rates == [("mse", 1e-3), ("stability", 2e-5)]
+    # the second stage draws its own noise, not a replay of the first's
+    assert rates == [("mse", 1e-3, "train"), ("stability", 2e-5, "stability")]
 
 
 def test_denoiser_default_is_the_readme_recipe():
