@@ -84,6 +84,9 @@ def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
         assert (int(job["n0"]), int(job["n"]), int(job["batch"]), int(job["skip"])) == (
             cert["n0"], cert["n"], cert["batch"], own["skip"])
         assert int(job["shard"].split("/")[1]) <= own["shards"]
+    # the paper's numbers beside ours, for every main run of the preset
+    [compare] = by_command["compare-paper"]
+    assert compare["dataset"] == preset["summary"]["paper"]
 
 
 # test images per class of the presets' datasets (ImageNet: its validation set)

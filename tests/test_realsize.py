@@ -21,6 +21,7 @@ from scipy.stats import norm
 
 from pefts.certification.bounds import radius_cap
 from pefts.certification.sequences import cp_lower
+from pefts.paper_values import TABLE1, TABLE2
 from tests import realsize
 from tests.fixtures_baselines import paper_baseline_overrides
 
@@ -42,7 +43,8 @@ def vitb16(tmp_path_factory) -> Path:
 
 
 def expected_outputs(results: Path, sigma: str) -> list[Path]:
-    names = ["summary/certified.tsv", "summary/parameters.tsv", f"figures/certified_sigma{sigma}.png",
+    names = ["summary/certified.tsv", "summary/parameters.tsv", "summary/paper_comparison.md",
+             f"figures/certified_sigma{sigma}.png",
              "figures/accuracy_vs_parameters.png", "summary/twobirds.tsv", "figures/twobirds.png",
              "summary/noise_learning.tsv", "figures/noise_learning.png"]
     names += [f"{kind}/ablation_{name}.{ext}" for name in ("prompt_length", "lora_rank")
@@ -119,4 +121,27 @@ def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
     row = params.loc["blackbox"]
     assert row["trainable"] == blackbox["trainable_params"] < 10_000
     assert "queried CLIP 149,620,737" in row["frozen parts"]
+    check_paper_comparison(results, preset, summary, params)
     assert "coordinator encoder 85,798,656" in row["frozen parts"]
+
+
+def check_paper_comparison(results: Path, preset: dict, summary: pd.DataFrame,
+                           params: pd.DataFrame) -> None:
+    """Every (row, column) of the paper's Table 1 and every method of its Table 2 that the
+    run covers is put beside ours, at radius r = column for the run at sigma = column."""
+    table = pd.read_csv(results / "summary" / "paper_comparison.tsv", sep="\t")
+    paper = TABLE1[preset["summary"]["paper"]]
+    table1 = table[table["table"] == 1]
+    assert len(table1) == len(paper.rows) * len(paper.columns)
+    covered = [(method, column) for method, _cells in paper.rows.values()
+               for column in paper.columns
+               if method in preset["methods"] and column in summary["sigma"].tolist()]
+    assert covered, "the shrunk preset covers no cell of the paper's Table 1"
+    for method, column in covered:
+        mine = table1[(table1["method"] == method) & (table1["column"] == column)]["ours %"].item()
+        ours = summary[(summary["method"] == method) & (summary["sigma"] == column)]
+        assert mine == pytest.approx(100 * ours[f"r={column:g}"].item()), (method, column)
+    table2 = table[table["table"] == 2].set_index("method")
+    assert set(table2.index) == set(TABLE2) & set(params.index)
+    for method in table2.index:
+        assert table2.loc[method, "ours params"] == params.loc[method, "trainable"]

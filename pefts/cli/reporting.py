@@ -117,12 +117,16 @@ def plot_vs_sigma(summary, columns, title, out) -> None:
     click.echo(f"{len(wanted)} panel(s) -> {out}")
 
 
-def read_summary(path: str):
+def read_summary(path: str, writer: str = "pefts summarize"):
     import pandas as pd
 
     if not Path(path).is_file():
-        raise PeftsError(f"summary {path} does not exist (run `pefts summarize` first)")
-    return pd.read_csv(path, sep="\t")
+        raise PeftsError(f"{path} does not exist (run `{writer}` first)")
+    try:
+        return pd.read_csv(path, sep="\t")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise PeftsError(f"{path} is not a table written by `{writer}`: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 @click.command("noise-accuracy")
@@ -202,4 +206,37 @@ def docs_page(head, sections, by, out) -> None:
     click.echo(f"{out}: {len(sections)} table(s) under the prose of {head}")
 
 
-COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters, docs_page]
+@click.command("compare-paper")
+@click.option("--dataset", required=True, type=click.Choice(["cifar10", "imagenet"]),
+              help="which of the paper's tables to compare with")
+@click.option("--run", "runs", multiple=True, type=RUN, help="METHOD SIGMA merged.tsv (repeat)")
+@click.option("--parameters", "params", required=True, type=click.Path(dir_okay=False),
+              help="parameter TSV from `pefts parameters`")
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=MD_OUT)
+@mixed_option
+def compare_paper(dataset, runs, params, out_tsv, out_md, mixed) -> None:
+    """Our certified accuracy and parameter counts beside the paper's Tables 1 and 2
+    (its values kept as cited data in pefts/paper_values.py)."""
+    import pandas as pd
+
+    from pefts.files import refuse_clashes
+    from pefts.paper_comparison import comparison_markdown, table1_comparison, table2_comparison
+    from pefts.provenance import describe_certification
+
+    refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [params, *[p for _, _, p in runs]])
+    frames, certs = read_runs(runs, mixed)
+    table1 = table1_comparison(dataset, frames)
+    table2 = table2_comparison(read_summary(params, "pefts parameters"))
+    same = all(c == certs[0] for c in certs)
+    note = ("ours certified: " + describe_certification(certs[0]) if same
+            else "ours certified with different settings (mixed)")
+    both = pd.concat([table1.assign(table="1"),
+                      table2.rename(columns={"paper": "paper params", "ours": "ours params"})
+                      .assign(table="2")], ignore_index=True)
+    click.echo(write_table(both, out_tsv, out_md,
+                           comparison_markdown(dataset, table1, table2, note)), nl=False)
+
+
+COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters, docs_page,
+            compare_paper]

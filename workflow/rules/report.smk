@@ -10,6 +10,7 @@ localrules:
     summarize,
     plot_certified,
     parameters,
+    paper_comparison,
     twobirds_report,
     ablation_report,
     noise_learning_report,
@@ -66,6 +67,25 @@ rule parameters:
     shell:
         "pefts parameters {params.runs} --summary {input.summary} --out-tsv {output.tsv} "
         "--out-md {output.md} --figure {output.figure} > {log} 2>&1"
+
+
+rule paper_comparison:
+    input:
+        runs=certified(MAIN),
+        parameters=path("summary", "parameters.tsv"),
+    output:
+        tsv=table("paper_comparison.tsv", "main comparison"),
+        md=table("paper_comparison.md", "main comparison"),
+    params:
+        runs=lambda w, input: STUDY.run_args(MAIN, list(input.runs)),
+        dataset=config["summary"]["paper"],
+    conda:
+        ENV
+    log:
+        path("logs", "paper_comparison.log"),
+    shell:
+        "pefts compare-paper --dataset {params.dataset} {params.runs} "
+        "--parameters {input.parameters} --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
 rule twobirds_report:
