@@ -34,6 +34,7 @@ from pefts.methods.base import Method, freeze
 from pefts.methods.denoiser import DenoisedClassifier
 from pefts.models import PixelClassifier, count_parameters
 from pefts.training import TrainConfig
+from pefts.verified import verified
 
 WEIGHTS_KEY = "method_params.diffusion.hparams.weights"
 
@@ -69,6 +70,7 @@ def load_unet(weights: str | Path) -> tuple[nn.Module, torch.Tensor]:
     from diffusers import DDPMScheduler, UNet2DModel
 
     unet_dir, scheduler_dir = unet_folder(weights)
+    verified(weights, f"diffusion weights folder ({WEIGHTS_KEY})")
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
