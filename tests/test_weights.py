@@ -18,6 +18,7 @@ from pefts.artifacts import load_meta
 from pefts.blackbox.encoder import build_encoder
 from pefts.errors import PeftsError
 from pefts.files import file_digest
+from pefts.provenance import read_sidecar
 from pefts.runs import finetune, train_base
 from pefts.weights import (
     FETCHERS,
@@ -214,11 +215,14 @@ def test_an_encoder_changed_after_fine_tuning_is_refused_at_certify(digits, tiny
              {"epochs": 0.01, "batch_size": 8}, device="cpu", eval_max=8)
     trained = file_digest(encoder)
     assert load_meta(model)["external_sha256"] == {"encoder_file": trained}
-    flip_byte(encoder)
     out = tmp_path / "c.tsv"
-    code, _, err = pefts_process("certify", "--model", model, "--base", tiny_base, "--data", digits,
-                                 "--sigma", "0.5", "--n0", "4", "--n", "16", "--max", "2",
-                                 "--out", out, "--device", "cpu")
+    certify = ["certify", "--model", model, "--base", tiny_base, "--data", digits, "--sigma", "0.5",
+               "--n0", "4", "--n", "16", "--max", "2", "--device", "cpu"]
+    code, _, err = pefts_process(*certify, "--out", tmp_path / "before.tsv")
+    assert code == 0, err  # certified with the encoder it was trained with; its sidecar says so
+    assert read_sidecar(tmp_path / "before.tsv")["settings"]["external"] == {"encoder_file": trained}
+    flip_byte(encoder)
+    code, _, err = pefts_process(*certify, "--out", out)
     one_line(code, err, f"encoder_file {encoder} is not the file {model} was trained with",
              f"recorded sha256 {trained}", f"actual {file_digest(encoder)}")
     assert not out.exists()

@@ -30,6 +30,9 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     # identifies the data (which test images of which prepared dataset) and the model,
     # so no resume, merge or summary ever mixes rows of two runs
     settings = {"model": sha256(model), "base": meta["base_sha256"], "method": meta["method"],
+                # every external weight the model reads (encoder, CLIP, UNet), as load_model
+                # verified it
+                "external": meta.get("external_sha256") or {},
                 "sigma": sigma, "dataset": manifest["dataset"],
                 "class_subset": manifest.get("class_subset"), "split": "test",
                 "manifest": manifest["_sha256"], "skip": skip, "max": max_count, "shard": shard,
