@@ -140,6 +140,7 @@ atexit.register(lambda: print(f"manifest opened {len(opened)} times", file=sys.s
 """
 
 
+@pytest.mark.slow  # real fine-tuning and certifying processes
 def test_a_job_reads_its_manifest_once(digits, tiny_base, none_model, tmp_path):
     """The manifest is read, checked and hashed once per job and passed on: a job that
     opened it again could read another file than the one it checked and recorded."""

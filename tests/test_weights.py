@@ -177,6 +177,7 @@ def test_a_fetched_base_changed_since_is_refused(digits, tmp_path, offline_timm)
     assert not out.exists()
 
 
+@pytest.mark.slow  # real fine-tuning and certifying processes
 def test_a_fetched_encoder_or_clip_changed_since_is_refused(digits, tiny_base, tmp_path,
                                                              offline_timm, offline_clip):
     results = str(tmp_path / "r")
@@ -205,6 +206,7 @@ def test_a_fetched_encoder_or_clip_changed_since_is_refused(digits, tiny_base, t
         assert not out.exists()
 
 
+@pytest.mark.slow  # real fine-tuning and certifying processes
 def test_an_encoder_changed_after_fine_tuning_is_refused_at_certify(digits, tiny_base, tmp_path):
     from tests.fixtures_baselines import timm_weights_file
 
