@@ -69,8 +69,8 @@ def load_unet(weights: str | Path) -> tuple[nn.Module, torch.Tensor]:
     """UNet2DModel and its scheduler's alphas_cumprod, from local files only."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet_dir, scheduler_dir = unet_folder(weights)
     verified(weights, f"diffusion weights folder ({WEIGHTS_KEY})")
+    unet_dir, scheduler_dir = unet_folder(weights)
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
