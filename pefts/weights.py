@@ -26,7 +26,7 @@ from typing import Any
 
 from pefts.errors import PeftsError
 from pefts.files import atomic_write_text, durable_path
-from pefts.verified import fetch_record_path, recorded_weights, sha256
+from pefts.verified import fetch_record, fetch_record_path, recorded_weights, sha256
 
 # kind -> function(name) returning the weights as a state dict of tensors
 FETCHERS: dict[str, Callable[[str], dict[str, Any]]] = {}
@@ -117,10 +117,13 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
 
     file = Path(weight.file(results))
     record_file = record_path(file)
-    if not force and file.is_file() and record_file.is_file():
-        record = json.loads(record_file.read_text())
-        if record.get("sha256") == sha256(file):
-            return record
+    if not force and file.is_file():
+        try:
+            kept = fetch_record(file)
+        except PeftsError:  # a corrupt record: fetch again
+            kept = None
+        if kept is not None and kept["sha256"] == sha256(file):
+            return kept
     if weight.kind not in FETCHERS:
         raise PeftsError(f"no fetcher for weights of kind {weight.kind!r}")
     try:
