@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from pefts.errors import PeftsError
 from pefts.files import atomic_write_text, durable_path, file_digest
+from pefts.verified import sha256
 
 __all__ = ["atomic_write_text", "file_digest", "load_artifact", "load_meta", "save_artifact"]
 
@@ -21,12 +22,16 @@ def meta_path(weights: str | Path) -> Path:
 
 
 def save_artifact(weights: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Save ``tensors`` to ``weights`` (.safetensors) and ``meta`` to the .json beside it."""
-    # the metadata first: weights without it would be refused, metadata alone is inert
-    atomic_write_text(meta_path(weights), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    """Save ``tensors`` to ``weights`` (.safetensors) and ``meta`` to the .json beside it;
+    the metadata records the weights' sha256, so weights beside another run's metadata
+    (replaced by hand, or a save killed between the two files) are refused when read."""
     with durable_path(weights) as tmp:
         # safetensors refuses shared or non-contiguous storage; a PEFT state is small, copy it
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+        # the metadata before the weights are renamed into place: weights without their
+        # metadata would be refused, metadata alone is inert
+        record = {**meta, "weights_sha256": file_digest(tmp)}
+        atomic_write_text(meta_path(weights), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def load_meta(weights: str | Path) -> dict[str, Any]:
@@ -59,4 +64,9 @@ def load_artifact(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise PeftsError(f"weights file {weights} is corrupt or not safetensors: {err}") from None
+    recorded = meta.get("weights_sha256")  # absent in metadata written by older pefts
+    if recorded is not None and (actual := sha256(weights)) != recorded:
+        raise PeftsError(f"weights file {weights} is not the one its metadata {meta_path(weights)} "
+                         f"describes: recorded sha256 {recorded}, actual {actual} (replaced "
+                         "after it was written?); write both again")
     return tensors, meta

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefts.certification.selection import selected_indices
-from pefts.weights import base_weight, clip_weight, encoder_weight
+from pefts.weights import ExternalWeight, base_weight, clip_weight, encoder_weight
 
 # Test images per class of the named datasets, at least (digits: 174 images in its
 # smallest class, a quarter of them in the test split), so that the shard count can be
@@ -173,8 +173,6 @@ class Study:
 
     def external_files(self) -> list[str]:
         """Local copies of every external weight, with the fetch options that make them."""
-        from pefts.weights import external_weights
-
         return [w.file(self.results) for w in external_weights(self.config)]
 
     def base_pretrained_file(self) -> str | None:
@@ -222,6 +220,15 @@ def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def external_weights(config: dict[str, Any]) -> list[ExternalWeight]:
+    """Every external weight the config's jobs would otherwise download, each once."""
+    found = [base_weight(config)]
+    for run in Study(config, local_weights=False).runs.values():
+        if run.method == "blackbox":
+            found += [encoder_weight(run.hparams), clip_weight(run.hparams)]
+    return sorted({w for w in found if w is not None}, key=ExternalWeight.label)
+
+
 def load_config(configfiles: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The config a `snakemake [--configfile F ...]` run sees: config.yaml alone, or the
     given files overlaid in order (the Snakefile skips config.yaml then), with the
@@ -240,7 +247,7 @@ def load_config(configfiles: list[str] | tuple[str, ...] = ()) -> dict[str, Any]
     for file in configfiles or [root / "config.yaml"]:
         try:
             loaded = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise PeftsError(f"cannot read config {file}: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise PeftsError(f"config {file} is not a mapping of keys to values")

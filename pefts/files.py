@@ -85,14 +85,26 @@ def refuse_existing(path: str | Path, force: bool) -> None:
         raise PeftsError(f"{path} already exists; pass --force to replace it")
 
 
+def resolved(path: str | Path, option: str) -> Path:
+    """The real path of a file that may not exist yet, refused in one line when its
+    folders hold a symbolic link loop (pathlib raises a bare RuntimeError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:
+        raise PeftsError(f"{option} {path} cannot be reached: a symbolic link loop in its "
+                         f"folders ({err})") from None
+
+
 def refuse_clashes(outputs: dict[str, str | Path | None], inputs: list[str | Path]) -> None:
     """No output may be one of the command's inputs or another of its outputs (or a
     sidecar of one): writing it would destroy what the command is reading or writing.
     ``outputs`` maps each option name to its path (None: not written)."""
-    def same(a: str | Path, b: str | Path) -> bool:
-        return Path(a).resolve() == Path(b).resolve()
-
     given = [(option, path) for option, path in outputs.items() if path is not None]
+    where = {str(path): option for option, path in given}
+
+    def same(a: str | Path, b: str | Path) -> bool:
+        return resolved(a, where.get(str(a), "path")) == resolved(b, where.get(str(b), "path"))
+
     for option, path in given:
         for source in inputs:
             # the output, its sidecar over the input, or the output over the input's sidecar

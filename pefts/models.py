@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefts.errors import PeftsError
+from pefts.verified import verified
 
 
 @dataclass
@@ -73,10 +74,7 @@ def create_net(spec: BaseSpec, pretrained: bool = False, pretrained_file: str | 
     for keys that do not match, and raise a traceback for shapes that do not)."""
     kwargs: dict[str, Any] = dict(spec.model_kwargs, num_classes=spec.num_classes)
     if pretrained_file:
-        if not Path(pretrained_file).is_file():
-            raise PeftsError(
-                f"pretrained weights file {pretrained_file} does not exist (base.pretrained_file)"
-            )
+        verified(pretrained_file, "pretrained weights file (base.pretrained_file)")
         check_fits(pretrained_file, timm_net(spec, False, kwargs))
         # custom_load=False makes timm read a torch/safetensors state dict rather than a
         # JAX npz; the head is dropped when its size differs from num_classes.
@@ -152,6 +150,28 @@ def build_classifier(
     return PixelClassifier(create_net(spec, pretrained, pretrained_file), spec)
 
 
+def check_input(model: PixelClassifier) -> None:
+    """Refuse, before training, a network that cannot take what its input layer feeds it
+    (a ViT built for 224 x 224 fed 8 x 8 images): timm would assert in the first batch."""
+    spec = model.spec
+    side = spec.input_size
+    x = torch.zeros(1, len(spec.mean), side, side)
+    training = model.net.training
+    model.net.eval()
+    try:
+        with torch.no_grad():
+            model.net(x)
+    except (AssertionError, RuntimeError, ValueError) as err:
+        built = getattr(getattr(model.net, "patch_embed", None), "img_size", None)
+        takes = f"is built for {built[0]}x{built[1]} inputs" if built else "cannot take them"
+        raise PeftsError(f"{spec.arch} {takes}, but its input layer feeds it the data at "
+                         f"{side}x{side} (base.input_size / --input-size {side}; for a smaller "
+                         f"input set img_size in base.model_kwargs): "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    finally:
+        model.net.train(training)
+
+
 def replace_head(model: PixelClassifier, num_classes: int) -> None:
     """A fresh ``num_classes``-way head, for a downstream task with other classes."""
     model.net.reset_classifier(num_classes)
@@ -174,7 +194,13 @@ def load_base(weights: str | Path, device: torch.device | str = "cpu") -> PixelC
     except (TypeError, KeyError) as err:
         raise PeftsError(f"metadata of {weights} has a malformed spec: {err}") from None
     model = build_classifier(spec)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # tensors of other shapes: weights of another architecture
+        wrong = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise PeftsError(f"{weights} does not match the architecture its metadata describes "
+                         f"({spec.arch}, {spec.model_kwargs}): {len(wrong)} tensor(s) of another "
+                         f"shape, e.g. {wrong[0] if wrong else str(err).splitlines()[0]}") from None
     if missing or unexpected:
         raise PeftsError(
             f"{weights} does not match its architecture: missing {missing[:3]}, unexpected {unexpected[:3]}"

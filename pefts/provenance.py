@@ -71,6 +71,21 @@ def describe_certification(cert: dict[str, Any]) -> str:
     return f"{head}{n0}, alpha {float(cert['alpha']):g}, {cert['precision']}"
 
 
+def read_tsv_text(path: str | Path) -> str:
+    """The one reader of a certification TSV's bytes (a shard, a merged run, a summary):
+    refused in one line when missing or not UTF-8 text, naming the line of the bad byte."""
+    path = Path(path)
+    if not path.is_file():
+        raise PeftsError(f"certification file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise PeftsError(f"{path} is not a certification TSV: byte {raw[err.start]:#04x} on "
+                         f"line {line} is not UTF-8 text") from None
+
+
 def write_sidecar(tsv: str | Path, settings: dict[str, Any], text: str, **extra: Any) -> None:
     record = {"settings": settings, "tsv_sha256": text_digest(text),
               "certification": certification_of(settings), **extra}
@@ -91,7 +106,7 @@ def read_sidecar(tsv: str | Path) -> dict[str, Any]:
         raise PeftsError(f"settings file {path} is corrupt: {err!r}") from None
     if not isinstance(settings, dict):
         raise PeftsError(f"settings file {path} is corrupt: settings is not an object")
-    if digest != text_digest(Path(tsv).read_text()):
+    if digest != text_digest(read_tsv_text(tsv)):
         raise PeftsError(f"{tsv} was changed after {path.name} was written "
                          "(its rows are not the ones the settings describe)")
     return record

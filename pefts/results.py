@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pefts.files import atomic_write_text
 from pefts.provenance import (
     CERTIFICATION_KEYS,
     describe_certification,
+    read_tsv_text,
     shared_settings,
     write_sidecar,
 )
@@ -71,12 +73,7 @@ def check_rows(path: Path, lines: list[str], first_line: int = 2) -> None:
 def read_tsv(path: str | Path, radius: bool = True) -> pd.DataFrame:
     """A certify TSV (``radius``) or a certify or predict TSV, every row checked."""
     path = Path(path)
-    if not path.is_file():
-        raise PeftsError(f"certification file {path} does not exist")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise PeftsError(f"{path} is not a certification TSV: not UTF-8 text") from None
+    text = read_tsv_text(path)
     lines = text.rstrip("\n").split("\n")
     columns = lines[0].split("\t") if text.strip() else []
     needed = REQUIRED if radius or "radius" in columns else PREDICT_REQUIRED
@@ -84,7 +81,7 @@ def read_tsv(path: str | Path, radius: bool = True) -> pd.DataFrame:
     if missing:
         raise PeftsError(f"{path} lacks column(s) {', '.join(missing)}")
     check_rows(path, lines)
-    return pd.read_csv(path, sep="\t")
+    return pd.read_csv(io.StringIO(text), sep="\t")  # the text checked, not a second read
 
 
 def merge_shards(paths: Sequence[str | Path], expected: Sequence[int] | None = None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pefts.artifacts import file_digest, load_meta, save_artifact
+from pefts.artifacts import load_meta, save_artifact
 from pefts.checkpoints import checkpointing, discard, fingerprint
 from pefts.data import class_names, load_split, read_manifest
 from pefts.errors import PeftsError
@@ -17,6 +16,7 @@ from pefts.models import (
     BaseSpec,
     PixelClassifier,
     build_classifier,
+    check_input,
     count_parameters,
     load_base,
     replace_head,
@@ -28,7 +28,7 @@ from pefts.training import (
     split_validation,
     train_noisy,
 )
-from pefts.weights import external_provenance, record_path
+from pefts.verified import fetch_record, recorded_weights, sha256
 
 
 def eval_subset(data: torch.utils.data.Dataset, limit: int) -> torch.utils.data.Dataset:
@@ -57,10 +57,11 @@ def train_base(manifest_path: str | Path, out: str | Path, spec: dict[str, Any],
     torch.manual_seed(cfg.seed)
     model = build_classifier(BaseSpec(num_classes=manifest["num_classes"], **spec),
                              pretrained, pretrained_file)
+    check_input(model)
     origin = pretrained_file or (spec["arch"] if pretrained else None)
     start = {"spec": spec, "pretrained": origin,
-             "pretrained_sha256": file_digest(pretrained_file) if pretrained_file else None}
-    return fit_clean_and_save(model, manifest_path, manifest, cfg, out, device, eval_max,
+             "pretrained_sha256": sha256(pretrained_file) if pretrained_file else None}
+    return fit_clean_and_save(model, manifest, cfg, out, device, eval_max,
                               {"pretrained": origin, **pretrained_provenance(pretrained_file)},
                               start)
 
@@ -70,9 +71,8 @@ def pretrained_provenance(pretrained_file: str | None) -> dict[str, Any]:
     fetched under when `pefts fetch-weights` wrote them."""
     if not pretrained_file:
         return {}
-    record = record_path(pretrained_file)
-    fetched = json.loads(record.read_text()) if record.is_file() else None
-    return {"pretrained_sha256": file_digest(pretrained_file),
+    fetched = fetch_record(pretrained_file)
+    return {"pretrained_sha256": sha256(pretrained_file),
             "pretrained_source": ({"kind": fetched["kind"], "name": fetched["name"]}
                                   if fetched else None)}
 
@@ -89,26 +89,26 @@ def adapt_base(manifest_path: str | Path, source: str | Path, out: str | Path,
     # always a fresh head: with as many classes, the source head would still map the
     # downstream classes onto the source ones
     replace_head(model, manifest["num_classes"])
-    return fit_clean_and_save(model, manifest_path, manifest, cfg, out, device, eval_max,
+    return fit_clean_and_save(model, manifest, cfg, out, device, eval_max,
                               {"pretrained": None, "adapted_from": str(source)},
-                              {"source_sha256": file_digest(source)})
+                              {"source_sha256": sha256(source)})
 
 
-def run_fingerprint(manifest_path: str | Path, cfg: TrainConfig, **start: Any) -> str:
-    """What decides a run's final weights: the data, where training starts (base, method,
-    hyper-parameters, sigma) and the training options that change the result."""
+def run_fingerprint(manifest: dict[str, Any], cfg: TrainConfig, **start: Any) -> str:
+    """What decides a run's final weights: the data (the manifest's sha256, as read),
+    where training starts (base, method, hyper-parameters, sigma) and the training options
+    that change the result."""
     train = {k: v for k, v in vars(cfg).items() if k not in CONDUCT_OPTIONS}
-    return fingerprint(data=file_digest(manifest_path), train=train, **start)
+    return fingerprint(data=manifest["_sha256"], train=train, **start)
 
 
-def fit_clean_and_save(model: PixelClassifier, manifest_path: str | Path,
-                       manifest: dict[str, Any], cfg: TrainConfig, out: str | Path,
+def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: TrainConfig, out: str | Path,
                        device: torch.device, eval_max: int, extra: dict[str, Any],
                        start: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     train, val = split_validation(load_split(manifest, "train"), cfg)
     if cfg.epochs > 0:
-        with checkpointing(out, run_fingerprint(manifest_path, cfg, **start),
+        with checkpointing(out, run_fingerprint(manifest, cfg, **start),
                            cfg.checkpoint_minutes):
             metrics = train_noisy(model, train, 0.0, cfg, device, desc="base")
     metrics["clean_val_accuracy"] = held_out_accuracy(model, val, 0.0, device, eval_max)
@@ -132,8 +132,12 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
         raise PeftsError(f"sigma must be positive, got {sigma}")
     manifest = read_manifest(manifest_path)
     method = get_method(method_name, **hparams)
+    # every external weight the method reads (coordinator encoder, CLIP, diffusion UNet),
+    # verified before any work and recorded, so certify can refuse a file changed since
+    external = recorded_weights(method.hparams)
     cfg = TrainConfig.from_dict(train)
     base = load_base(base_weights)
+    base_sha256 = sha256(base_weights)
     base_params = count_parameters(base)
     torch.manual_seed(cfg.seed)  # also seeds a fresh head
     model = build_model(method, base, manifest["classes"], load_meta(base_weights)["classes"],
@@ -142,7 +146,7 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     metrics: dict[str, Any] = {}
     train, val = split_validation(load_split(manifest, "train"), cfg)
     if method.trains:
-        run = run_fingerprint(manifest_path, cfg, base=file_digest(base_weights),
+        run = run_fingerprint(manifest, cfg, base=base_sha256,
                               method=method_name, hparams=method.hparams, sigma=sigma)
         with checkpointing(out, run, cfg.checkpoint_minutes):
             metrics = method.fit(model, train, sigma, cfg, device)
@@ -154,9 +158,8 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
         "train": vars(cfg) if method.trains else None, "dataset": manifest["dataset"],
         "classes": manifest["classes"], "class_names": class_names(manifest),
         "num_classes": manifest["num_classes"],
-        "base": str(base_weights), "base_sha256": file_digest(base_weights), "metrics": metrics,
-        # every local weight the method reads (coordinator encoder, diffusion UNet folder)
-        "external_sha256": external_provenance(method.hparams),
+        "base": str(base_weights), "base_sha256": base_sha256, "metrics": metrics,
+        "external_sha256": external,
         "trainable_params": count_parameters(model, trainable_only=True),
         "frozen_added_params": method.frozen_parameters(model),
         "frozen_parts": method.frozen_parts(model),

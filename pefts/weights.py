@@ -8,8 +8,9 @@ encoder through its encoder_file hyper-parameter).
 
 Fetchers form a small registry by kind: a kind is one function that builds the model by
 its hub name and returns its state dict (timm by model name; open_clip by
-"architecture:pretrained tag"), and a line in ``external_weights`` names where the config
-asks for it.
+"architecture:pretrained tag"), and a line in ``pefts.experiments.external_weights``
+names where the config asks for it. Every job reads a fetched file through
+``pefts.verified.verified``, which checks the sha256 recorded here.
 
 Free of torch at import time: the Snakefile lists the files on every call.
 """
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import atomic_write_text, durable_path, file_digest
+from pefts.files import atomic_write_text, durable_path
+from pefts.verified import fetch_record, fetch_record_path, recorded_weights, sha256
 
 # kind -> function(name) returning the weights as a state dict of tensors
 FETCHERS: dict[str, Callable[[str], dict[str, Any]]] = {}
@@ -68,9 +70,8 @@ class ExternalWeight:
         return f"{self.kind}:{self.name}"
 
 
-def record_path(file: str | Path) -> Path:
-    """The fetch record beside a fetched file: kind, name, sha256."""
-    return Path(f"{file}.json")
+# the fetch record beside a fetched file: kind, name, sha256
+record_path = fetch_record_path
 
 
 def base_weight(config: dict[str, Any]) -> ExternalWeight | None:
@@ -98,17 +99,6 @@ def clip_weight(hparams: dict[str, Any]) -> ExternalWeight | None:
     return None
 
 
-def external_weights(config: dict[str, Any]) -> list[ExternalWeight]:
-    """Every external weight the config's jobs would otherwise download, each once."""
-    from pefts.experiments import Study
-
-    found = [base_weight(config)]
-    for run in Study(config, local_weights=False).runs.values():
-        if run.method == "blackbox":
-            found += [encoder_weight(run.hparams), clip_weight(run.hparams)]
-    return sorted({w for w in found if w is not None}, key=ExternalWeight.label)
-
-
 def parse_weight(text: str) -> ExternalWeight:
     kind, sep, name = text.partition(":")
     if not sep or not name:
@@ -127,10 +117,13 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
 
     file = Path(weight.file(results))
     record_file = record_path(file)
-    if not force and file.is_file() and record_file.is_file():
-        record = json.loads(record_file.read_text())
-        if record.get("sha256") == file_digest(file):
-            return record
+    if not force and file.is_file():
+        try:
+            kept = fetch_record(file)
+        except PeftsError:  # a corrupt record: fetch again
+            kept = None
+        if kept is not None and kept["sha256"] == sha256(file):
+            return kept
     if weight.kind not in FETCHERS:
         raise PeftsError(f"no fetcher for weights of kind {weight.kind!r}")
     try:
@@ -140,30 +133,12 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
     with durable_path(file) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     record = {"kind": weight.kind, "name": weight.name, "file": str(file),
-              "sha256": file_digest(file)}
+              "sha256": sha256(file)}
     atomic_write_text(record_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 
-def folder_digest(folder: str | Path) -> str:
-    """sha256 over a folder's files (relative path and content digest, sorted): the
-    fingerprint of a diffusers model folder."""
-    import hashlib
-
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root)}\0{file_digest(path)}\n".encode())
-    return digest.hexdigest()
-
-
-def weights_digest(path: str | Path) -> str:
-    """sha256 of a weights file, or of a weights folder's files."""
-    return folder_digest(path) if Path(path).is_dir() else file_digest(path)
-
-
-def external_provenance(hparams: dict[str, Any]) -> dict[str, str]:
-    """sha256 of every local weight a method's hyper-parameters name (the coordinator's
-    encoder_file, the diffusion UNet folder, ...): any text value that is a path on disk."""
-    return {key: weights_digest(value) for key, value in sorted(hparams.items())
-            if isinstance(value, str) and value and Path(value).exists()}
+# sha256 of a weights file or folder, and of every local weight hyper-parameters name:
+# the verified loader's (pefts.verified), under the names provenance records use
+weights_digest = sha256
+external_provenance = recorded_weights

@@ -125,3 +125,36 @@ def test_certify_names_a_cut_short_tensor_file_in_one_line(run_cli, digits_copy,
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "corrupt or cut short" in lines[0], err
     assert not out.exists()
+
+
+# counts, in a real process, every open of a file named manifest.json
+COUNT_MANIFEST_OPENS = """
+import atexit, os
+opened = []
+def count(event, args):
+    if (event == "open" and isinstance(args[0], (str, bytes, os.PathLike))
+            and os.fsdecode(args[0]).endswith("manifest.json")):
+        opened.append(args[0])
+sys.addaudithook(count)
+atexit.register(lambda: print(f"manifest opened {len(opened)} times", file=sys.stderr))
+"""
+
+
+@pytest.mark.slow  # real fine-tuning and certifying processes
+def test_a_job_reads_its_manifest_once(digits, tiny_base, none_model, tmp_path):
+    """The manifest is read, checked and hashed once per job and passed on: a job that
+    opened it again could read another file than the one it checked and recorded."""
+    from tests.test_bad_files import pefts_process
+
+    jobs = {
+        "finetune": ["finetune", "--data", digits, "--base", tiny_base, "--method", "lora",
+                     "--sigma", "0.5", "--train", '{"epochs": 0.01, "batch_size": 64}',
+                     "--out", tmp_path / "lora.safetensors", "--device", "cpu"],
+        "certify": ["certify", "--model", none_model, "--base", tiny_base, "--data", digits,
+                    "--sigma", "0.5", "--n0", "4", "--n", "16", "--max", "2",
+                    "--out", tmp_path / "c.tsv", "--device", "cpu"],
+    }
+    for name, args in jobs.items():
+        code, _, err = pefts_process(*args, prelude=COUNT_MANIFEST_OPENS)
+        assert code == 0, err
+        assert "manifest opened 1 times" in err, (name, err[-300:])

@@ -1,12 +1,18 @@
-"""Outputs and the machine: no output replaces an input or another output, a shard has one
-writer, and a full disk, a refused folder or a parent that is a file end in one line that
-names the path, with nothing half-written."""
+"""Outputs, files and the machine: no output replaces an input or another output, a shard
+has one writer, and a full disk, a refused folder, a parent that is a file, an output
+under a symbolic link loop, or a file of the wrong content (an image that is a
+decompression bomb, weights beside another run's metadata, a TSV or config that is not
+UTF-8, a ViT fed another input size) end in one line that names the path, with nothing
+half-written. The file-side cases run as real `pefts` processes."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -28,6 +34,19 @@ def one_line(code: int, err: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pefts_process(*args, prelude: str = "") -> tuple[int, str, str]:
+    """`pefts ARGS...` in a process of its own (``prelude``: Python run first, e.g. an
+    audit hook); returns (exit code, stdout, stderr)."""
+    code = f"import sys\n{prelude}\nfrom pefts.cli import main\nsys.argv[0] = 'pefts'\nmain()\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                            text=True, env=env, cwd=ROOT)
+    return result.returncode, result.stdout, result.stderr
 
 
 def certified(path) -> str:
@@ -205,3 +224,98 @@ def test_a_second_certify_of_the_same_shard_is_one_line(run_cli, digits, tiny_ba
                                "--out", out, "--device", "cpu")
     one_line(code, err, str(out), "being written by another process")
     assert not out.exists()
+
+
+# --- files of the wrong content, each in a real `pefts` process -------------------------------
+
+def bomb_png(path: Path, side: int) -> Path:
+    """A PNG whose header claims side x side pixels, with almost no data: Pillow reads the
+    size when it opens the file, so no test has to hold the decoded image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+# above twice Pillow's limit (an error) and above it (a warning)
+@pytest.mark.parametrize("side", [20000, 10000])
+def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path, side):
+    from tests.test_bad_data import image_folder
+
+    root = image_folder(tmp_path / "images")
+    bomb = bomb_png(root / "train" / "a" / "bomb.png", side)
+    code, _, err = pefts_process("prepare", "--dataset", "imagefolder", "--root", root,
+                                 "--out", tmp_path / "p", "--images", '{"crop": 8}')
+    one_line(code, err, str(bomb), "too large to decode safely", f"{side * side} pixels")
+    assert not (tmp_path / "p" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_a_base_of_another_architecture_beside_its_old_metadata(digits, tiny_base, tmp_path, older):
+    """Weights replaced by another architecture's, the metadata left: the sha256 the
+    metadata records refuses it; metadata of an older pefts (no sha256) is refused by the
+    tensors' shapes."""
+    import json
+
+    from pefts.artifacts import meta_path
+    from pefts.runs import train_base
+    from tests.conftest import TINY_SPEC
+
+    wider = {**TINY_SPEC, "model_kwargs": {**TINY_SPEC["model_kwargs"], "embed_dim": 64}}
+    other = tmp_path / "other" / "base.safetensors"
+    train_base(digits, other, wider, {"epochs": 0}, False, None, device="cpu", eval_max=8)
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(other.read_bytes())
+    meta = json.loads(meta_path(tiny_base).read_text())
+    if older:
+        del meta["weights_sha256"]
+    meta_path(base).write_text(json.dumps(meta))
+    out = tmp_path / "lora.safetensors"
+    code, _, err = pefts_process("finetune", "--data", digits, "--base", base, "--method", "lora",
+                                 "--sigma", "0.5", "--out", out, "--device", "cpu")
+    one_line(code, err, str(base), "of another shape" if older else "recorded sha256")
+    assert not out.exists()
+
+
+def test_a_certification_tsv_with_a_byte_that_is_not_utf8(tmp_path):
+    a = Path(certified(tmp_path / "a.tsv"))
+    a.write_bytes(a.read_bytes().replace(b"\t0.", b"\t0.\xff", 1))  # in the first radius
+    before = snapshot(tmp_path)
+    for args in (["merge", a, "--out", tmp_path / "m.tsv"],
+                 ["summarize", "--run", "none", "0.5", a, "--out-tsv", tmp_path / "s.tsv",
+                  "--out-md", tmp_path / "s.md"]):
+        one_line(*pefts_process(*args)[::2], str(a), "byte 0xff on line 2 is not UTF-8")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_vit_built_for_224_fed_8_is_one_line(digits, tmp_path):
+    out = tmp_path / "b.safetensors"
+    code, _, err = pefts_process("train-base", "--data", digits, "--out", out, "--arch",
+                                 "vit_tiny_patch16_224", "--input-size", "8", "--train",
+                                 '{"epochs": 1}', "--device", "cpu")
+    one_line(code, err, "vit_tiny_patch16_224 is built for 224x224 inputs", "8x8")
+    assert not out.exists()
+
+
+def test_an_output_under_a_symlink_loop_is_one_line(tmp_path):
+    a = certified(tmp_path / "a.tsv")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for args in (["merge", a, "--out", loop / "x" / "m.tsv"],
+                 ["summarize", "--run", "none", "0.5", a, "--out-tsv", loop / "s.tsv",
+                  "--out-md", tmp_path / "s.md"]):
+        one_line(*pefts_process(*args)[::2], str(loop), "symbolic link loop")
+    assert not (tmp_path / "s.md").exists()
+
+
+@pytest.mark.parametrize("command", ["plan", "fetch-weights"])
+def test_a_config_overlay_that_is_not_utf8(tmp_path, command):
+    bad = tmp_path / "c.yaml"
+    bad.write_bytes(b"sigmas: [0.5]\nresults: \"r\xff\"\n")
+    one_line(*pefts_process(command, "--configfile", bad)[::2], str(bad), "cannot read config")

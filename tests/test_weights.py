@@ -1,10 +1,13 @@
 """External weights: fetched once by a local rule with their sha256, read from local files
-by every compute job, fingerprinted in the provenance. Never the network: the fetchers
-are replaced by ones that build small random timm models."""
+by every compute job through the one verified loader (pefts.verified), fingerprinted in
+the provenance and checked again at certify. Never the network: the fetchers are
+replaced by ones that build small random timm and open_clip models."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -15,6 +18,7 @@ from pefts.artifacts import load_meta
 from pefts.blackbox.encoder import build_encoder
 from pefts.errors import PeftsError
 from pefts.files import file_digest
+from pefts.provenance import read_sidecar
 from pefts.runs import finetune, train_base
 from pefts.weights import (
     FETCHERS,
@@ -26,6 +30,8 @@ from pefts.weights import (
     weights_digest,
 )
 from tests.conftest import TINY_SPEC
+from tests.fixtures_baselines import register_tiny_clip
+from tests.test_bad_files import one_line, pefts_process
 from tests.test_presets import PRESETS, commands
 
 TINY_VIT = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
@@ -127,3 +133,123 @@ def test_no_compute_job_of_a_preset_names_a_hub_model(configfile, tmp_path):
         if job["command"] == "certify":
             assert {k for k in job if "pretrained" in k or "encoder" in k} == set(), job
     assert fetch_job["results"] == results
+
+
+# --- the verified loader: a changed or missing file is refused by the next job ----------------
+
+def flip_byte(path: Path) -> None:
+    """One byte changed in the middle of the file, inside a tensor: still valid safetensors."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def hash_line(code: int, err: str, what: str, file: Path, record: dict, label: str) -> None:
+    """The one line: the file, the sha256 recorded at fetch and the actual one, and the
+    command that fetches it again."""
+    results = file.parents[2]
+    one_line(code, err, f"{what} {file} changed since it was fetched",
+             f"recorded sha256 {record['sha256']}", f"actual {file_digest(file)}",
+             f"`pefts fetch-weights --weight {label} --results {results} --force`")
+
+
+@pytest.fixture
+def offline_clip(monkeypatch, tmp_path):
+    """The open_clip fetcher, offline: random weights of the tiny CLIP."""
+    from pefts.blackbox.clip import bare_model
+
+    arch = register_tiny_clip(tmp_path / "clip-config")
+    monkeypatch.setitem(FETCHERS, "open_clip", lambda name: bare_model(arch).state_dict())
+    return arch
+
+
+def test_a_fetched_base_changed_since_is_refused(digits, tmp_path, offline_timm):
+    record = fetch(ExternalWeight("timm", "vit_tiny_patch16_224.tiny"), str(tmp_path / "r"))
+    file = Path(record["file"])
+    flip_byte(file)
+    out = tmp_path / "base.safetensors"
+    code, _, err = pefts_process("train-base", "--data", digits, "--out", out, "--arch",
+                                 "vit_tiny_patch16_224", "--input-size", "8", "--model-kwargs",
+                                 json.dumps(TINY_VIT), "--pretrained-file", file,
+                                 "--train", '{"epochs": 0}', "--device", "cpu")
+    hash_line(code, err, "pretrained weights file (base.pretrained_file)", file, record,
+              "timm:vit_tiny_patch16_224.tiny")
+    assert not out.exists()
+
+
+@pytest.mark.slow  # real fine-tuning and certifying processes
+def test_a_fetched_encoder_or_clip_changed_since_is_refused(digits, tiny_base, tmp_path,
+                                                             offline_timm, offline_clip):
+    results = str(tmp_path / "r")
+    encoder = fetch(ExternalWeight("timm", "test_vit"), results)
+    clip = fetch(ExternalWeight("open_clip", f"{offline_clip}:openai"), results)
+    for record in (encoder, clip):
+        flip_byte(Path(record["file"]))
+    # the loaders themselves
+    with pytest.raises(PeftsError, match="changed since it was fetched"):
+        build_encoder("test_vit", 3, 0, 0, torch.Generator(), file=encoder["file"])
+    from pefts.blackbox.clip import load_clip
+    with pytest.raises(PeftsError, match="changed since it was fetched"):
+        load_clip(clip["file"], ["a", "b"], offline_clip)
+    # and a fine-tuning job that reads either, before any training
+    jobs = [({"encoder": "test_vit", "encoder_file": encoder["file"]}, "encoder_file", encoder,
+             "timm:test_vit"),
+            ({"query": "clip", "clip_file": clip["file"], "clip_arch": offline_clip}, "clip_file",
+             clip, f"open_clip:{offline_clip}:openai")]
+    out = tmp_path / "bb.safetensors"
+    for hparams, what, record, label in jobs:
+        code, _, err = pefts_process("finetune", "--data", digits, "--base", tiny_base,
+                                     "--method", "blackbox", "--sigma", "0.5", "--hparams",
+                                     json.dumps({**hparams, "perturbations": 1}), "--out", out,
+                                     "--device", "cpu")
+        hash_line(code, err, what, Path(record["file"]), record, label)
+        assert not out.exists()
+
+
+@pytest.mark.slow  # real fine-tuning and certifying processes
+def test_an_encoder_changed_after_fine_tuning_is_refused_at_certify(digits, tiny_base, tmp_path):
+    from tests.fixtures_baselines import timm_weights_file
+
+    encoder = timm_weights_file(tmp_path / "encoder.safetensors", "test_vit")  # a user's own file
+    model = tmp_path / "bb.safetensors"
+    finetune(digits, tiny_base, model, "blackbox", 0.5,
+             {"encoder": "test_vit", "encoder_file": str(encoder), "perturbations": 1},
+             {"epochs": 0.01, "batch_size": 8}, device="cpu", eval_max=8)
+    trained = file_digest(encoder)
+    assert load_meta(model)["external_sha256"] == {"encoder_file": trained}
+    out = tmp_path / "c.tsv"
+    certify = ["certify", "--model", model, "--base", tiny_base, "--data", digits, "--sigma", "0.5",
+               "--n0", "4", "--n", "16", "--max", "2", "--device", "cpu"]
+    code, _, err = pefts_process(*certify, "--out", tmp_path / "before.tsv")
+    assert code == 0, err  # certified with the encoder it was trained with; its sidecar says so
+    assert read_sidecar(tmp_path / "before.tsv")["settings"]["external"] == {"encoder_file": trained}
+    flip_byte(encoder)
+    code, _, err = pefts_process(*certify, "--out", out)
+    one_line(code, err, f"encoder_file {encoder} is not the file {model} was trained with",
+             f"recorded sha256 {trained}", f"actual {file_digest(encoder)}")
+    assert not out.exists()
+
+
+def test_a_missing_fetched_file_names_the_fetch_command(digits, tmp_path):
+    missing = tmp_path / "r" / "weights" / "timm" / "vit_tiny_patch16_224.safetensors"
+    out = tmp_path / "base.safetensors"
+    code, _, err = pefts_process("train-base", "--data", digits, "--out", out, "--arch",
+                                 "vit_tiny_patch16_224", "--input-size", "8", "--model-kwargs",
+                                 json.dumps(TINY_VIT), "--pretrained-file", missing,
+                                 "--device", "cpu")
+    one_line(code, err, f"{missing} does not exist", "`pefts fetch-weights --configfile")
+    assert not out.exists()
+
+
+def test_each_file_is_hashed_once_per_process(tmp_path, monkeypatch):
+    import pefts.verified
+
+    hashed = []
+    monkeypatch.setattr(pefts.verified, "file_digest", lambda p: hashed.append(p) or file_digest(p))
+    file = tmp_path / "w.safetensors"
+    file.write_bytes(b"weights")
+    first = pefts.verified.verified(file, "w")
+    assert pefts.verified.verified(file, "w") == first and len(hashed) == 1
+    file.write_bytes(b"other weights")  # changed: size and mtime differ, hashed again
+    os.utime(file, ns=(1, 1))
+    assert pefts.verified.verified(file, "w") != first and len(hashed) == 2

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefts.errors import PeftsError
+from pefts.verified import verified
 
 ARCH = "ViT-B-16"
 TEMPLATE = "a photo of a {}."
@@ -85,9 +86,7 @@ def load_clip(file: str | Path, class_names: list[str], arch: str = ARCH,
               template: str = TEMPLATE) -> ZeroShotCLIP:
     """Zero-shot CLIP ``arch`` with the weights of a local ``file``; nothing is downloaded."""
     open_clip = _architecture(arch)
-    if not file or not Path(file).is_file():
-        raise PeftsError(f"CLIP weights file {file} does not exist (blackbox hparam clip_file; "
-                         "`pefts fetch-weights` writes it from an open_clip pretrained tag)")
+    verified(file, "CLIP weights file (blackbox hparam clip_file)")
     model = bare_model(arch)
     try:
         open_clip.load_checkpoint(model, str(file), strict=True, weights_only=True)

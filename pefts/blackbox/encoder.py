@@ -4,14 +4,13 @@ ViT-B/16, ``vit_base_patch16_224.mae``, read at the CLS token of its last hidden
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pefts.errors import PeftsError
+from pefts.verified import verified
 
 CONV = "conv"
 
@@ -69,9 +68,7 @@ def build_encoder(name: str, image_channels: int, features: int, grid: int,
     else:
         kwargs: dict = {"num_classes": 0}
         if file:
-            if not Path(file).is_file():
-                raise PeftsError(f"coordinator encoder weights {file} do not exist "
-                                 "(blackbox hparam encoder_file)")
+            verified(file, "coordinator encoder weights (blackbox hparam encoder_file)")
             # custom_load=False: read a torch/safetensors state dict, not a JAX npz
             kwargs["pretrained_cfg_overlay"] = dict(file=str(file), custom_load=False)
             pretrained = True

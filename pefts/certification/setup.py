@@ -10,11 +10,11 @@ from pefts.files import refuse_clashes, refuse_existing
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
                 device: str, sigma: float, out: str | None = None, force: bool = False):
     """Everything certify and predict share: validation first, then loading."""
-    from pefts.artifacts import file_digest
     from pefts.certification.selection import parse_shard, selected_indices, shard_indices
     from pefts.data import load_split, read_manifest
     from pefts.devices import resolve_device
     from pefts.methods import load_model
+    from pefts.verified import sha256
 
     k, n_shards = parse_shard(shard)
     if out is not None:  # None: nothing is written (the benchmark)
@@ -29,9 +29,12 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
         raise PeftsError(f"{model} has {meta['num_classes']} classes, data has {manifest['num_classes']}")
     # identifies the data (which test images of which prepared dataset) and the model,
     # so no resume, merge or summary ever mixes rows of two runs
-    settings = {"model": file_digest(model), "base": meta["base_sha256"], "method": meta["method"],
+    settings = {"model": sha256(model), "base": meta["base_sha256"], "method": meta["method"],
+                # every external weight the model reads (encoder, CLIP, UNet), as load_model
+                # verified it
+                "external": meta.get("external_sha256") or {},
                 "sigma": sigma, "dataset": manifest["dataset"],
                 "class_subset": manifest.get("class_subset"), "split": "test",
-                "manifest": file_digest(data), "skip": skip, "max": max_count, "shard": shard,
+                "manifest": manifest["_sha256"], "skip": skip, "max": max_count, "shard": shard,
                 "device": torch_device.type}
     return net, manifest, dataset, indices, torch_device, settings

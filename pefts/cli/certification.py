@@ -158,7 +158,6 @@ def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 @force_option
 def merge(shards, out, data, skip, max_count, force) -> None:
     """Merge shard TSVs; refuses shards that miss or repeat an image."""
-    from pefts.artifacts import file_digest
     from pefts.certification.selection import selected_indices
     from pefts.data import read_manifest
     from pefts.files import refuse_clashes
@@ -166,12 +165,13 @@ def merge(shards, out, data, skip, max_count, force) -> None:
 
     refuse_clashes({"--out": out}, [*shards, *([data] if data else [])])
     refuse_existing(out, force)
-    expected = None
+    expected = manifest = None
     if data:
-        expected = selected_indices(read_manifest(data)["num_test"], skip, max_count)
+        manifest = read_manifest(data)
+        expected = selected_indices(manifest["num_test"], skip, max_count)
     merged, settings, parts = merge_shards(shards, expected)
-    if data:
-        given = {"manifest": file_digest(data), "skip": skip, "max": max_count}
+    if manifest:
+        given = {"manifest": manifest["_sha256"], "skip": skip, "max": max_count}
         for key, value in given.items():
             if settings.get(key) != value:
                 raise PeftsError(f"the shards were certified with {key} {settings.get(key)!r}, "

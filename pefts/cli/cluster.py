@@ -22,8 +22,8 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
                   force: bool) -> None:
     """Fetch every external weight the config names (or the --weight ones) into
     <results>/weights, with its sha256: run it where there is internet."""
-    from pefts.experiments import load_config
-    from pefts.weights import external_weights, fetch, parse_weight
+    from pefts.experiments import external_weights, load_config
+    from pefts.weights import fetch, parse_weight
 
     if weights:
         wanted = [parse_weight(w) for w in weights]

@@ -6,6 +6,7 @@ every later step reads the data through ``load_split(manifest, split)``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -57,15 +58,20 @@ def class_names(manifest: dict[str, Any]) -> list[str]:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The one reader of a manifest: opened once per job, checked, and passed on with its
+    folder (``_dir``) and the sha256 of the bytes read (``_sha256``, what provenance and
+    checkpoints record), so no later step opens it again."""
     path = Path(path)
     if not path.is_file():
         raise PeftsError(f"data manifest {path} does not exist (run `pefts prepare` first)")
+    raw = path.read_bytes()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PeftsError(f"data manifest {path} is not valid JSON: {err}") from None
     check_manifest(path, manifest)
     manifest["_dir"] = str(path.parent)
+    manifest["_sha256"] = hashlib.sha256(raw).hexdigest()
     return manifest
 
 

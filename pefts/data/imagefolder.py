@@ -3,6 +3,7 @@ any image size; resize and crop are options stored in the manifest."""
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from pefts.errors import PeftsError
 TEST_FOLDERS = ("test", "val")
 OPTIONS = ("resize", "crop", "augment")
 
+
+# Pillow warns about an image above MAX_IMAGE_PIXELS and raises above twice that: both
+# are refused, naming the file (a 20000 x 20000 PNG of a few KB decodes to 1.2 GB)
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 # Pillow's modes of 16-bit greyscale PNGs (older Pillow: "I"): values up to 65535
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -40,6 +45,9 @@ def check_image(path: str) -> str | None:
         load_image(path)
     except UnidentifiedImageError:
         return "is not an image Pillow can read"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return (f"is too large to decode safely ({str(err).split(',')[0]}; Pillow's "
+                "MAX_IMAGE_PIXELS guards against decompression bombs)")
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         return f"does not decode ({err})"
     return None

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefts.artifacts import file_digest, load_artifact, load_meta
+from pefts.artifacts import load_artifact, load_meta
 from pefts.errors import PeftsError
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, load_base, replace_head
+from pefts.verified import check_recorded, sha256
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -71,7 +72,7 @@ def check_base(weights: str | Path, meta: dict[str, Any], base_weights: str | Pa
                          "pefts?); fine-tune it again")
     if not Path(base_weights).is_file():
         raise PeftsError(f"weights file {base_weights} does not exist")
-    if file_digest(base_weights) != recorded:
+    if sha256(base_weights) != recorded:
         raise PeftsError(f"{weights} was fine-tuned on another base than {base_weights} "
                          f"(base sha256 {recorded[:12]}...); give the base it was trained on")
 
@@ -84,6 +85,8 @@ def load_model(weights: str | Path, base_weights: str | Path,
         raise PeftsError(f"{weights} is not a fine-tuned model (kind={meta.get('kind')!r})")
     method = get_method(meta["method"], **meta.get("hparams", {}))
     check_base(weights, meta, base_weights)
+    # the encoder, CLIP or UNet it was trained with, not a file changed since
+    check_recorded(method.hparams, meta.get("external_sha256") or {}, weights)
     base = load_base(base_weights)
     model = build_model(method, base, meta["classes"], load_meta(base_weights)["classes"],
                         meta.get("class_names"))

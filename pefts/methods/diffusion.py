@@ -34,6 +34,7 @@ from pefts.methods.base import Method, freeze
 from pefts.methods.denoiser import DenoisedClassifier
 from pefts.models import PixelClassifier, count_parameters
 from pefts.training import TrainConfig
+from pefts.verified import verified
 
 WEIGHTS_KEY = "method_params.diffusion.hparams.weights"
 
@@ -68,6 +69,7 @@ def load_unet(weights: str | Path) -> tuple[nn.Module, torch.Tensor]:
     """UNet2DModel and its scheduler's alphas_cumprod, from local files only."""
     from diffusers import DDPMScheduler, UNet2DModel
 
+    verified(weights, f"diffusion weights folder ({WEIGHTS_KEY})")
     unet_dir, scheduler_dir = unet_folder(weights)
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)

@@ -8,8 +8,7 @@ from snakemake.utils import validate
 
 from pefts.config import check_complete, check_config, schema_problem
 from pefts.errors import PeftsError
-from pefts.experiments import Study
-from pefts.weights import external_weights
+from pefts.experiments import Study, external_weights
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 try:
