@@ -280,14 +280,18 @@ def pair_hours(pair: Pair, protocol: Protocol, reference: float) -> float:
 def cost_table(pairs: list[Pair], protocol_list: list[Protocol], reference: float,
                startup_hours: float) -> pd.DataFrame:
     rows = []
+    # a run whose network could not be counted is priced at a lower bound: so is the sum
+    at_least = ">= " if any(p.cost_source.startswith("lower bound") for p in pairs) else ""
     for protocol in protocol_list:
         passes = sum(p.images * protocol.passes_per_image[p.sigma] for p in pairs)
         hours = sum(pair_hours(p, protocol, reference) for p in pairs)
         rows.append({"protocol": protocol.name, "(run, sigma)": len(pairs),
                      "images": sum(p.images for p in pairs), "forward passes": f"{passes:.3g}",
                      "samples/s (ViT-B/16 + LoRA)": f"{protocol.rate:,.0f}",
-                     "certify GPU-h": f"{hours:,.1f}", "start-up GPU-h": f"{startup_hours:,.1f}",
-                     "GPU-hours": f"{hours + startup_hours:,.1f}", "rate": protocol.rate_source})
+                     "certify GPU-h": f"{at_least}{hours:,.1f}",
+                     "start-up GPU-h": f"{startup_hours:,.1f}",
+                     "GPU-hours": f"{at_least}{hours + startup_hours:,.1f}",
+                     "rate": protocol.rate_source})
     return pd.DataFrame(rows)
 
 
