@@ -198,7 +198,7 @@ def count_forward(config: dict[str, Any], method: str, hparams: dict[str, Any]) 
     if method == "blackbox":
         # open_clip moves its model to a real device: built on the CPU, and run with
         # gradients on, since the fused attention of inference escapes the FLOP counter
-        return ForwardCost(_blackbox_gflop(hparams, torch.zeros(1, 3, side, side)),
+        return ForwardCost(_blackbox_gflop(config, hparams, torch.zeros(1, 3, side, side)),
                            "FLOPs counted by code")
     with torch.device("meta"):
         x = torch.zeros(1, 3, side, side)
@@ -214,21 +214,25 @@ def count_forward(config: dict[str, Any], method: str, hparams: dict[str, Any]) 
                            "FLOPs counted by code")
 
 
-def _blackbox_gflop(hparams: dict[str, Any], x) -> float:
-    """The coordinator (encoder + decoder) on the noisy image, then CLIP's image tower on
-    the prompted one; the text side is encoded once per task, not per sample."""
+def _blackbox_gflop(config: dict[str, Any], hparams: dict[str, Any], x) -> float:
+    """The coordinator (encoder + decoder) on the noisy image, then the queried black box
+    on the prompted one: CLIP's image tower (its text side is encoded once per task, not
+    per sample) or the base classifier."""
     import torch
 
     from pefts.blackbox.clip import bare_model
     from pefts.blackbox.coordinator import Coordinator
+    from pefts.methods import get_method
 
-    h = hparams
-    coordinator = Coordinator(3, int(h.get("features", 768)), int(h["trigger"]), int(h["hidden"]),
+    h = {**get_method("blackbox").hparams, **hparams}  # the method's defaults filled in
+    coordinator = Coordinator(x.shape[1], int(h["features"]), int(h["trigger"]), int(h["hidden"]),
                               int(h["grid"]), 0, str(h["encoder"]), None, False, int(h["stages"]))
-    clip = bare_model(str(h.get("clip_arch", "ViT-B-16"))).visual
+    coordinator_gflop = count_gflop(coordinator.eval(), x)
+    if h["query"] != "clip":
+        return coordinator_gflop + count_gflop(_classifier(config, "none", {}).eval(), x)
+    clip = bare_model(str(h["clip_arch"])).visual
     side = clip.image_size[0] if isinstance(clip.image_size, tuple) else clip.image_size
-    return (count_gflop(coordinator.eval(), x)
-            + count_gflop(clip.eval(), torch.zeros(1, 3, side, side)))
+    return coordinator_gflop + count_gflop(clip.eval(), torch.zeros(1, 3, side, side))
 
 
 def record(configs: list[dict[str, Any]]) -> dict[str, float]:

@@ -237,6 +237,13 @@ def test_more_than_one_gpu_per_job_is_refused_in_one_line(tmp_path, run_cli):
                            "--out", str(tmp_path / "o.tsv"), "--gpus", "2")
     assert code == 1 and err.count("\n") == 1 and "gpus_per_job: 1" in err
     assert not (tmp_path / "o.tsv").exists()
+    # and the config that would ask for it is refused before any job starts
+    from pefts.experiments import load_config
+
+    two = tmp_path / "two.yaml"
+    two.write_text("gpus_per_job: 2\n")
+    with pytest.raises(PeftsError, match="runs on one GPU"):
+        load_config(["configs/cifar10-vitb16.yaml", str(two)])
 
 
 def test_gpus_zero_runs_on_the_cpu_and_contradicts_cuda():

@@ -43,7 +43,7 @@ def test_fixed_n_passes_are_exact_and_hours_follow_each_methods_cost(cifar_all):
     assert len(pairs) == len(config["methods"]) * len(config["sigmas"]) == 36
     assert jobs["finetune"] == 36 and jobs["merge_shards"] == 36
     assert {p.images for p in pairs} == {500}  # every 20th of CIFAR-10's 10,000 test images
-    reference = reference_gflop(config)
+    reference = reference_gflop()
     cohen, fixed_bf16, adaptive = protocols(config, {s: (1000.0, "") for s in (0.25, 0.5, 0.75, 1.0)},
                                             None, None)
     assert cohen.rate == RATES["fp32"] and fixed_bf16.rate == RATES["bf16"]

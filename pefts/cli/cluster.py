@@ -82,7 +82,7 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     pairs = p.dag_cost_pairs(config, p.dag_pairs(output), test_images)
     adaptive = p.adaptive_per_sigma(config, list(zip(replays, replay_sigmas, strict=True)),
                                     replay_n, passes_per_image)
-    reference = p.reference_gflop(config)
+    reference = p.reference_gflop()
     protocols = p.protocols(config, adaptive, rate_fixed, rate)
     startup = p.STARTUP_S if startup_s is None else startup_s
     gpu_jobs = sum(jobs.get(rule, 0) for rule in p.GPU_RULES)
