@@ -88,6 +88,8 @@ def visible_gpus(count: int, env: Mapping[str, str]) -> list[Gpu]:
     GPUs by physical id."""
     bound = scheduler_gpus(env) or []
     if "CUDA_VISIBLE_DEVICES" not in env:
+        if bound and count == len(bound):  # confined to the bound GPUs, renumbered
+            return [Gpu(i, name) for i, name in enumerate(bound)]
         return [Gpu(i, str(i)) for i in range(count)]
     visible = _ids(env["CUDA_VISIBLE_DEVICES"])[:count]
     if bound and len(visible) == len(bound):

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pefts.devices import Gpu, lease_gpu, lock_folder, resolve_device, scheduler_gpus, wait_for_gpu
+from pefts.devices import (
+    Gpu,
+    lease_gpu,
+    lock_folder,
+    resolve_device,
+    scheduler_gpus,
+    task_gpus,
+    wait_for_gpu,
+)
 from pefts.errors import PeftsError
 
 
@@ -259,6 +267,10 @@ def test_slurm_binding_needs_slurms_own_variables():
     assert scheduler_gpus({"CUDA_VISIBLE_DEVICES": "0"}) is None  # no scheduler
     assert scheduler_gpus({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1",
                            "SLURM_STEP_GPUS": "1"}) == ["1"]
+    # no CUDA_VISIBLE_DEVICES: torch sees the node by physical id, or (confined) only ours
+    job = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "2,3"}
+    assert task_gpus(4, job) == [Gpu(2, "2"), Gpu(3, "3")]
+    assert task_gpus(2, job) == [Gpu(0, "2"), Gpu(1, "3")]
 
 
 def test_shared_box_still_runs_one_job_per_gpu(tmp_path):
