@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pefts.devices import check_gpus
 from pefts.errors import PeftsError
 
 
@@ -161,6 +162,7 @@ def check_config(config: dict[str, Any]) -> None:
         raise PeftsError("method 'diffusion' needs a local diffusers folder: "
                          "set method_params.diffusion.hparams.weights")
     check_method_params(config)
+    check_gpus(config["gpus_per_job"])
     if len(set(map(float, config["sigmas"]))) != len(config["sigmas"]):
         raise PeftsError(f"sigmas repeat a value: {config['sigmas']}")
     twobirds = experiments.get("twobirds", {})

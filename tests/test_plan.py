@@ -10,24 +10,92 @@ from scipy.stats import norm
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.errors import PeftsError
 from pefts.experiments import load_config
-from pefts.plan import RATES, certified_images, hit_rates, job_counts, plan_costs, replay_samples
+from pefts.forward_cost import RECORDED, count_forward, forward_key, record
+from pefts.plan import (
+    RATES,
+    cost_table,
+    dag_cost_pairs,
+    dag_pairs,
+    dry_run,
+    hit_rates,
+    pair_hours,
+    protocols,
+    reference_gflop,
+    replay_samples,
+    rule_counts,
+    sigma_hit_rates,
+)
 
 CIFAR = "configs/cifar10-vitb16.yaml"
 
 
-def test_fixed_n_passes_are_exact_and_hours_follow_the_rate():
+@pytest.fixture(scope="module")
+def cifar_all():
+    """The CIFAR-10 preset, its dry run of `all` and the (run, sigma) pairs it certifies."""
     config = load_config([CIFAR])
-    jobs = job_counts((CIFAR,), "all")
-    pairs = jobs["certify_shard"] // config["certify"]["shards"]
-    assert pairs == len(config["methods"]) * len(config["sigmas"]) == 36
+    output = dry_run((CIFAR,), "all")
+    return config, output, dag_cost_pairs(config, dag_pairs(output), None)
+
+
+def test_fixed_n_passes_are_exact_and_hours_follow_each_methods_cost(cifar_all):
+    config, output, pairs = cifar_all
+    jobs = rule_counts(output)
+    assert len(pairs) == len(config["methods"]) * len(config["sigmas"]) == 36
     assert jobs["finetune"] == 36 and jobs["merge_shards"] == 36
-    images = certified_images(config, None)
-    assert images == 500  # every 20th of CIFAR-10's 10,000 test images
-    cohen, fixed_bf16, adaptive = plan_costs(config, pairs, images, 1000.0, None, None)
-    assert cohen.passes == fixed_bf16.passes == 36 * 500 * (100 + 100_000)  # 1.8e9
+    assert {p.images for p in pairs} == {500}  # every 20th of CIFAR-10's 10,000 test images
+    reference = reference_gflop()
+    cohen, fixed_bf16, adaptive = protocols(config, {s: (1000.0, "") for s in (0.25, 0.5, 0.75, 1.0)},
+                                            None, None)
     assert cohen.rate == RATES["fp32"] and fixed_bf16.rate == RATES["bf16"]
-    assert fixed_bf16.gpu_hours == pytest.approx(1.8018e9 / 7358 / 3600)  # about 68
-    assert adaptive.passes == 36 * 500 * (100 + 1000)
+    by = {(p.run, p.sigma): p for p in pairs}
+    lora, prompt, blackbox = by["lora", 0.5], by["prompt", 0.5], by["blackbox", 0.5]
+    # the measured network at the measured rate, exactly
+    assert pair_hours(lora, fixed_bf16, reference) == pytest.approx(500 * 100_100 / 7358 / 3600)
+    assert pair_hours(lora, adaptive, reference) == pytest.approx(500 * 1100 / 7358 / 3600)
+    # 100 prompt tokens in every layer: 297 tokens instead of 197, about 1.5x the FLOPs
+    assert prompt.gflop / lora.gflop == pytest.approx(1.53, abs=0.02)
+    # the black box runs an MAE ViT-B/16 encoder and CLIP's ViT-B/16: about twice the work
+    assert blackbox.gflop / lora.gflop > 1.8
+    for method in ("denoiser", "sunet", "diffusion"):  # their own networks in front
+        assert by[method, 0.5].gflop > by["none", 0.5].gflop
+    hours = {p.run: pair_hours(p, fixed_bf16, reference) for p in pairs if p.sigma == 0.5}
+    assert hours["prompt"] / hours["lora"] == pytest.approx(prompt.gflop / lora.gflop)
+    table = cost_table(pairs, [cohen, fixed_bf16], reference, startup_hours=2.0)
+    assert table["(run, sigma)"].tolist() == [36, 36]
+    assert float(table["GPU-hours"][1].replace(",", "")) == pytest.approx(
+        sum(pair_hours(p, fixed_bf16, reference) for p in pairs) + 2.0, abs=0.06)
+
+
+def test_recorded_forward_costs_are_what_the_code_counts():
+    # the table in the package must not drift from what its code counts; the black box
+    # (two ViT-B/16 built on the CPU) is left to the slow test below
+    config = load_config([CIFAR])
+    for method in ("lora", "prompt", "denoiser", "diffusion"):
+        hparams = config["method_params"][method].get("hparams", {})
+        assert RECORDED[forward_key(config, method, hparams)] == pytest.approx(
+            count_forward(config, method, hparams).gflop, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_every_recorded_forward_cost_is_recounted():
+    assert record([load_config([CIFAR]), load_config(["configs/imagenet-vitb16.yaml"])]) == RECORDED
+
+
+def test_experiments_count_the_pairs_the_dag_has(run_cli):
+    config = load_config([CIFAR])
+    output = dry_run((CIFAR,), "experiments")
+    jobs, pairs = rule_counts(output), dag_pairs(output)
+    # every (run, sigma) the DAG certifies is merged once, whatever its shard count
+    assert len(pairs) == jobs["merge_shards"] == jobs["finetune"] == 59
+    assert sum(pairs.values()) == jobs["certify_shard"]
+    assert pairs["oneround_lora", "0.25"] == 10 and pairs["lora", "0.25"] == 20
+    costed = dag_cost_pairs(config, pairs, None)
+    assert {p.images for p in costed if p.run.startswith(("oneround", "tworound"))} == {250}
+    # the command counts the same: 51 pairs by shard arithmetic, 59 in the DAG
+    code, stdout, err = run_cli("plan", "--configfile", CIFAR, "--target", "experiments",
+                                "--passes-per-image", "5000")
+    assert code == 0, err
+    assert f"59 (run, sigma) certified (from the DAG), {sum(p.images for p in costed):,} images" in stdout
 
 
 def test_hit_rates_from_counts_or_from_radii(tmp_path):
@@ -65,12 +133,38 @@ def test_replay_follows_the_certifiers_stopping_rule():
     assert used[0] == expected
 
 
+def test_replay_per_sigma(tmp_path):
+    p = np.array([0.6, 0.9, 0.999, 0.5])
+    files = {}
+    for sigma in (0.25, 0.5):
+        files[sigma] = tmp_path / f"sigma_{sigma}"
+        radius = np.where(p > 0.5, sigma * norm.ppf(p - (0.05 if sigma == 0.25 else 0)), 0.0)
+        pd.DataFrame({"idx": range(4), "label": 0, "predict": 0, "radius": radius,
+                      "correct": 1, "time": 1.0}).to_csv(files[sigma], sep="\t", index=False)
+    both = sigma_hit_rates([0.25, 0.5, 1.0], [(files[0.25], 0.25), (files[0.5], 0.5)], None)
+    assert both[0.5][0] == pytest.approx(p)  # each sigma its own replay...
+    assert both[0.25][0][:3] == pytest.approx(p[:3] - 0.05)
+    # ...and a sigma without one scaled from the nearest, each image keeping its radius
+    assert both[1.0][0] == pytest.approx(norm.cdf(norm.ppf(p) * 0.5))
+    assert "scaled" in both[1.0][1] and "scaled" not in both[0.5][1]
+    one = sigma_hit_rates([0.25, 0.5], [(files[0.5], 0.5)], None)
+    assert one[0.25][0] == pytest.approx(norm.cdf(norm.ppf(p) * 2))  # not sigma 0.5's rates
+    assert one[0.25][0][1] > 0.99 > p[1]
+
+
 def test_plan_command_writes_the_cost_table(run_cli, tmp_path):
     out = tmp_path / "cost.md"
     code, stdout, err = run_cli("plan", "--configfile", CIFAR, "--passes-per-image", "4667",
                                 "--out-md", str(out))
     assert code == 0, err
-    assert "certify_shard" in stdout and "GPU-hours" in out.read_text()
-    assert "| adaptive, n_max = 100,000, bf16" in out.read_text()
-    code, _, err = run_cli("plan", "--configfile", CIFAR)
-    assert code == 1 and err.count("\n") == 1 and "--replay" in err
+    text = out.read_text()
+    assert "certify_shard" in stdout and "GPU-hours" in text and "start-up" in text
+    assert "| adaptive, n_max = 100,000, bf16" in text
+    assert "the measured network (H200)" in text and "FLOPs counted by code" in text
+    code, stdout, err = run_cli("plan", "--configfile", CIFAR, "--startup-s", "0")
+    assert code == 0 and "adaptive" not in stdout.split("protocol", 1)[1].split("run ", 1)[0]
+    assert "not estimated (give --replay" in stdout
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("idx\tradius\n0\t0.5\n")
+    code, _, err = run_cli("plan", "--configfile", CIFAR, "--replay", str(tsv))
+    assert code == 1 and err.count("\n") == 1 and "--replay-sigma" in err

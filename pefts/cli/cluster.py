@@ -45,47 +45,69 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
               help="Snakemake target to plan (experiments: every experiment)")
 @click.option("--test-images", default=None, type=AT_LEAST_ONE,
               help="test images of the dataset (known for cifar10 and imagenet)")
-@click.option("--replay", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="an earlier certification TSV whose hit rates estimate adaptive cost")
+@click.option("--replay", "replays", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="an earlier certification TSV whose hit rates estimate adaptive cost "
+                   "(repeatable: one per sigma, each with its --replay-sigma)")
 @click.option("--replay-n", default=None, type=AT_LEAST_ONE,
               help="its n, when the TSV has nA but no n column")
-@click.option("--replay-sigma", default=None, type=POSITIVE,
-              help="its sigma, when only radii are there: pA_lower = Phi(radius / sigma)")
+@click.option("--replay-sigma", "replay_sigmas", multiple=True, type=POSITIVE,
+              help="the sigma each --replay was certified at, in the same order")
 @click.option("--passes-per-image", default=None, type=POSITIVE,
               help="adaptive estimation samples per image, as a stated figure")
 @click.option("--rate", default=None, type=POSITIVE,
-              help="samples/s at the config's precision (default: docs/cost.md's figures)")
+              help="samples/s of ViT-B/16 + LoRA at the config's precision (default: the H200's); "
+                   "every method is scaled from it by its FLOPs")
 @click.option("--rate-fixed", default=None, type=POSITIVE,
               help="samples/s of Cohen's fp32 protocol (default: an assumed figure)")
+@click.option("--startup-s", default=None, type=click.FloatRange(min=0),
+              help="seconds each GPU job pays before its first sample (default: an assumed 60)")
 @click.option("--out-md", default=None, type=click.Path(dir_okay=False),
               help="write the table as a Markdown section")
 @click.option("--append", is_flag=True, help="append to --out-md instead of replacing it")
-def plan(configfiles, target, test_images, replay, replay_n, replay_sigma, passes_per_image,
-         rate, rate_fixed, out_md, append) -> None:
+def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, passes_per_image,
+         rate, rate_fixed, startup_s, out_md, append) -> None:
     """Jobs per rule, forward passes and GPU-hours of a config, before running it."""
     from pathlib import Path
 
+    from pefts import plan as p
     from pefts.experiments import load_config
     from pefts.files import atomic_write_text
-    from pefts.plan import adaptive_passes, certified_images, cost_table, job_counts, plan_costs
 
     config = load_config(configfiles)
-    jobs = job_counts(configfiles, target)
-    pairs = jobs.get("certify_shard", 0) // config["certify"]["shards"]
-    images = certified_images(config, test_images)
-    per_image, how = adaptive_passes(config, replay, replay_n, replay_sigma, passes_per_image)
-    table = cost_table(plan_costs(config, pairs, images, per_image, rate_fixed, rate))
+    if len(replays) != len(replay_sigmas):
+        raise PeftsError(f"{len(replays)} --replay but {len(replay_sigmas)} --replay-sigma: "
+                         "give the sigma each replay was certified at, in the same order")
+    output = p.dry_run(configfiles, target)
+    jobs = p.rule_counts(output)
+    pairs = p.dag_cost_pairs(config, p.dag_pairs(output), test_images)
+    adaptive = p.adaptive_per_sigma(config, list(zip(replays, replay_sigmas, strict=True)),
+                                    replay_n, passes_per_image)
+    reference = p.reference_gflop()
+    protocols = p.protocols(config, adaptive, rate_fixed, rate)
+    startup = p.STARTUP_S if startup_s is None else startup_s
+    gpu_jobs = sum(jobs.get(rule, 0) for rule in p.GPU_RULES)
+    table = p.cost_table(pairs, protocols, reference, gpu_jobs * startup / 3600)
+    runs = p.run_table(pairs, protocols[-1], reference)
     name = " + ".join(configfiles) or "config.yaml"
+    used = sorted({pair.sigma for pair in pairs})
+    how = ("; ".join(f"sigma {s:g}: {adaptive[s][0]:,.0f} ({adaptive[s][1]})" for s in used)
+           if adaptive else "not estimated (give --replay TSV --replay-sigma S, or "
+                            "--passes-per-image)")
+    startup_how = ("--startup-s" if startup_s is not None else "assumed, not measured")
+    summary = (f"{len(pairs)} (run, sigma) certified (from the DAG), "
+               f"{sum(pair.images for pair in pairs):,} images in all; {sum(jobs.values()):,} jobs, "
+               f"{gpu_jobs:,} of them GPU jobs at {startup:g} s start-up each ({startup_how}). "
+               f"Adaptive estimation samples per image: {how}.")
     click.echo(f"{name} (target {target}): jobs per rule")
     for rule, count in sorted(jobs.items()):
         click.echo(f"  {rule:24s} {count:6d}")
-    click.echo(f"certification: {pairs} (run, sigma) x {images} images; adaptive: {how}")
+    click.echo(summary)
     click.echo(table.to_string(index=False))
+    click.echo(runs.to_string(index=False))
     if out_md:
-        section = (f"## `{name}` (target `{target}`)\n\n"
-                   f"{pairs} (run, sigma) certified, {images} test images each; "
-                   f"{sum(jobs.values()):,} jobs. Adaptive passes per image: {how}.\n\n"
-                   f"{table.to_markdown(index=False)}\n\n")
+        section = (f"## `{name}` (target `{target}`)\n\n{summary}\n\n"
+                   f"{table.to_markdown(index=False)}\n\nPer run ({protocols[-1].name}):\n\n"
+                   f"{runs.to_markdown(index=False)}\n\n")
         before = Path(out_md).read_text() if append and Path(out_md).exists() else ""
         atomic_write_text(out_md, before + section)
 

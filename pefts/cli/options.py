@@ -6,6 +6,7 @@ refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -73,8 +74,22 @@ def parse_json(text: str | None, option: str) -> dict[str, Any]:
 
 
 def device_option(func):
+    """--device and --gpus (the GPU rules pass their `resources: gpu=`), handed to the
+    command as one DeviceRequest in ``device``."""
+    from pefts.devices import DeviceRequest, check_gpus
+
+    @functools.wraps(func)
+    def command(*args, device: str, gpus: int | None, **kwargs):
+        check_gpus(gpus)  # before any input is read or output touched
+        return func(*args, device=DeviceRequest(device, gpus), **kwargs)
+
+    command = click.option("--gpus", default=None, type=click.IntRange(min=0),
+                           help="GPUs the job may use (the rule's resources gpu): 0 runs on "
+                                "the CPU; a SLURM job asking for one must have been given "
+                                "one; more than 1 is refused")(command)
     return click.option("--device", default="auto", show_default=True,
-                        help="auto (a leased GPU if any, else CPU), cpu, cuda or cuda:N")(func)
+                        help="auto (the scheduler's or a leased GPU if any, else CPU), cpu, "
+                             "cuda or cuda:N")(command)
 
 
 def page_option(func):

@@ -30,7 +30,7 @@ rule train_base:
         "pefts train-base --data {input.data} --out {output.weights} --arch {params.arch} "
         "--input-size {params.input_size} --model-kwargs {params.model_kwargs:q} "
         "--mean {params.mean} --std {params.std} --train {params.train:q} "
-        "{params.pretrained_file} --device {params.device} --force 2> {log}"
+        "{params.pretrained_file} --device {params.device} --gpus {resources.gpu} --force 2> {log}"
 
 
 # the source-task classifier of two birds, one stone: same network, source classes only,
@@ -69,4 +69,4 @@ rule adapt_base:
         path("logs", "adapt_base.log"),
     shell:
         "pefts adapt-base --data {input.data} --source {input.source} --out {output.weights} "
-        "--train {params.train:q} --device {params.device} --force 2> {log}"
+        "--train {params.train:q} --device {params.device} --gpus {resources.gpu} --force 2> {log}"

@@ -41,7 +41,7 @@ rule certify_shard:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
         "--sigma {wildcards.sigma} {params.sampling} {params.selection} {params.adaptive} "
         "--shard {params.shard} "
-        "--out {output} --device {params.device} --force 2> {log}"
+        "--out {output} --device {params.device} --gpus {resources.gpu} --force 2> {log}"
 
 
 rule merge_shards:

@@ -21,4 +21,4 @@ rule finetune:
     shell:
         "pefts finetune --data {input.data} --base {input.base} --method {params.method} "
         "--sigma {wildcards.sigma} --hparams {params.hparams:q} --train {params.train:q} "
-        "--out {output.weights} --device {params.device} --force 2> {log}"
+        "--out {output.weights} --device {params.device} --gpus {resources.gpu} --force 2> {log}"
