@@ -9,9 +9,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-# bars made by progress() still open, and whether the last thing a bar wrote ended a line
+# bars made by progress() still open, and the stream a bar last wrote to if that write
+# did not end a line
 _open: weakref.WeakSet[tqdm] = weakref.WeakSet()
-_mid_line = {"stderr": False}
+_mid_line: dict[str, Any] = {"stream": None}
 
 
 class _Tracked:
@@ -23,7 +24,7 @@ class _Tracked:
 
     def write(self, text: str) -> Any:
         if text:
-            _mid_line["stderr"] = not text.endswith("\n")
+            _mid_line["stream"] = None if text.endswith("\n") else self._stream
         return self._stream.write(text)
 
     def __getattr__(self, name: str) -> Any:
@@ -47,7 +48,7 @@ def end_line() -> None:
         bar.leave = True  # keep the last state on screen: it says how far the run got
         bar.close()
     _open.clear()
-    if _mid_line["stderr"]:
+    if _mid_line["stream"] is sys.stderr:  # (tests swap stderr between commands)
         sys.stderr.write("\n")
         sys.stderr.flush()
-        _mid_line["stderr"] = False
+    _mid_line["stream"] = None
