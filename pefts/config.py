@@ -6,14 +6,13 @@ Kept free of torch imports: the Snakefile calls it every time it builds the DAG.
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
 from pefts.devices import check_gpus
 from pefts.errors import PeftsError
+from pefts.hparams import Either, Param, check_known, closest, number_problem
 
 
 def method_names() -> list[str]:
@@ -24,11 +23,11 @@ def method_names() -> list[str]:
                   if not p.stem.startswith("_") and p.stem != "base")
 
 
-def non_finite(value: Any, where: str = "") -> str | None:
-    """The dotted key of the first nan or infinite number (YAML's .nan, .inf pass a JSON
-    schema: every comparison with nan is false), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where or "(top level)"
+def bad_number(value: Any, where: str = "") -> tuple[str, float, str] | None:
+    """(dotted key, value, problem) of the first nan, infinite or underflowing number
+    (YAML's .nan and .inf pass a JSON schema: every comparison with nan is false), or None."""
+    if isinstance(value, float) and number_problem(value):
+        return where or "(top level)", value, number_problem(value)
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list):
@@ -36,7 +35,7 @@ def non_finite(value: Any, where: str = "") -> str | None:
     else:
         return None
     for key, item in items:
-        found = non_finite(item, f"{where}.{key}" if where else str(key))
+        found = bad_number(item, f"{where}.{key}" if where else str(key))
         if found:
             return found
     return None
@@ -61,9 +60,33 @@ def check_complete(config: dict[str, Any], configfiles: list[str]) -> None:
             "and --config k=v changes single keys")
 
 
+JSON_KINDS = {"integer": int, "number": float, "boolean": bool, "string": str,
+              "array": list, "object": dict}
+
+
+def param_of(node: dict[str, Any]) -> Param:
+    """A JSON-schema node as the package's own value spec (pefts.hparams.Param), so a
+    config key is described in the words of a hyper-parameter or a CLI JSON option."""
+    types = node.get("type", "object")
+    types = [types] if isinstance(types, str) else list(types)
+    optional = "null" in types
+    kinds = [t for t in types if t != "null"]
+    if len(kinds) > 1:
+        return Either(*(param_of({**node, "type": t}) for t in kinds), optional=optional)
+    kind = JSON_KINDS[kinds[0]] if kinds else object
+    low = node.get("minimum", node.get("exclusiveMinimum"))
+    high = node.get("maximum", node.get("exclusiveMaximum"))
+    items = param_of(node["items"]) if kind is list and "items" in node else None
+    return Param(kind, low=low, high=high, low_open="exclusiveMinimum" in node,
+                 high_open="exclusiveMaximum" in node, choices=tuple(node.get("enum", ())),
+                 items=items, optional=optional, min_items=node.get("minItems", 0),
+                 max_items=node.get("maxItems"))
+
+
 def schema_problem(config: dict[str, Any], schema_path: str | Path) -> str | None:
-    """The first schema violation as one line naming the key and its section (Snakemake's
-    own message names only the section and prints the whole schema); None when valid."""
+    """The first schema violation as one line naming the key, what it must be and, for a
+    misspelt name, the closest valid one (Snakemake's own message names only the section
+    and prints the whole schema); None when valid."""
     import jsonschema
     import yaml
 
@@ -77,11 +100,35 @@ def schema_problem(config: dict[str, Any], schema_path: str | Path) -> str | Non
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(k for k in error.instance if k not in known)
         key = f"{section}.{unknown[0]}" if section else unknown[0]
-        close = difflib.get_close_matches(str(unknown[0]), known, 1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return (f"unknown key {key} in section {section or '(top level)'}{hint}; "
-                f"known keys: {', '.join(known)}")
-    return f"{section or '(top level)'}: {error.message}"
+        return (f"unknown key {key} in section {section or '(top level)'}"
+                f"{closest(unknown[0], known)}; known keys: {', '.join(known)}")
+    node = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "pattern" or not node.get("type"):
+        return f"{section or '(top level)'}: {error.message}"
+    hint = closest(error.instance, node["enum"]) if "enum" in node else ""
+    return (f"{section or '(top level)'} must be {param_of(node).describe()}, "
+            f"got {error.instance!r}{hint}")
+
+
+def validated(config: dict[str, Any], schema_path: str | Path,
+              configfiles: list[str] | None = None) -> None:
+    """The one check of a config, as the Snakefile and `pefts plan`/`fetch-weights` read
+    it: complete (when ``configfiles`` replaced config.yaml), every key and value against
+    the schema (whose defaults are then filled in), then what a schema cannot say.
+    Raises PeftsError naming the key."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    if configfiles:
+        check_complete(config, configfiles)
+    problem = schema_problem(config, schema_path)
+    if problem:
+        raise PeftsError(problem)
+    try:
+        validate(config, str(schema_path))  # fills the schema's defaults
+    except WorkflowError as err:  # what schema_problem did not see (never, in the tests)
+        raise PeftsError(str(err).strip().splitlines()[0]) from None
+    check_config(config)
 
 
 def _module_constants(path: Path) -> dict[str, Any]:
@@ -137,25 +184,27 @@ def check_method_params(config: dict[str, Any]) -> None:
             continue
         unknown = sorted(set(hparams) - set(specs))
         if unknown:
-            close = difflib.get_close_matches(unknown[0], list(specs), 1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise PeftsError(f"unknown key method_params.{method}.hparams.{unknown[0]}{hint}: "
-                             f"method {method!r} has hyper-parameters {', '.join(sorted(specs))}")
+            raise PeftsError(f"unknown key method_params.{method}.hparams.{unknown[0]}"
+                             f"{closest(unknown[0], specs)}: method {method!r} has "
+                             f"hyper-parameters {', '.join(sorted(specs)) or '(none)'}")
         check_values(f"method_params.{method}.hparams.{{name}}", specs, hparams)
 
 
 def check_config(config: dict[str, Any]) -> None:
-    bad = non_finite(config)
+    bad = bad_number(config)
     if bad:
-        raise PeftsError(f"config value {bad} must be a finite number")
+        raise PeftsError(f"config value {bad[0]} must be a finite number, got {bad[1]!r}, "
+                         f"which {bad[2]}")
     known = method_names()
     experiments = config.get("experiments", {})
-    used = [*config["methods"], *config["method_params"],
-            *experiments.get("twobirds", {}).get("methods", []),
-            *experiments.get("noise_learning", {}).get("methods", [])]
-    for method in used:
-        if method not in known:
-            raise PeftsError(f"unknown method {method!r} in the config; choose from {', '.join(known)}")
+    where = {"methods": config["methods"], "method_params": list(config["method_params"]),
+             "experiments.twobirds.methods": experiments.get("twobirds", {}).get("methods", []),
+             "experiments.noise_learning.methods":
+                 experiments.get("noise_learning", {}).get("methods", [])}
+    used = [m for methods in where.values() for m in methods]
+    for key, methods in where.items():
+        for method in methods:
+            check_known("method", method, known, key)
     diffusion = config["method_params"].get("diffusion", {}).get("hparams", {})
     if "diffusion" in used and not diffusion.get("weights"):
         # a pretrained DDPM is never downloaded: the user points at a local diffusers folder

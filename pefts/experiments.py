@@ -236,10 +236,8 @@ def load_config(configfiles: list[str] | tuple[str, ...] = ()) -> dict[str, Any]
     from pathlib import Path
 
     import yaml
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
 
-    from pefts.config import check_config
+    from pefts.config import validated
     from pefts.errors import PeftsError
 
     root = Path(__file__).resolve().parents[1]
@@ -253,8 +251,8 @@ def load_config(configfiles: list[str] | tuple[str, ...] = ()) -> dict[str, Any]
             raise PeftsError(f"config {file} is not a mapping of keys to values")
         config = _overlay(config, loaded)
     try:
-        validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
-    except WorkflowError as err:
-        raise PeftsError(f"config is invalid: {str(err).strip().splitlines()[0]}") from None
-    check_config(config)
+        validated(config, root / "workflow" / "schemas" / "config.schema.yaml",
+                  [str(f) for f in configfiles])
+    except PeftsError as err:
+        raise PeftsError(f"config is invalid: {err}") from None
     return config

@@ -103,22 +103,39 @@ def hit_rates(tsv: str | Path, n: int | None, sigma: float | None) -> np.ndarray
     hardest case for the stopping rule, so the estimate errs on the costly side."""
     try:
         rows = pd.read_csv(tsv, sep="\t", comment="#")
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise PeftsError(f"cannot read {tsv}: {str(err).splitlines()[0]}") from None
+    if len(rows) == 0:
+        raise PeftsError(f"{tsv} has no rows: no hit rates to replay")
     if "nA" in rows and ("n" in rows or n):
         counts = rows["n"] if "n" in rows else n
+        check_column(tsv, rows, "nA", 0)
+        if "n" in rows:
+            check_column(tsv, rows, "n", 1)
         p = rows["nA"] / counts
     elif "radius" in rows:
         if not sigma:
             raise PeftsError(f"{tsv} has radii but no nA column: give the sigma it was "
                              "certified at (--replay-sigma)")
+        check_column(tsv, rows, "radius", 0)
         p = pd.Series(norm.cdf(rows["radius"] / sigma)).where(rows["radius"] > 0, 0.5)
     else:
         raise PeftsError(f"{tsv} has neither nA nor radius columns: not a certification TSV")
     p = np.asarray(p, dtype=float)
-    if len(p) == 0 or not np.all((p >= 0) & (p <= 1)):
+    if not np.all((p >= 0) & (p <= 1)):
         raise PeftsError(f"{tsv}: hit rates must lie in [0, 1] (is --replay-n right?)")
     return p
+
+
+def check_column(tsv: str | Path, rows: pd.DataFrame, column: str, low: float) -> None:
+    """Every value of ``column`` a finite number >= ``low``, naming the first row that is
+    not (a nan radius would otherwise replay as an abstention, a negative one too)."""
+    values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(values) & (values >= low))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise PeftsError(f"{tsv}, row {first + 1}: {column} '{rows[column].iloc[first]}' must "
+                         f"be a finite number >= {low:g}")
 
 
 def replay_samples(p_hats: np.ndarray, plan: Any, seed: int = 0) -> np.ndarray:

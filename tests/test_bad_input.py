@@ -39,6 +39,8 @@ def bad_values(kind: click.ParamType) -> list[str]:
     values = ["nan", "inf", "-inf", "x"]
     if isinstance(kind, click.types.IntParamType):
         values.append("1.5")
+    else:
+        values.append("1e-320")  # underflows: 1 / x overflows
     low = getattr(kind, "min", None)
     if low is not None:
         values.append(str(low if getattr(kind, "min_open", False) else low - 1))
@@ -106,6 +108,7 @@ def test_every_numeric_option_refuses_bad_values(run_cli, command, param, positi
 @pytest.mark.parametrize("args, needle", [
     (["summarize", "--radii", "0,nan", "--out-tsv", "t", "--out-md", "m"], "--radii"),
     (["summarize", "--radii", "0,-1", "--out-tsv", "t", "--out-md", "m"], "--radii"),
+    (["summarize", "--radii", "0,1e-320", "--out-tsv", "t", "--out-md", "m"], "--radii"),
     (["train-base", "--data", "d", "--out", "o.safetensors", "--arch", "a", "--input-size", "8",
       "--std", "0.5,0,0.5"], "--std"),
     (["train-base", "--data", "d", "--out", "o.safetensors", "--arch", "a", "--input-size", "8",
@@ -140,6 +143,8 @@ def bad_hparams(spec: Param) -> list:
     values = [math.nan, math.inf, -math.inf, "1", True, *missing]
     if spec.kind is int:
         values.append(1.5)
+    else:
+        values.append(1e-320)
     if spec.low is not None:
         values.append(spec.low if spec.low_open else spec.low - 1)
     if spec.high is not None:
@@ -208,6 +213,8 @@ def test_every_training_option_refuses_bad_values(name, value):
     ("sigmas: [0.25, .nan]", "sigmas.1"),
     ("certify: {alpha: .nan}", "certify.alpha"),
     ("sigmas: [.inf]", "sigmas.0"),
+    ("certify: {alpha: 1.0e-320}", "certify.alpha"),
+    ("base: {mean: [0.5, -2.0e-315, 0.5]}", "base.mean.1"),
 ])
 def test_config_refuses_non_finite_numbers(text, key):
     config = load_config(**yaml.safe_load(text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,6 +14,24 @@ def one_line_error(code: int, err: str, needle: str) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("error:") and needle in lines[0], lines[0]
+
+
+def pefts_process(*args, **kwargs) -> subprocess.CompletedProcess:
+    """`pefts ARGS...` in a process of its own, as a user or a Snakemake job runs it."""
+    return subprocess.run([sys.executable, "-m", "pefts", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def error_line(result: subprocess.CompletedProcess, needle: str) -> str:
+    """A real process failed with exactly one line that starts with 'error:' and holds
+    ``needle`` (split on newlines alone: a progress bar's carriage returns must not hide
+    an error that shares its line), and no traceback."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.split("\n") if "error:" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith("error:") and needle in errors[0], repr(errors[0])
+    return errors[0]
 
 
 @pytest.fixture
@@ -93,3 +112,64 @@ def test_every_command_has_help(run_cli):
     for name in cli.commands:
         code, out, _ = run_cli(name, "--help")
         assert code == 0 and "Usage" in out
+
+
+# --- values a user types, refused in a process of its own --------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["prepare", "--dataset", "imagefolder", "--out", "{tmp}/d", "--images", '{"crop": "8"}'],
+     "image option crop must be a finite int >= 1 (or null), got '8'"),
+    (["prepare", "--dataset", "digits", "--out", "{tmp}/d", "--images", '{"crpo": 8}'],
+     "unknown image option crpo (did you mean 'crop'?)"),
+    (["certify", "--alpha", "1e-320"], "'--alpha': 1e-320 underflows"),
+    (["certify", "--sigma", "2.5e-310"], "'--sigma': 2.5e-310 underflows"),
+    # each mode checks its own n: fixed n samples --n, and --n-max is adaptive's alone
+    (["certify", "--n", "5"], "--n 5 at alpha 0.001 can never certify"),
+    (["certify", "--n", "5", "--n-max", "100"], "--n-max applies only with --adaptive"),
+    (["certify", "--n", "1000", "--n-max", "5"], "--n-max applies only with --adaptive"),
+    (["certify", "--n", "1000", "--rtol", "0.1"], "--rtol applies only with --adaptive"),
+    (["certify", "--adaptive", "--n", "1000", "--n-max", "5"], "--n-max 5 at alpha 0.001 can never"),
+])
+def test_values_typed_on_the_command_line_are_refused(tmp_path, args, needle):
+    if args[0] == "certify":
+        args = [*args, "--model", "m.safetensors", "--base", "b", "--data", "d", "--out",
+                "{tmp}/o.tsv", *([] if "--sigma" in args else ["--sigma", "0.5"])]
+    result = pefts_process(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    error_line(result, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("n, n_max", [("1000", None), ("5", "100")])
+def test_each_mode_passes_the_check_of_its_own_n(run_cli, n, n_max):
+    """Fixed --n 1000 and adaptive --n 5 --n-max 100 can certify: they reach the files."""
+    adaptive = ["--adaptive", "--n-max", n_max] if n_max else []
+    code, _, err = run_cli("certify", "--model", "m.safetensors", "--base", "b", "--data", "d",
+                           "--sigma", "0.5", "--n", n, *adaptive, "--out", "o.tsv")
+    one_line_error(code, err, "does not exist")
+
+
+def test_an_unknown_method_gets_the_closest_name(digits, tiny_base, tmp_path):
+    result = pefts_process("finetune", "--data", digits, "--base", tiny_base, "--method", "adaptor",
+                           "--sigma", "0.5", "--out", tmp_path / "m.safetensors")
+    error_line(result, "unknown method 'adaptor' (did you mean 'adapter'?)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_starts_its_own_line_while_a_progress_bar_draws(tmp_path):
+    """A training image that stopped decoding after `prepare` fails the first batch, with
+    the step bar drawn on stderr (a Snakemake log): the error must not be glued to it."""
+    from pefts.data import prepare
+    from tests.conftest import TINY_SPEC
+    from tests.realsize import image_folder
+
+    root = image_folder(tmp_path / "images", 2, 2, [0, 1])
+    prepare("imagefolder", tmp_path / "data", root=str(root), images={"crop": 8})
+    for image in (root / "train").rglob("*.png"):
+        image.write_bytes(b"no longer an image")
+    result = pefts_process("train-base", "--data", tmp_path / "data" / "manifest.json",
+                           "--arch", TINY_SPEC["arch"], "--input-size", "8", "--model-kwargs",
+                           json.dumps(TINY_SPEC["model_kwargs"]), "--out",
+                           tmp_path / "base.safetensors", "--device", "cpu")
+    assert "step/s]" in result.stderr  # the bar was drawing
+    error_line(result, "cannot identify image file")
+    assert not (tmp_path / "base.safetensors").exists()

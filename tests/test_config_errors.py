@@ -28,10 +28,10 @@ def default() -> dict:
 
 
 @pytest.mark.parametrize("section, key, expected", [
-    ("certify", "nn", "unknown key certify.nn in section certify (did you mean n?)"),
-    ("dataset", "resise", "unknown key dataset.resise in section dataset (did you mean resize?)"),
-    ("summary", "radius", "unknown key summary.radius in section summary (did you mean radii?)"),
-    (None, "sigma", "unknown key sigma in section (top level) (did you mean sigmas?)"),
+    ("certify", "nn", "unknown key certify.nn in section certify (did you mean 'n'?)"),
+    ("dataset", "resise", "unknown key dataset.resise in section dataset (did you mean 'resize'?)"),
+    ("summary", "radius", "unknown key summary.radius in section summary (did you mean 'radii'?)"),
+    (None, "sigma", "unknown key sigma in section (top level) (did you mean 'sigmas'?)"),
 ])
 def test_unknown_keys_name_key_and_section(section, key, expected):
     config = default()
@@ -44,18 +44,49 @@ def test_a_typo_inside_a_training_section_is_named():
     config["method_params"]["lora"]["train"]["epoch"] = 2
     problem = schema_problem(config, SCHEMA)
     assert problem.startswith("unknown key method_params.lora.train.epoch in section "
-                              "method_params.lora.train (did you mean epochs?)")
+                              "method_params.lora.train (did you mean 'epochs'?)")
 
 
 def test_a_bad_value_names_its_key():
     config = default()
     config["certify"]["alpha"] = 2
-    assert schema_problem(config, SCHEMA).startswith("certify.alpha: 2 is greater than")
+    assert schema_problem(config, SCHEMA) == "certify.alpha must be a finite float in (0, 1), got 2"
     assert schema_problem(default(), SCHEMA) is None
 
 
+@pytest.mark.parametrize("path, value, expected", [
+    (("certify", "n"), [1000], "certify.n must be a finite int >= 1, got [1000]"),
+    (("certify", "n"), 0, "certify.n must be a finite int >= 1, got 0"),
+    (("sigmas",), None, "sigmas must be a non-empty list, each item a finite float > 0, got None"),
+    (("sigmas",), [0.5, -1], "sigmas.1 must be a finite float > 0, got -1"),
+    (("dataset", "crop"), "8", "dataset.crop must be a finite int >= 1 (or null), got '8'"),
+    (("dataset", "resize"), [8], "dataset.resize must be a finite int >= 1 or a list of 2, each "
+                                 "item a finite int >= 1 (or null), got [8]"),
+    (("dataset", "name"), "cifar", "dataset.name must be one of 'digits', 'cifar10', 'imagenet', "
+                                   "'imagefolder', got 'cifar' (did you mean 'cifar10'?)"),
+    (("certify", "adaptive"), "yes", "certify.adaptive must be true or false, got 'yes'"),
+    (("summary", "radii"), 0.5, "summary.radii must be a list, each item a finite float >= 0, got 0.5"),
+])
+def test_a_bad_value_says_what_its_key_must_be(path, value, expected):
+    """The key, the expected type and range, in the words a hyper-parameter's error uses."""
+    from tests.test_refusal_table import with_value
+
+    assert schema_problem(with_value(path, value), SCHEMA) == expected
+
+
+def test_the_schemas_image_options_are_the_packages():
+    """`pefts prepare --images` is checked against pefts.data.IMAGE_SPECS, the config's
+    dataset section against the JSON schema: both must say the same."""
+    from pefts.config import param_of
+    from pefts.data import IMAGE_SPECS
+
+    dataset = yaml.safe_load(SCHEMA.read_text())["properties"]["dataset"]["properties"]
+    for name, spec in IMAGE_SPECS.items():
+        assert param_of(dataset[name]).describe() == spec.describe(), name
+
+
 @pytest.mark.parametrize("method, hparams, needle", [
-    ("lora", {"rnak": 2}, "unknown key method_params.lora.hparams.rnak (did you mean rank?)"),
+    ("lora", {"rnak": 2}, "unknown key method_params.lora.hparams.rnak (did you mean 'rank'?)"),
     ("lora", {"rank": 0}, "method_params.lora.hparams.rank must be"),
     ("prompt", {"length": 0}, "method_params.prompt.hparams.length must be"),
     ("sunet", {"objective": "l1"}, "method_params.sunet.hparams.objective must be"),
@@ -91,6 +122,55 @@ def test_an_incomplete_configfile_is_refused(config, missing):
                                          "config.yaml and must be a complete config"):
         check_complete(config, ["partial.yaml"])
     check_complete(default(), ["full.yaml"])
+
+
+# a bad value a user types in a config overlay, and what the one line must say
+BAD_VALUES = [
+    ("dataset: {crop: '8'}", "dataset.crop must be a finite int >= 1 (or null), got '8'"),
+    ("certify: {n: [1000]}", "certify.n must be a finite int >= 1, got [1000]"),
+    ("sigmas: null", "sigmas must be a non-empty list, each item a finite float > 0, got None"),
+    ("methods: [none, adaptor]", "unknown method 'adaptor' in methods (did you mean 'adapter'?)"),
+    ("certify: {alpha: 1.0e-320}", "config value certify.alpha must be a finite number, got "
+                                   "1e-320, which underflows"),
+    # the config side of the n-too-small refusal, in both modes
+    ("certify: {n: 9, adaptive: false}", "certify.n 9 at alpha 0.001 can never certify: "),
+    ("certify: {n: 11, adaptive: true}", "certify.n 11 at alpha 0.001 can never certify adaptively"),
+    ("method_params: {lora: {hparams: {rnak: 2}}}",
+     "unknown key method_params.lora.hparams.rnak (did you mean 'rank'?)"),
+]
+
+
+@pytest.mark.parametrize("overlay, needle", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_both_config_readers_refuse_a_bad_value_naming_its_key(run_cli, tmp_path, overlay, needle):
+    """`snakemake -n` (the Snakefile's reader) stops before any job, and `pefts
+    fetch-weights` (the CLI's reader, shared with `pefts plan`) refuses: each in one line
+    naming the key; no traceback, nothing created."""
+    from tests.test_cli_errors import error_line, one_line_error
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(overlay + "\n")
+    results = tmp_path / "r"
+    result = snakemake("-n", "--cores", "1", "--configfile", "config.yaml", str(bad),
+                       "--config", f"results={results}")
+    error_line(result, f"error: config is invalid: {needle}")
+    assert "Job stats" not in result.stdout and not results.exists()
+    code, _, err = run_cli("fetch-weights", "--configfile", "config.yaml", "--configfile", bad,
+                           "--results", results)
+    one_line_error(code, err, f"error: config is invalid: {needle}")
+    assert not results.exists()
+
+
+def test_the_clis_config_reader_refuses_in_a_process_of_its_own(tmp_path):
+    """What was a traceback or "Error validating config file." without the key."""
+    from tests.test_cli_errors import error_line, pefts_process
+
+    for overlay, needle in BAD_VALUES[1:3]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(overlay + "\n")
+        for command in ("fetch-weights", "plan"):
+            result = pefts_process(command, "--configfile", "config.yaml", "--configfile", bad,
+                                   cwd=ROOT)
+            error_line(result, f"error: config is invalid: {needle}")
 
 
 def test_the_dry_run_refuses_them_in_one_line(tmp_path):

@@ -38,7 +38,13 @@ def renames(monkeypatch):
     return seen
 
 
-def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, tmp_path):
+def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, tmp_path,
+                                                             monkeypatch):
+    import pefts.runs
+
+    # training checkpoints are removed once the weights are out: keep them, so that a
+    # checkpoint written in place is a published file that did not arrive by a rename
+    monkeypatch.setattr(pefts.runs, "discard", lambda out: None)
     prepare("digits", tmp_path / "data", seed=0)
     manifest = tmp_path / "data" / "manifest.json"
     base = tmp_path / "base.safetensors"
@@ -57,6 +63,12 @@ def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, t
     assert code == 0, err
     code, _, err = run_cli("plot", *run, "--out", tmp_path / "figure_{sigma}.png")
     assert code == 0, err
+    # plot_lines' figures (trainable parameters against accuracy, paper Figure 4)
+    code, _, err = run_cli("parameters", "--run", "none", "0.5", model, "--summary",
+                           tmp_path / "summary.tsv", "--out-tsv", tmp_path / "parameters.tsv",
+                           "--out-md", tmp_path / "parameters.md", "--figure",
+                           tmp_path / "parameters.png")
+    assert code == 0, err
 
     outside = [dst for dst, inside in renames if not inside]
     assert not outside, f"renamed outside pefts.files.durable_path: {outside}"
@@ -67,7 +79,8 @@ def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, t
     # the partial is replaced whole before rows are appended: it went through the helper too
     assert any(dst.name == "cert.tsv.partial" for dst in arrived)
     kinds = {p.suffix for p in published}
-    assert {".safetensors", ".json", ".tsv", ".md", ".png"} <= kinds
+    assert {".safetensors", ".json", ".tsv", ".md", ".png", ".ckpt"} <= kinds
+    assert (tmp_path / "parameters.png").resolve() in arrived
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

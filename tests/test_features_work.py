@@ -60,6 +60,17 @@ def test_precision_is_what_the_network_runs_in(run_cli, spy, digits, tiny_base, 
                            "--precision", precision)
     assert code == 0, err
     assert spy["dtypes"] == {dtype}
+    # and the run says so: a fixed-n bf16 run whose sidecar said fp32 would be summarised
+    # beside fp32 runs without --mixed
+    import json
+
+    sidecar = json.loads((tmp_path / "o.tsv.json").read_text())
+    assert sidecar["certification"]["mode"] == "fixed"
+    assert sidecar["certification"]["precision"] == precision
+    code, _, err = run_cli("summarize", "--run", "none", "0.5", tmp_path / "o.tsv", "--out-tsv",
+                           tmp_path / "s.tsv", "--out-md", tmp_path / "s.md")
+    assert code == 0, err
+    assert (tmp_path / "s.md").read_text().rstrip().endswith(f", {precision}.")
 
 
 @pytest.mark.parametrize("merge", [False, True])

@@ -168,3 +168,53 @@ def test_plan_command_writes_the_cost_table(run_cli, tmp_path):
     tsv.write_text("idx\tradius\n0\t0.5\n")
     code, _, err = run_cli("plan", "--configfile", CIFAR, "--replay", str(tsv))
     assert code == 1 and err.count("\n") == 1 and "--replay-sigma" in err
+
+
+def test_plan_replays_on_certify_grid_not_on_the_summary_radii(run_cli, tmp_path):
+    """The certifier stops on certify.grid; summary.radii only reports. Their defaults are
+    equal, so the configs here set them apart: a new reporting radius leaves the plan as
+    it was, another grid changes it."""
+    replay = tmp_path / "replay.tsv"
+    p = np.linspace(0.55, 0.999, 40)
+    pd.DataFrame({"idx": range(40), "nA": np.round(p * 1000).astype(int), "n": 1000}).to_csv(
+        replay, sep="\t", index=False)
+
+    def planned(overlay: str) -> str:
+        extra = tmp_path / "overlay.yaml"
+        extra.write_text(overlay)
+        code, out, err = run_cli("plan", "--configfile", "config.yaml", "--configfile", extra,
+                                 "--test-images", "20", "--replay", replay,
+                                 "--replay-sigma", "0.5")
+        assert code == 0, err
+        return out.replace(str(extra), "overlay")
+
+    same = planned("certify: {adaptive: true}\n")
+    assert planned("certify: {adaptive: true}\nsummary: {radii: [0.0, 2.5]}\n") == same
+    assert planned("certify: {adaptive: true, grid: [0.0, 2.5]}\n") != same
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "cannot read"),
+    ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n", "has no rows"),
+    ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\tnan\t1\t0.1\n", "row 1: radius 'nan'"),
+    ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.2\t1\t0.1\n1\t1\t1\t-0.5\t1\t0.1\n",
+     "row 2: radius '-0.5'"),
+    ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\tinf\t1\t0.1\n", "row 1: radius 'inf'"),
+    ("idx\tnA\tn\n0\tnan\t100\n", "row 1: nA 'nan'"),
+    ("idx\tnA\tn\n0\t5\t0\n", "row 1: n '0'"),
+])
+def test_a_replay_without_usable_hit_rates_is_refused(tmp_path, text, needle):
+    """A nan radius used to replay as p = 1/2 (an abstention), a negative one too."""
+    tsv = tmp_path / "replay.tsv"
+    tsv.write_text(text)
+    with pytest.raises(PeftsError, match=needle):
+        hit_rates(tsv, None, 0.5)
+
+
+def test_plan_refuses_a_nan_radius_in_a_process_of_its_own(tmp_path):
+    from tests.test_cli_errors import error_line, pefts_process
+
+    tsv = tmp_path / "replay.tsv"
+    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\tnan\t1\t0.1\n")
+    result = pefts_process("plan", "--configfile", CIFAR, "--replay", tsv, "--replay-sigma", "0.5")
+    error_line(result, "row 1: radius 'nan' must be a finite number >= 0")

@@ -68,6 +68,8 @@ OPTIONS = [
 @pytest.mark.parametrize("option, refused, accepted", OPTIONS)
 def test_certify_option_ranges(run_cli, option, refused, accepted):
     sigma = [] if option == "--sigma" else ["--sigma", "0.5"]
+    if option == "--rtol":
+        sigma.append("--adaptive")  # an adaptive option, refused in fixed mode
     code, _, err = run_cli(*CERTIFY, *sigma, option, refused)
     assert code != 0 and option in err, err
     code, _, err = run_cli(*CERTIFY, *sigma, option, accepted)

@@ -62,14 +62,17 @@ def test_summary_carries_the_mode(run_cli, tmp_path, settings, caption):
     assert (tmp_path / "s.md").read_text().rstrip().endswith(caption)
 
 
-@pytest.mark.parametrize("other, differs", [
-    (ADAPTIVE, "mode"),
-    ({**FIXED, "alpha": 0.01}, "alpha"),
-    ({**FIXED, "precision": "bf16", "channels_last": False}, "precision"),
-    ({**FIXED, "n": 1000}, "n"),
+@pytest.mark.parametrize("first, other, differs", [
+    (FIXED, ADAPTIVE, "mode"),
+    (FIXED, {**FIXED, "alpha": 0.01}, "alpha"),
+    (FIXED, {**FIXED, "precision": "bf16", "channels_last": False}, "precision"),
+    (FIXED, {**FIXED, "n": 1000}, "n"),
+    # the same mode, n, n0, alpha and precision, another stopping rule
+    (ADAPTIVE, {**ADAPTIVE, "radii": [0.0, 0.25, 0.5]}, "stop"),
+    (ADAPTIVE, {**ADAPTIVE, "rtol": 0.05}, "stop"),
 ])
-def test_mixing_modes_is_refused_unless_asked(run_cli, tmp_path, other, differs):
-    a = certified_tsv(tmp_path / "a.tsv", 0.5, FIXED)
+def test_mixing_modes_is_refused_unless_asked(run_cli, tmp_path, first, other, differs):
+    a = certified_tsv(tmp_path / "a.tsv", 0.5, first)
     b = certified_tsv(tmp_path / "b.tsv", 0.5, other)
     runs = ["--run", "none", "0.5", a, "--run", "lora", "0.5", b]
     for command, outs in (("summarize", ["--out-tsv", tmp_path / "s.tsv", "--out-md", tmp_path / "s.md"]),

@@ -33,8 +33,9 @@ def can_certify(n: int, alpha: float, adaptive: bool = False) -> bool:
 
 def smallest_certifying_n(alpha: float, adaptive: bool = False) -> int:
     """The fewest samples with which an all-hit image certifies (radius 0 or more)."""
-    # alpha ** (1/n) >= 1/2 needs n >= log2(1/alpha); the looks only need more
-    n = max(1, math.floor(math.log2(1 / alpha)) - 1)
+    # alpha ** (1/n) >= 1/2 needs n >= log2(1/alpha), written -log2(alpha): 1/alpha
+    # overflows for a tiny alpha; the looks only need more
+    n = max(1, math.floor(-math.log2(alpha)) - 1)
     while not can_certify(n, alpha, adaptive):
         n += 1
     return n
@@ -55,7 +56,7 @@ def check_can_certify(n: int, alpha: float, adaptive: bool = False, name: str = 
 
 def smallest_predicting_n(alpha: float) -> int:
     """PREDICT abstains unless the two-sided binomial p-value 2 * 0.5 ** n <= alpha."""
-    n = max(1, math.floor(math.log2(2 / alpha)) - 1)
+    n = max(1, math.floor(1 - math.log2(alpha)) - 1)
     while 2 * 0.5 ** n > alpha:
         n += 1
     return n

@@ -12,6 +12,7 @@ import click
 from pefts.cli import benchmarks, certification, cluster, data, reporting, training
 from pefts.cli.options import FiniteFloat
 from pefts.errors import PeftsError
+from pefts.progress import end_line
 
 __all__ = ["FiniteFloat", "cli", "main"]
 
@@ -27,22 +28,26 @@ for _stage in (data, training, certification, reporting, benchmarks, cluster):
         cli.add_command(_command)
 
 
+def fail(message: str, code: int = 1) -> None:
+    """The one way the CLI ends on an error: on a line of its own, even when a progress
+    bar was drawing, then a non-zero exit."""
+    end_line()
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except PeftsError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(err.exit_code)
+        fail(f"error: {err}", err.exit_code)
     except OSError as err:
         # the machine refused (full disk, read-only folder, a parent that is a file):
         # one line naming the path; atomic writes left nothing half-written
         where = f": {err.filename}" if err.filename else ""
-        click.echo(f"error: {err.strerror or err}{where}", err=True)
-        sys.exit(1)
+        fail(f"error: {err.strerror or err}{where}")
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        fail("aborted", 130)
     except click.ClickException as err:
         command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
-        click.echo(f"error: {command}{err.format_message()}", err=True)
-        sys.exit(err.exit_code)
+        fail(f"error: {command}{err.format_message()}", err.exit_code)

@@ -80,6 +80,18 @@ def adaptive_options(func):
     return func
 
 
+def check_modes_options(ctx: click.Context, adaptive: bool, adaptive_only: tuple[str, ...]) -> None:
+    """Refuse an adaptive option given without --adaptive: fixed n would ignore it (a
+    --n-max 100 beside --n 5 would not make fixed n certify anything)."""
+    if adaptive:
+        return
+    for name in adaptive_only:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            option = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            raise PeftsError(f"{option} applies only with --adaptive (fixed n samples --n "
+                             "for every image): add --adaptive or drop it")
+
+
 @click.command()
 @sampling_options
 @click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
@@ -89,6 +101,7 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
             device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
             compile_net, merge_lora) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
+    check_modes_options(click.get_current_context(), adaptive, ("n_max", "radii", "rtol"))
     from pefts.certification.adaptive import AdaptivePlan
     from pefts.certification.fastpath import executed
     from pefts.certification.feasibility import check_can_certify
@@ -103,7 +116,11 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
     grid = parse_floats(radii, "--grid")
     if any(r < 0 for r in grid):
         raise PeftsError(f"--grid must be non-negative, got {radii!r}")
-    check_can_certify(n_max or n, alpha, adaptive, "--n-max" if adaptive and n_max else "--n")
+    # each mode checks the n it samples: fixed n draws --n, adaptive up to --n-max (or --n)
+    if adaptive:
+        check_can_certify(n_max or n, alpha, True, "--n-max" if n_max else "--n")
+    else:
+        check_can_certify(n, alpha, False, "--n")
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma, out, force)
     settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")

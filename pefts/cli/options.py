@@ -14,18 +14,21 @@ from typing import Any
 import click
 
 from pefts.errors import PeftsError
+from pefts.hparams import number_problem
 
 
 class FiniteFloat(click.FloatRange):
     """A float in a range that also refuses nan and +-inf (FloatRange lets nan through:
-    every comparison with nan is false)."""
+    every comparison with nan is false) and values that underflow (``--alpha 1e-320``:
+    1 / alpha overflows)."""
 
     name = "finite float"
 
     def convert(self, value, param, ctx):
         value = super().convert(value, param, ctx)
-        if not math.isfinite(value):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
+        problem = number_problem(value)
+        if problem:
+            self.fail(f"{value!r} {problem}", param, ctx)
         return value
 
 
@@ -62,6 +65,8 @@ MD_OUT = OutputPath(".md")
 
 
 def parse_json(text: str | None, option: str) -> dict[str, Any]:
+    """A JSON object; its values are checked against their specs where they are used
+    (methods' hyper-parameters, training options, pefts.data.IMAGE_SPECS)."""
     if not text:
         return {}
     try:
@@ -122,7 +127,7 @@ def parse_floats(text: str, option: str, low: float = -math.inf,
     except ValueError:
         raise PeftsError(f"{option} must be comma-separated numbers, got {text!r}") from None
     for v in values:
-        if not math.isfinite(v) or v < low or (low_open and v == low):
+        if number_problem(v) or v < low or (low_open and v == low):
             bound = f"{'>' if low_open else '>='} {low:g}" if math.isfinite(low) else "finite"
             raise PeftsError(f"{option} must be comma-separated finite numbers {bound}, "
                              f"got {text!r}")

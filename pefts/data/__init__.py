@@ -18,14 +18,22 @@ from torch.utils.data import Dataset
 
 from pefts.artifacts import atomic_write_text
 from pefts.errors import PeftsError
+from pefts.hparams import Either, Int, IntList, Param, check_known, check_values
 
 # imported on use: torchvision (cifar10, imagefolder) costs seconds every digits job would pay
 DATASETS = ("cifar10", "digits", "imagefolder", "imagenet")
 
+# `pefts prepare --images` (the config's dataset.resize, crop and augment: the schema says
+# the same, tests/test_config_errors.py checks that it does)
+IMAGE_SPECS: dict[str, Param] = {
+    "resize": Either(Int(1), IntList(1, length=2), optional=True),
+    "crop": Param(int, low=1, optional=True),
+    "augment": Param(bool, optional=True),
+}
+
 
 def dataset_module(name: str) -> ModuleType:
-    if name not in DATASETS:
-        raise PeftsError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    check_known("dataset", name, DATASETS)
     return importlib.import_module(f"pefts.data.{name}")
 
 
@@ -33,9 +41,11 @@ def prepare(name: str, out_dir: str | Path, classes: list[int] | None = None,
             **options: Any) -> dict[str, Any]:
     """Prepare ``name`` under ``out_dir`` and write its manifest; ``classes`` keeps only
     those labels (of the full dataset), numbered 0..k-1 in the given order."""
+    check_values("image option {name}", IMAGE_SPECS, options.get("images") or {}, known_only=True)
     out_dir = Path(out_dir)
+    module = dataset_module(name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"dataset": name, **dataset_module(name).prepare(out_dir, **options)}
+    manifest = {"dataset": name, **module.prepare(out_dir, **options)}
     if classes:
         unknown = sorted(set(classes) - set(range(manifest["num_classes"])))
         if unknown or len(set(classes)) != len(classes):

@@ -15,7 +15,6 @@ from torchvision import datasets, transforms
 from pefts.errors import PeftsError
 
 TEST_FOLDERS = ("test", "val")
-OPTIONS = ("resize", "crop", "augment")
 
 
 # Pillow warns about an image above MAX_IMAGE_PIXELS and raises above twice that: both
@@ -127,10 +126,8 @@ def check_same_size(data: ClassFolder, options: dict[str, Any]) -> None:
 
 def prepare(out_dir: Path, root: str | None = None, images: dict[str, Any] | None = None,
             label: str = "image folder", **_: Any) -> dict[str, Any]:
+    # checked against pefts.data.IMAGE_SPECS by pefts.data.prepare
     options = {k: v for k, v in (images or {}).items() if v is not None}
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise PeftsError(f"unknown image option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
     test_dir = split_folder(root, "test", label)
     train_dir = Path(root) / "train"
     class_dir = train_dir if train_dir.is_dir() else test_dir

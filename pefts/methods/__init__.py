@@ -13,6 +13,7 @@ from torch import nn
 
 from pefts.artifacts import load_artifact, load_meta
 from pefts.errors import PeftsError
+from pefts.hparams import check_known
 from pefts.methods.base import Method
 from pefts.models import PixelClassifier, load_base, replace_head
 from pefts.verified import check_recorded, sha256
@@ -36,8 +37,7 @@ _discover()
 
 
 def get_method(name: str, **hparams: Any) -> Method:
-    if name not in METHODS:
-        raise PeftsError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    check_known("method", name, METHODS)
     return METHODS[name](**hparams)
 
 

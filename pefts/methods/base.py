@@ -49,12 +49,6 @@ class Method:
         return not self.trains_head
 
     def __init__(self, **hparams: Any):
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise PeftsError(
-                f"unknown hyper-parameter(s) {', '.join(unknown)} for method {self.name!r}; known: {known}"
-            )
         check_hparams(self.name, self.specs, hparams)
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
         # the task's readable class names, set by build_model for methods that read them

@@ -3,23 +3,15 @@
 import json
 import sys
 
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
-from pefts.config import check_complete, check_config, schema_problem
+from pefts.config import validated
 from pefts.errors import PeftsError
 from pefts.experiments import Study, external_weights
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 try:
-    if workflow.overwrite_configfiles:  # config.yaml was not loaded (see the Snakefile)
-        check_complete(config, workflow.overwrite_configfiles)
-    problem = schema_problem(config, SCHEMA)
-    if problem:
-        raise PeftsError(problem)
-    validate(config, SCHEMA)  # fills the schema's defaults
-    check_config(config)
-except (WorkflowError, PeftsError) as err:
+    # config.yaml was not loaded under --configfile (see the Snakefile): check it is complete
+    validated(config, SCHEMA, workflow.overwrite_configfiles)
+except PeftsError as err:
     sys.exit(f"error: config is invalid: {str(err).strip().splitlines()[0]}")
 
 
