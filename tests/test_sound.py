@@ -206,7 +206,9 @@ def test_sound_counts_match_the_standard_mode_on_the_default_model(both_modes):
         count = {name: int(((f["correct"] == 1) & (f["radius"] >= radius)).sum())
                  for name, f in (("standard", standard), ("sound", sound))}
         assert abs(count["standard"] - count["sound"]) <= 3, (radius, count)
-    assert (standard["correct"] == 1).sum() > 10
+    # the same decisions image by image, not only the same totals
+    assert (standard["predict"] >= 0).sum() > 25
+    assert (standard["predict"] == sound["predict"]).sum() >= 36
 
 
 def test_sound_is_in_the_sidecar_and_shards_merge_to_the_single_run(both_modes, tmp_path,
