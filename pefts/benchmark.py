@@ -6,7 +6,9 @@ Four figures from one run, on one input, with one batch schedule:
 * ``Smooth.sample_counts``: our sampler (noise drawn and counts kept on the device);
 * a Cohen-style loop, a copy of ``_sample_noise``/``_count_arr`` from Cohen et al.'s
   ``core.py`` (counts on the host after every batch), kept here only as the yardstick;
-* ``Smooth.certify`` end to end (n0 selection + n estimation samples) for one image.
+* ``Smooth.certify`` end to end (n0 selection + n estimation samples) for one image;
+* the pipeline's pool certifier at fixed n on the same image (on the 8-bit grid), in
+  the standard and in the sound mode (``pefts.certification.sound``), side by side.
 
 Every figure is the best (shortest) of ``repeats`` timed runs after one untimed warm-up;
 the median is reported beside it so noisy machines show up as a gap between the two.
@@ -26,7 +28,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pefts.certification.adaptive import fixed_plan
+from pefts.certification.pool import Pool
 from pefts.certification.smoothing import Smooth, batch_sizes
+from pefts.certification.sound import quantised
 from pefts.errors import PeftsError
 from pefts.models import count_parameters
 
@@ -34,7 +39,9 @@ RAW = "raw forward (inference_mode)"
 SAMPLER = "Smooth.sample_counts"
 COHEN = "Cohen-style loop (host counts)"
 CERTIFY = "Smooth.certify (n0 + n, one image)"
-ROWS = (RAW, SAMPLER, COHEN, CERTIFY)
+POOL = "pool certifier, standard (n0 + n, one image)"
+SOUND = "pool certifier, sound (n0 + n, one image)"
+ROWS = (RAW, SAMPLER, COHEN, CERTIFY, POOL, SOUND)
 COLUMNS = ("measure", "samples", "best_s", "median_s", "samples_per_s", "vs_raw_forward")
 
 BUILTIN_NAME = "built-in tiny ViT (random weights)"
@@ -76,6 +83,11 @@ class BenchmarkResult:
         return float(self._row(SAMPLER)["samples_per_s"] / self._row(COHEN)["samples_per_s"])
 
     @property
+    def sound_ratio(self) -> float:
+        """Sound over standard certifier throughput: 1.0 means soundness is free."""
+        return float(self._row(SOUND)["samples_per_s"] / self._row(POOL)["samples_per_s"])
+
+    @property
     def certify_seconds_per_image(self) -> float:
         return float(self._row(CERTIFY)["best_s"])
 
@@ -87,7 +99,8 @@ class BenchmarkResult:
         return (f"certifier/raw forward = {self.overhead_ratio:.3f}, "
                 f"certifier/Cohen-style = {self.speedup_vs_cohen:.2f}x, "
                 f"certify = {self.certify_seconds_per_image:.3f} s/image "
-                f"(n0={self.n0}, n={self.n}; best of {self.repeats})")
+                f"(n0={self.n0}, n={self.n}; best of {self.repeats}), "
+                f"sound/standard certifier = {self.sound_ratio:.3f}")
 
 
 def builtin_subject(device: torch.device, num_classes: int = 10) -> Subject:
@@ -204,8 +217,17 @@ def run_benchmark(subject: Subject, device: torch.device, batch: int = 1000, n: 
         estimation = torch.Generator(device=device).manual_seed(seed + 1)
         smooth.certify(x, n0, n, alpha, batch, selection, estimation)
 
+    plan, on_grid = fixed_plan(sigma, alpha, n), quantised(x)
+
+    def pooled(sound: bool) -> Callable[[], None]:
+        def run() -> None:
+            pool = Pool(net, subject.num_classes, plan, n0, seed, device, batch, 1, sound)
+            list(pool.run([(0, on_grid, 0)]))
+        return run
+
     measures: dict[str, tuple[Callable[[], None], int]] = {
-        RAW: (raw, n), SAMPLER: (sampler, n), COHEN: (cohen, n), CERTIFY: (certify, n0 + n)}
+        RAW: (raw, n), SAMPLER: (sampler, n), COHEN: (cohen, n), CERTIFY: (certify, n0 + n),
+        POOL: (pooled(False), n0 + n), SOUND: (pooled(True), n0 + n)}
     # A warm-up pass absorbs one-off costs (allocator growth, kernel selection, lazy init)
     # that would otherwise land on whichever measure happens to run first.
     for fn, _ in measures.values():

@@ -34,13 +34,13 @@ def text_digest(text: str) -> str:
 
 # how a run was certified: what every table and figure states, and what runs shown side
 # by side must share (unless asked to mix them)
-CERTIFICATION_KEYS = ("mode", "n0", "n", "alpha", "precision", "stop")
+CERTIFICATION_KEYS = ("mode", "n0", "n", "alpha", "precision", "stop", "sound")
 
 
 def certification_of(settings: dict[str, Any]) -> dict[str, Any]:
     """How the rows of a run were certified, from its settings: fixed n or adaptive (then
     n is n_max, and ``stop`` the grid of radii or the tolerance it stopped on), n0,
-    alpha and the network's precision."""
+    alpha, the network's precision and whether it was sound in floating point."""
     adaptive = bool(settings.get("adaptive"))
     if adaptive:
         stop = (f"rtol {settings['rtol']:g}" if settings.get("rtol")
@@ -51,7 +51,7 @@ def certification_of(settings: dict[str, Any]) -> dict[str, Any]:
     return {"mode": mode, "n0": settings.get("n0"),
             "n": settings.get("n_max") if adaptive else settings.get("n"),
             "alpha": settings.get("alpha"), "precision": settings.get("precision", "fp32"),
-            "stop": stop}
+            "stop": stop, "sound": bool(settings.get("sound", False))}
 
 
 def describe_certification(cert: dict[str, Any]) -> str:
@@ -68,7 +68,8 @@ def describe_certification(cert: dict[str, Any]) -> str:
     else:
         head = f"{cert['mode']} n = {count(cert['n'])}"
     n0 = f", n0 {count(cert['n0'])}" if cert.get("n0") is not None else ""
-    return f"{head}{n0}, alpha {float(cert['alpha']):g}, {cert['precision']}"
+    sound = ", sound (8-bit images, discretised noise)" if cert.get("sound") else ""
+    return f"{head}{n0}, alpha {float(cert['alpha']):g}, {cert['precision']}{sound}"
 
 
 def read_tsv_text(path: str | Path) -> str:

@@ -164,7 +164,10 @@ def with_certification(table: pd.DataFrame, certs: Sequence[dict[str, Any]]) -> 
 
 def certifications(table: pd.DataFrame) -> list[dict[str, Any]]:
     """Each summary row's certification settings (``with_certification``'s columns)."""
-    columns = table[list(CERTIFICATION_KEYS)].astype(object)
+    # a summary written before a setting was recorded lacks its column: the default then
+    columns = table.reindex(columns=list(CERTIFICATION_KEYS)).astype(object)
+    if "sound" not in table.columns:
+        columns["sound"] = False
     columns = columns.where(columns.notna(), None)
     return [dict(zip(CERTIFICATION_KEYS, row, strict=True))
             for row in columns.itertuples(index=False)]
@@ -173,7 +176,7 @@ def certifications(table: pd.DataFrame) -> list[dict[str, Any]]:
 def certification_note(table: pd.DataFrame) -> str:
     """The caption of a summary: how its runs were certified, or that they differ (each
     row then says it in its own column)."""
-    if not set(CERTIFICATION_KEYS) <= set(table.columns):
+    if not set(CERTIFICATION_KEYS) - {"sound"} <= set(table.columns):
         return "certification settings unknown (a summary without them)"
     certs = certifications(table)
     if all(c == certs[0] for c in certs):

@@ -48,7 +48,8 @@ def test_benchmark_prints_table_and_writes_tsv(run_cli, tmp_path, keep_threads):
     table = pd.read_csv(out, sep="\t")
     assert tuple(table.columns) == COLUMNS
     assert tuple(table["measure"]) == ROWS
-    assert list(table["samples"]) == [60, 60, 60, 65]
+    assert list(table["samples"]) == [60, 60, 60, 65, 65, 65]
+    assert "sound/standard certifier = " in stdout
     for column in ("best_s", "median_s", "samples_per_s", "vs_raw_forward"):
         assert all(math.isfinite(v) and v > 0 for v in table[column]), column
     assert (table["best_s"] <= table["median_s"]).all()

@@ -35,11 +35,11 @@ def test_sidecar_says_how_it_was_certified(tmp_path):
     certified_tsv(tmp_path / "f.tsv", 0.5, FIXED)
     fixed = json.loads((tmp_path / "f.tsv.json").read_text())
     assert fixed["certification"] == {"mode": "fixed", "n0": 8, "n": 100, "alpha": 0.001,
-                                      "precision": "fp32", "stop": ""}
+                                      "precision": "fp32", "stop": "", "sound": False}
     certified_tsv(tmp_path / "a.tsv", 0.5, {**ADAPTIVE, "precision": "bf16"})
     adaptive = json.loads((tmp_path / "a.tsv.json").read_text())["certification"]
     assert adaptive == {"mode": "adaptive", "n0": 8, "n": 5000, "alpha": 0.001,
-                        "precision": "bf16", "stop": "grid 0,0.5"}
+                        "precision": "bf16", "stop": "grid 0,0.5", "sound": False}
 
 
 @pytest.mark.parametrize("settings, caption", [
@@ -47,6 +47,8 @@ def test_sidecar_says_how_it_was_certified(tmp_path):
     (ADAPTIVE, "Certified: adaptive (n_max 5000, stops on grid 0,0.5: radii truncated between "
                "grid points), n0 8, alpha 0.001, fp32."),
     ({**ADAPTIVE, "rtol": 0.05}, "Certified: adaptive (n_max 5000, rtol 0.05), n0 8, alpha 0.001, fp32."),
+    ({**FIXED, "sound": True}, "Certified: fixed n = 100, n0 8, alpha 0.001, fp32, sound (8-bit "
+                               "images, discretised noise)."),
 ])
 def test_summary_carries_the_mode(run_cli, tmp_path, settings, caption):
     a = certified_tsv(tmp_path / "a.tsv", 0.5, settings)
@@ -109,7 +111,7 @@ def test_figures_carry_a_footnote(tmp_path, monkeypatch):
     plot_certified_curves([("lora", frame)], "t", tmp_path / "c.png", "certified: adaptive x")
     summary = with_certification(pd.DataFrame({"method": ["lora"], "sigma": [0.5], "ACR": [0.2]}),
                                  [{"mode": "adaptive", "n0": 8, "n": 5000, "alpha": 0.001,
-                                   "precision": "fp32", "stop": "grid 0,0.5"}])
+                                   "precision": "fp32", "stop": "grid 0,0.5", "sound": False}])
     plot_against_sigma(summary, ["ACR"], "t", tmp_path / "s.png", certification_note(summary))
     assert "certified: adaptive x" in texts
     assert any(t.startswith("certified: adaptive (n_max 5000") for t in texts), texts

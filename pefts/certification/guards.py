@@ -22,10 +22,13 @@ def refuse_training_mode(model: object) -> None:
 
 
 @torch.inference_mode()
-def refuse_batch_dependence(model: object, x: torch.Tensor, sigma: float) -> None:
-    """Compare a small noisy batch with its samples run one by one."""
-    gen = torch.Generator(device=x.device).manual_seed(0)  # leaves the callers' streams alone
-    probe = x.unsqueeze(0) + torch.randn((4, *x.shape), generator=gen, device=x.device) * sigma
+def refuse_batch_dependence(model: object, x: torch.Tensor, sigma: float,
+                            probe: torch.Tensor | None = None) -> None:
+    """Compare a small noisy batch (default: 4 Gaussian samples around x) with its samples
+    run one by one."""
+    if probe is None:
+        gen = torch.Generator(device=x.device).manual_seed(0)  # leaves the callers' streams alone
+        probe = x.unsqueeze(0) + torch.randn((4, *x.shape), generator=gen, device=x.device) * sigma
     batched = model(probe).float()
     alone = torch.cat([model(probe[i:i + 1]) for i in range(len(probe))]).float()
     # loose enough for batched vs single kernels (TF32, bf16), far below a batch effect

@@ -7,6 +7,7 @@ depend on sharding, ordering or resuming.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,14 +51,26 @@ def piece_ends(total: int) -> np.ndarray:
     return np.array(ends)
 
 
+def gaussian(count: int, shape: tuple[int, ...], gen: torch.Generator | None,
+             device: torch.device) -> torch.Tensor:
+    """Standard normal noise, to be scaled by sigma."""
+    return torch.randn((count, *shape), generator=gen, device=device)
+
+
+Draw = Callable[[int, tuple[int, ...], "torch.Generator | None", torch.device], torch.Tensor]
+
+
 class NoiseStream:
     """The ``total`` noise samples of one stream, handed out in any slicing but always
-    drawn in the pieces ``ends`` (default: ``piece_ends(total)``)."""
+    drawn in the pieces ``ends`` (default: ``piece_ends(total)``), by ``draw`` (default:
+    standard normal; sound mode: integer levels of the discretised Gaussian)."""
 
     def __init__(self, gen: torch.Generator | None, shape: tuple[int, ...], total: int,
-                 device: torch.device | str, ends: np.ndarray | None = None):
+                 device: torch.device | str, ends: np.ndarray | None = None,
+                 draw: Draw = gaussian):
         self.gen, self.shape, self.device = gen, tuple(shape), torch.device(device)
         self.ends = piece_ends(total) if ends is None else ends
+        self.draw = draw
         self.drawn = 0
         self.pending: list[torch.Tensor] = []  # drawn, not yet handed out
 
@@ -66,8 +79,7 @@ class NoiseStream:
         have = sum(len(p) for p in self.pending)
         while have < k:
             end = int(self.ends[np.searchsorted(self.ends, self.drawn, side="right")])
-            self.pending.append(torch.randn((end - self.drawn, *self.shape), generator=self.gen,
-                                            device=self.device))
+            self.pending.append(self.draw(end - self.drawn, self.shape, self.gen, self.device))
             have += end - self.drawn
             self.drawn = end
         noise = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]

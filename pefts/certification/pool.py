@@ -21,6 +21,10 @@ n_max = N count the same hits, and so does ``Smooth`` with the same generators.
 Batching happens only at the forward pass, so the results do not depend on shards, pool
 size, batch size or resuming, up to the last bits a BLAS kernel may change with the
 batch's composition.
+
+Sound mode (``sound``, ``pefts.certification.sound``): images are held as integer levels
+of the 8-bit grid, the noise is the exactly drawn discretised Gaussian in levels, the
+network sees (k + d) / 255, and the certificate is that distribution's.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from torch import nn
 
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
-from pefts.certification.noise import ESTIMATION, SELECTION, NoiseStream, generator
+from pefts.certification.noise import ESTIMATION, SELECTION, NoiseStream, gaussian, generator
+from pefts.certification.sound import DiscreteGaussian
 
 AHEAD = 8  # looks an image may run past its next one: about 2x its samples at most
 
@@ -72,10 +77,12 @@ class Pool:
     """Runs ``plan`` on many images at once with the given model."""
 
     def __init__(self, model: nn.Module, num_classes: int, plan: AdaptivePlan, n0: int, seed: int,
-                 device: torch.device | str, batch: int = 1000, pool: int = 256):
+                 device: torch.device | str, batch: int = 1000, pool: int = 256,
+                 sound: bool = False):
         if min(n0, batch, pool) < 1:
             raise ValueError("n0, batch and pool must be at least 1")
         self.model, self.num_classes, self.plan = model, num_classes, plan
+        self.sound = DiscreteGaussian(plan.sigma) if sound else None
         self.n0, self.seed, self.batch, self.pool = n0, seed, batch, pool
         self.device = torch.device(device)
         self.counts = plan.looks.counts
@@ -136,7 +143,7 @@ class Pool:
         noisy, slots, columns = [], [], []
         for image, first, k in parts:
             # parts of one image come in sample order, so the stream hands out first .. first + k
-            noisy.append(image.x.unsqueeze(0) + image.noise.take(k) * self.plan.sigma)
+            noisy.append(self._noisy(image.x, image.noise.take(k)))
             slots.append(torch.full((k,), image.slot, dtype=torch.long))
             if image.stage == ESTIMATION:
                 columns.append(self._chunk_column[first:first + k])
@@ -166,16 +173,27 @@ class Pool:
                 self._free.sort()
                 yield result
 
+    def _noisy(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.sound is not None:
+            return self.sound.noisy(x, noise)
+        return x.unsqueeze(0) + noise * self.plan.sigma
+
     def _at_look(self, image: _Image) -> bool:
         return image.sent >= self._due(image, 0)
 
     def _admit(self, item: tuple[int, torch.Tensor, int]) -> _Image:
         idx, x, label = item
-        slot = self._free.pop(0)
         x = x.to(self.device, torch.float32)
+        if self.sound is not None:  # held as integer levels k: k + d is then exact
+            x = self.sound.levels(x, f"image {idx}")
+        slot = self._free.pop(0)
         image = _Image(int(idx), int(label), x, slot, self._stream(int(idx), SELECTION, x))
         if not self._probed:
-            refuse_batch_dependence(self.model, image.x, self.plan.sigma)
+            probe = None
+            if self.sound is not None:  # the network only ever sees grid values
+                gen = torch.Generator(device=self.device).manual_seed(0)
+                probe = self.sound.noisy(x, self.sound.draw(4, x.shape, gen, self.device))
+            refuse_batch_dependence(self.model, image.x, self.plan.sigma, probe)
             self._probed = True
         self._tally[slot] = 0
         self._active.append(image)
@@ -183,7 +201,9 @@ class Pool:
 
     def _stream(self, idx: int, stage: int, x: torch.Tensor) -> NoiseStream:
         total = self.n0 if stage == SELECTION else self.plan.n_max
-        return NoiseStream(generator(self.seed, idx, stage, self.device), x.shape, total, self.device)
+        draw = self.sound.draw if self.sound is not None else gaussian
+        return NoiseStream(generator(self.seed, idx, stage, self.device), x.shape, total,
+                           self.device, draw=draw)
 
     def _looks(self, image: _Image, row: np.ndarray) -> PoolResult | None:
         """Every look the image's forwarded samples complete, in order, until it stops."""
@@ -200,8 +220,16 @@ class Pool:
             image.n_a += int(hits[image.look])
             image.lower, stop = self.plan.look(image.look, image.n_a, image.lower)
             if stop:
-                radius = self.plan.radius(image.lower)
-                prediction = image.top if image.lower >= 0.5 else -1
+                lower, radius = self._certificate(image.lower)
+                prediction = image.top if lower >= 0.5 else -1
                 return PoolResult(image.idx, image.label, prediction, radius, image.n_a,
-                                  self.counts[image.look], image.lower, image.seconds)
+                                  self.counts[image.look], lower, image.seconds)
         return None
+
+    def _certificate(self, lower: float) -> tuple[float, float]:
+        """The bound on p and the radius it certifies; in sound mode those of the rounded
+        Gaussian, which the sampled law approximates to total variation ``tv``."""
+        if self.sound is not None:
+            lower = self.sound.certified_lower(lower)
+            return lower, self.sound.radius(lower)
+        return lower, self.plan.radius(lower)

@@ -35,9 +35,9 @@ def per_image(dataset: Dataset, row: Callable[[torch.Tensor, int, int], list[Any
 
 def pooled_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: AdaptivePlan,
                 n0: int, batch: int, pool: int, seed: int, device: torch.device | str,
-                cells: Callable[[PoolResult], list[Any]]) -> RowSource:
+                cells: Callable[[PoolResult], list[Any]], sound: bool = False) -> RowSource:
     """Certify a pool of images at once under ``plan``; rows come as images finish."""
-    runner = Pool(model, num_classes, plan, n0, seed, device, batch, pool)
+    runner = Pool(model, num_classes, plan, n0, seed, device, batch, pool, sound)
 
     def rows(todo: list[int]) -> Iterator[list[Any]]:
         images = ((idx, *dataset[idx]) for idx in todo)
@@ -50,20 +50,21 @@ def pooled_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: Adap
 
 def certify_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n0: int,
                  n: int, alpha: float, batch: int, seed: int, device: torch.device | str,
-                 precision: str = "fp32", pool: int = 256) -> RowSource:
+                 precision: str = "fp32", pool: int = 256, sound: bool = False) -> RowSource:
     """Cohen's CERTIFY rows: adaptive certification with a single look at n (same noise,
     same hits as an adaptive image that runs to n_max = n); his columns, unchanged."""
     extra = [precision] if precision != "fp32" else []
     return pooled_rows(model, dataset, num_classes, fixed_plan(sigma, alpha, n), n0, batch, pool,
-                       seed, device, lambda r: [n, r.n_a, repr(r.p_a_lower), *extra])
+                       seed, device, lambda r: [n, r.n_a, repr(r.p_a_lower), *extra], sound)
 
 
 def adaptive_rows(model: nn.Module, dataset: Dataset, num_classes: int, plan: AdaptivePlan,
                   n0: int, batch: int, pool: int, seed: int, device: torch.device | str,
-                  precision: str = "fp32") -> RowSource:
+                  precision: str = "fp32", sound: bool = False) -> RowSource:
     """Adaptive certification of a pool of images at once; rows come as images finish."""
     return pooled_rows(model, dataset, num_classes, plan, n0, batch, pool, seed, device,
-                       lambda r: [r.n_used, r.n_a, repr(r.p_a_lower), plan.n_max, precision])
+                       lambda r: [r.n_used, r.n_a, repr(r.p_a_lower), plan.n_max, precision],
+                       sound)
 
 
 def predict_rows(model: nn.Module, dataset: Dataset, num_classes: int, sigma: float, n: int,

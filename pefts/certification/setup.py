@@ -8,8 +8,10 @@ from pefts.files import refuse_clashes, refuse_existing
 
 
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
-                device: str, sigma: float, out: str | None = None, force: bool = False):
-    """Everything certify and predict share: validation first, then loading."""
+                device: str, sigma: float, out: str | None = None, force: bool = False,
+                sound: bool = False):
+    """Everything certify and predict share: validation first, then loading. ``sound``:
+    the test images on the 8-bit grid (``pefts.certification.sound``)."""
     from pefts.certification.selection import parse_shard, selected_indices, shard_indices
     from pefts.data import load_split, read_manifest
     from pefts.devices import resolve_device
@@ -21,7 +23,7 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
         refuse_clashes({"--out": out}, [model, base, data])
         refuse_existing(out, force)
     manifest = read_manifest(data)
-    dataset = load_split(manifest, "test")
+    dataset = load_split(manifest, "test", on_grid=sound)
     indices = shard_indices(selected_indices(len(dataset), skip, max_count), k, n_shards)
     torch_device = resolve_device(device)
     net, meta = load_model(model, base, torch_device)
@@ -37,4 +39,6 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
                 "class_subset": manifest.get("class_subset"), "split": "test",
                 "manifest": manifest["_sha256"], "skip": skip, "max": max_count, "shard": shard,
                 "device": torch_device.type}
+    if sound:  # only when used, so resuming an older run still matches
+        settings.update(sound=True, pixel_levels=manifest.get("pixel_levels"))
     return net, manifest, dataset, indices, torch_device, settings

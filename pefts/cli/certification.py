@@ -97,9 +97,12 @@ def check_modes_options(ctx: click.Context, adaptive: bool, adaptive_only: tuple
 @click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
 @adaptive_options
 @fast_path_options
+@click.option("--sound", is_flag=True,
+              help="sound in floating point (Voracek & Hein): 8-bit images, noise from the "
+                   "Gaussian discretised to 1/255 drawn exactly, that distribution's certificate")
 def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
             device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
-            compile_net, merge_lora) -> None:
+            compile_net, merge_lora, sound) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
     check_modes_options(click.get_current_context(), adaptive, ("n_max", "radii", "rtol"))
     from pefts.certification.adaptive import AdaptivePlan
@@ -122,7 +125,7 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
     else:
         check_can_certify(n, alpha, False, "--n")
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
-        model, base, data, skip, max_count, shard, device, sigma, out, force)
+        model, base, data, skip, max_count, shard, device, sigma, out, force, sound)
     settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")
     fast = {"precision": precision, "channels_last": channels_last, "compile": compile_net,
             "merge_lora": merge_lora}
@@ -135,11 +138,11 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
                         futility=plan.futility, precision=precision)
         columns = ADAPTIVE_COLUMNS
         rows = adaptive_rows(net, dataset, manifest["num_classes"], plan, n0, batch, pool, seed,
-                             torch_device, precision)
+                             torch_device, precision, sound)
     else:
         columns = CERTIFY_COLUMNS + (["precision"] if precision != "fp32" else [])
         rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch,
-                            seed, torch_device, precision, pool)
+                            seed, torch_device, precision, pool, sound)
     run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}", force=force)
     click.echo(f"certified {len(indices)} images -> {out}")
 

@@ -39,7 +39,7 @@ def read_runs(runs, mixed: bool = False) -> tuple[list, list[dict]]:
 def mixed_option(func):
     return click.option("--mixed", is_flag=True,
                         help="allow runs certified differently (mode, n, n0, alpha, precision, "
-                             "stopping rule); each is then labelled with its settings")(func)
+                             "stopping rule, sound); each is then labelled with its settings")(func)
 
 
 @click.command()

@@ -45,7 +45,10 @@ def prepare(name: str, out_dir: str | Path, classes: list[int] | None = None,
     out_dir = Path(out_dir)
     module = dataset_module(name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"dataset": name, **module.prepare(out_dir, **options)}
+    # how many levels a pixel takes after any resize (8-bit images: 255, values k / 255);
+    # sound certification needs the 8-bit grid and quantises images that are not on it
+    manifest = {"dataset": name, "pixel_levels": getattr(module, "PIXEL_LEVELS", 255),
+                **module.prepare(out_dir, **options)}
     if classes:
         unknown = sorted(set(classes) - set(range(manifest["num_classes"])))
         if unknown or len(set(classes)) != len(classes):
@@ -102,8 +105,11 @@ def check_manifest(path: Path, manifest: Any) -> None:
                          f"({manifest['num_classes']}) names")
 
 
-def load_split(manifest: str | Path | dict[str, Any], split: str) -> Dataset:
-    """The ``train`` or ``test`` split; items are (image in [0,1], label)."""
+def load_split(manifest: str | Path | dict[str, Any], split: str,
+               on_grid: bool = False) -> Dataset:
+    """The ``train`` or ``test`` split; items are (image in [0,1], label). ``on_grid``:
+    images quantised to the 8-bit grid after the dataset's resize (sound certification;
+    a no-op for 8-bit images, see the manifest's ``pixel_levels``)."""
     if not isinstance(manifest, dict):
         manifest = read_manifest(manifest)
     if split not in ("train", "test"):
@@ -111,7 +117,7 @@ def load_split(manifest: str | Path | dict[str, Any], split: str) -> Dataset:
     data = dataset_module(manifest["dataset"]).load(manifest, split)
     if manifest.get("class_subset"):
         data = ClassSubset(data, manifest["class_subset"])
-    return data
+    return OnGrid(data) if on_grid else data
 
 
 def labels_of(data: Dataset) -> list[int]:
@@ -119,6 +125,22 @@ def labels_of(data: Dataset) -> list[int]:
     if hasattr(data, "targets"):
         return [int(t) for t in data.targets]
     return [int(t) for t in data.tensors[1]]  # TensorDataset
+
+
+class OnGrid(Dataset):
+    """The images of ``data`` on the 8-bit grid: round(255 x) / 255."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+        from pefts.certification.sound import quantised
+
+        x, y = self.data[idx]
+        return quantised(x), y
 
 
 class ClassSubset(Dataset):

@@ -15,6 +15,7 @@ from pefts.errors import PeftsError
 from pefts.files import durable_path
 
 TENSORS = "digits.safetensors"
+PIXEL_LEVELS = 16  # values k / 16: off the 8-bit grid, quantised for sound certification
 
 
 def prepare(out_dir: Path, seed: int = 0, test_fraction: float = 0.25,

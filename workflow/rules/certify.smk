@@ -21,6 +21,7 @@ rule certify_shard:
             f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
             f"--seed {CERT['seed']} --precision {CERT['precision']}"
             + (" --merge-lora" if CERT["merge_lora"] else "")
+            + (" --sound" if CERT["sound"] else "")
         ),
         selection=lambda w: STUDY.selection(w.runname),
         adaptive=(
