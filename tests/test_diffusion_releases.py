@@ -233,6 +233,9 @@ def test_a_classifier_of_its_own_sees_the_denoised_image_at_its_size(small_relea
 
 
 def test_bad_release_settings_stop_with_the_config_key():
+    from pefts.methods.diffusion import RELEASE_NAMES
+
+    assert RELEASE_NAMES == tuple(releases.RELEASES)  # the hyper-parameter's choices
     with pytest.raises(PeftsError, match="release of method 'diffusion' must be one of"):
         get_method("diffusion", release="adm-512", weights="w")
     with pytest.raises(PeftsError, match=r"checkpoint file: set method_params\.diffusion\.hparams\.weights"):

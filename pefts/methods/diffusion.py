@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from pefts.diffusion.releases import RELEASES
 from pefts.errors import PeftsError
 from pefts.hparams import Param, Text
 from pefts.methods.base import Method, freeze
@@ -44,6 +43,9 @@ from pefts.models import PixelClassifier, count_parameters
 from pefts.training import TrainConfig
 
 WEIGHTS_KEY = "method_params.diffusion.hparams.weights"
+# the names of pefts.diffusion.releases.RELEASES, as a literal: the dry run reads the
+# specs from this file without importing it
+RELEASE_NAMES = ("guided-diffusion-256-uncond", "improved-diffusion-cifar10-uncond")
 
 
 def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -197,7 +199,7 @@ class DiffusionSmoothing(Method):
     # default the fetched copy). Nothing is downloaded.
     defaults = {"weights": None, "release": None, "classifier": None, "classifier_file": None}
     specs = {"weights": Text(optional=True),  # None is refused below, naming the config key
-             "release": Param(str, choices=tuple(RELEASES), optional=True),
+             "release": Param(str, choices=RELEASE_NAMES, optional=True),
              "classifier": Text(optional=True), "classifier_file": Text(optional=True)}
 
     def __init__(self, **hparams: Any):
