@@ -206,10 +206,11 @@ def check_config(config: dict[str, Any]) -> None:
         for method in methods:
             check_known("method", method, known, key)
     diffusion = config["method_params"].get("diffusion", {}).get("hparams", {})
-    if "diffusion" in used and not diffusion.get("weights"):
-        # a pretrained DDPM is never downloaded: the user points at a local diffusers folder
-        raise PeftsError("method 'diffusion' needs a local diffusers folder: "
-                         "set method_params.diffusion.hparams.weights")
+    if "diffusion" in used and not (diffusion.get("weights") or diffusion.get("release")):
+        # a pretrained DDPM is never downloaded by a job: a released checkpoint is fetched
+        # by `pefts fetch-weights`, a diffusers folder is the user's
+        raise PeftsError("method 'diffusion' needs its weights: set method_params.diffusion."
+                         "hparams.weights (a local diffusers folder) or .release (fetched)")
     check_method_params(config)
     check_gpus(config["gpus_per_job"])
     if len(set(map(float, config["sigmas"]))) != len(config["sigmas"]):

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefts.certification.selection import selected_indices
-from pefts.weights import ExternalWeight, base_weight, clip_weight, encoder_weight
+from pefts.weights import (
+    ExternalWeight,
+    base_weight,
+    clip_weight,
+    diffusion_weights,
+    encoder_weight,
+)
 
 # Test images per class of the named datasets, at least (digits: 174 images in its
 # smallest class, a quarter of them in the test split), so that the shard count can be
@@ -140,6 +146,9 @@ class Study:
                                     ("clip_file", clip_weight(hparams))):
                     if weight is not None:
                         hparams[key] = weight.file(self.results)
+            if method == "diffusion" and self.local_weights:
+                for key, weight in diffusion_weights(hparams).items():
+                    hparams[key] = weight.file(self.results)
             runs[name] = Run(method, setup, hparams, train)
 
         for method in dict.fromkeys([*self.config["methods"], *exp["noise_learning"]["methods"]]):
@@ -226,6 +235,8 @@ def external_weights(config: dict[str, Any]) -> list[ExternalWeight]:
     for run in Study(config, local_weights=False).runs.values():
         if run.method == "blackbox":
             found += [encoder_weight(run.hparams), clip_weight(run.hparams)]
+        if run.method == "diffusion":
+            found += diffusion_weights(run.hparams).values()
     return sorted({w for w in found if w is not None}, key=ExternalWeight.label)
 
 

@@ -4,13 +4,15 @@ that has the internet (the submit host) into the results folder, with its sha256
 Cluster compute nodes are often offline, so no job may download: the pipeline's local
 rule ``fetch_weights`` runs ``pefts fetch-weights`` and every compute job then reads the
 local files (the base classifier through --pretrained-file, the black box's coordinator
-encoder through its encoder_file hyper-parameter).
+encoder through its encoder_file hyper-parameter, the diffusion row's released
+checkpoint and classifier through its weights and classifier_file).
 
 Fetchers form a small registry by kind: a kind is one function that builds the model by
 its hub name and returns its state dict (timm by model name; open_clip by
-"architecture:pretrained tag"), and a line in ``pefts.experiments.external_weights``
-names where the config asks for it. Every job reads a fetched file through
-``pefts.verified.verified``, which checks the sha256 recorded here.
+"architecture:pretrained tag"; diffusion by release name), and a line in
+``pefts.experiments.external_weights`` names where the config asks for it. Every job
+reads a fetched file through ``pefts.verified.verified``, which checks the sha256
+recorded here.
 
 Free of torch at import time: the Snakefile lists the files on every call.
 """
@@ -57,6 +59,15 @@ def fetch_open_clip(name: str) -> dict[str, Any]:
     return clip_state(tag, arch)
 
 
+@fetcher("diffusion")
+def fetch_diffusion(name: str) -> dict[str, Any]:
+    """A released diffusion checkpoint by its name in pefts.diffusion.releases, from the
+    authors' blob storage (e.g. guided-diffusion's 256x256_diffusion_uncond.pt)."""
+    from pefts.diffusion.loading import download_release
+
+    return download_release(name)
+
+
 @dataclass(frozen=True)
 class ExternalWeight:
     kind: str  # a key of FETCHERS
@@ -97,6 +108,17 @@ def clip_weight(hparams: dict[str, Any]) -> ExternalWeight | None:
         arch = hparams.get("clip_arch", "ViT-B-16")
         return ExternalWeight("open_clip", f"{arch}:{hparams['clip_pretrained']}")
     return None
+
+
+def diffusion_weights(hparams: dict[str, Any]) -> dict[str, ExternalWeight]:
+    """The diffusion row's released checkpoint and its own classifier, by the hyper-
+    parameter that names their local copy, when the config names no local file."""
+    found = {}
+    if hparams.get("release") and not hparams.get("weights"):
+        found["weights"] = ExternalWeight("diffusion", hparams["release"])
+    if hparams.get("classifier") and not hparams.get("classifier_file"):
+        found["classifier_file"] = ExternalWeight("timm", hparams["classifier"])
+    return found
 
 
 def parse_weight(text: str) -> ExternalWeight:

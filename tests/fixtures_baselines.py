@@ -56,14 +56,17 @@ def timm_weights_file(path: str | Path, arch: str = "vit_base_patch16_224.mae",
 
 def paper_baseline_overrides(folder: str | Path, image_size: int = 32) -> dict[str, Any]:
     """``method_params`` entries that point a paper preset's diffusion and black-box runs
-    at local random stand-ins built under ``folder`` (a tiny UNet at the data's
-    ``image_size``, a random MAE ViT-B/16 file); merge them into the preset's own."""
+    at local random stand-ins built under ``folder`` (a tiny diffusers UNet at the data's
+    ``image_size`` in place of the released checkpoint and the base as its classifier,
+    a random MAE ViT-B/16 file); merge them into the preset's own. The released
+    checkpoints at their real sizes are run by tests/test_baselines_realsize.py: on a
+    CPU one pass of the 552M ImageNet UNet takes minutes, too slow for a whole pipeline."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unet = unet_folder(folder / "ddpm", sample_size=image_size)
     mae = timm_weights_file(folder / "mae_vitb16.safetensors")
     clip = clip_weights_file(folder / "clip_vitb16.safetensors")
-    return {"diffusion": {"hparams": {"weights": str(unet)}},
+    return {"diffusion": {"hparams": {"weights": str(unet), "release": None, "classifier": None}},
             "blackbox": {"hparams": {"encoder_file": str(mae), "clip_file": str(clip)}}}
 
 

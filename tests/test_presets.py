@@ -25,7 +25,7 @@ def commands(*args: str) -> list[dict[str, str]]:
         line = line.removeprefix("Shell command: ").strip()
         if line.startswith("pefts "):
             words = shlex.split(line.split(" 2>", 1)[0].split(" > ", 1)[0])
-            job = {"command": words[1]}
+            job = {"command": words[1], "words": words}
             for i, word in enumerate(words):
                 if word.startswith("--"):
                     nxt = words[i + 1] if i + 1 < len(words) else ""
@@ -71,6 +71,7 @@ def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
             {"rank", "alpha"} if "lora_rank" in job["out"] else set())
         # a hub encoder and CLIP are read from their fetched local copies (test_weights)
         varied |= {"encoder_file", "clip_file"} if job["method"] == "blackbox" else set()
+        varied |= {"weights", "classifier_file"} if job["method"] == "diffusion" else set()
         assert {k: v for k, v in hparams.items() if k not in varied} == {
             k: v for k, v in params.get("hparams", {}).items() if k not in varied}, job
     sigmas = {float(j["sigma"]) for j in finetunes}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from pefts.artifacts import load_meta
@@ -33,6 +34,7 @@ from tests.conftest import TINY_SPEC
 from tests.fixtures_baselines import register_tiny_clip
 from tests.test_bad_files import one_line, pefts_process
 from tests.test_presets import PRESETS, commands
+from tests.test_workflow import ROOT
 
 TINY_VIT = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
 
@@ -133,6 +135,21 @@ def test_no_compute_job_of_a_preset_names_a_hub_model(configfile, tmp_path):
         if job["command"] == "certify":
             assert {k for k in job if "pretrained" in k or "encoder" in k} == set(), job
     assert fetch_job["results"] == results
+    # every baseline runs from what `pefts fetch-weights` fetches, and from nothing else
+    words = fetch_job["words"]
+    fetched = {ExternalWeight(*words[i + 1].split(":", 1)).file(results)
+               for i, w in enumerate(words) if w == "--weight"}
+    preset = yaml.safe_load((ROOT / configfile).read_text())
+    for job in (j for j in jobs if j["command"] == "finetune"):
+        hparams = json.loads(job["hparams"])
+        local_files = {v for v in hparams.values() if isinstance(v, str) and v.startswith(local)}
+        assert local_files <= fetched, job
+        if job["method"] == "diffusion":  # the released checkpoint, and its own classifier
+            own = preset["method_params"]["diffusion"]["hparams"]
+            assert hparams["release"] == own["release"]
+            assert hparams["weights"] == ExternalWeight("diffusion", own["release"]).file(results)
+            if own.get("classifier"):
+                assert hparams["classifier_file"] == ExternalWeight("timm", own["classifier"]).file(results)
 
 
 # --- the verified loader: a changed or missing file is refused by the next job ----------------
@@ -253,3 +270,39 @@ def test_each_file_is_hashed_once_per_process(tmp_path, monkeypatch):
     file.write_bytes(b"other weights")  # changed: size and mtime differ, hashed again
     os.utime(file, ns=(1, 1))
     assert pefts.verified.verified(file, "w") != first and len(hashed) == 2
+
+
+def test_a_released_diffusion_checkpoint_is_fetched_from_its_authors_url(tmp_path, monkeypatch):
+    """`pefts fetch-weights --weight diffusion:NAME` reads the authors' .pt from their
+    blob storage without unpickling code, refuses one that is not the model's, and keeps
+    a safetensors copy with its sha256 that the diffusion row then loads."""
+    from dataclasses import replace
+
+    from pefts.diffusion import releases
+    from pefts.diffusion.loading import build_unet, load_release
+
+    name = "improved-diffusion-cifar10-uncond"
+    small = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(16,))
+    release = releases.RELEASES[name]
+    monkeypatch.setitem(releases.RELEASES, name, replace(release, unet={**release.unet, **small}))
+    torch.manual_seed(0)
+    state = build_unet(name).state_dict()
+    asked = []
+
+    def hub(url, **kwargs):
+        asked.append((url, kwargs.get("weights_only")))
+        return dict(served)
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", hub)
+    served = {k: v for k, v in state.items() if not k.startswith("out.")}  # a wrong file
+    with pytest.raises(PeftsError, match="not the checkpoint this UNet expects.*missing"):
+        fetch(parse_weight(f"diffusion:{name}"), str(tmp_path))
+    assert not list((tmp_path / "weights").rglob("*.safetensors"))
+    served = state
+    record = fetch(parse_weight(f"diffusion:{name}"), str(tmp_path))
+    assert asked[-1] == ("https://openaipublic.blob.core.windows.net/diffusion/march-2021/"
+                         "cifar10_uncond_50M_500K.pt", True)
+    assert record["file"] == str(tmp_path / "weights" / "diffusion" / f"{name}.safetensors")
+    assert record["sha256"] == file_digest(record["file"])
+    unet = load_release(record["file"], name)[0]
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())

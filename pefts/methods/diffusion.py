@@ -15,6 +15,13 @@ of its total downsampling. Only where they are not is the noisy image resized to
 UNet's size and back; resizing scales the noise's std (and correlates neighbours), so t*
 is then matched to the noise level the UNet actually sees, measured once per image size
 by resizing a fixed-seed white-noise probe the same way.
+
+Two kinds of weights: a released checkpoint of guided-diffusion or improved-diffusion
+(``release``, the file that ``pefts fetch-weights`` makes; pefts.diffusion), each with
+its own schedule, as Carlini et al. ran them; or a local diffusers folder (UNet2DModel +
+DDPMScheduler, e.g. google/ddpm-cifar10-32). The classifier after the denoiser is the
+base classifier, or (``classifier``) a timm model of its own, as Carlini et al.'s
+BEiT-L/16 at 512.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pefts.errors import PeftsError
-from pefts.hparams import Text
+from pefts.hparams import Param, Text
 from pefts.methods.base import Method, freeze
 from pefts.methods.denoiser import DenoisedClassifier
 from pefts.models import PixelClassifier, count_parameters
@@ -37,6 +44,9 @@ from pefts.training import TrainConfig
 from pefts.verified import verified
 
 WEIGHTS_KEY = "method_params.diffusion.hparams.weights"
+# the names of pefts.diffusion.releases.RELEASES, as a literal: the dry run reads the
+# specs from this file without importing it
+RELEASE_NAMES = ("guided-diffusion-256-uncond", "improved-diffusion-cifar10-uncond")
 
 
 def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -97,6 +107,8 @@ def noise_gain(native: tuple[int, int], size: tuple[int, int], channels: int = 1
 def downsampling(unet: nn.Module) -> int | None:
     """The UNet's total downsampling factor (2 per level after the first); None when its
     config does not say (then only its own sample size is known to fit)."""
+    if getattr(unet.config, "downsampling", None):  # the released checkpoints' UNet
+        return unet.config.downsampling
     levels = getattr(unet.config, "block_out_channels", None)
     return 2 ** (len(levels) - 1) if levels else None
 
@@ -104,11 +116,16 @@ def downsampling(unet: nn.Module) -> int | None:
 class DiffusionDenoiser(nn.Module):
     """z in [0,1] -> one-step DDPM estimate of the clean image in [0,1]."""
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor):
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, timestep_scale: float = 1.0):
+        """timestep_scale: what the UNet is fed per timestep (improved-diffusion's
+        rescale_timesteps feeds t * 1000 / steps)."""
         super().__init__()
         self.unet = unet.eval()
         freeze(self.unet)
-        self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
+        # t* is picked on the schedule's own float64 numbers, as the authors' code does
+        self.schedule = alphas_cumprod.to(torch.float64)
+        self.timestep_scale = float(timestep_scale)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float32), persistent=False)
         # -1 until a sigma is set; saved with the fine-tuned artifact so certification
         # rebuilds the same denoiser (the timestep follows from it and the image size)
         self.register_buffer("sigma", torch.tensor(-1.0, dtype=torch.float64))
@@ -116,7 +133,8 @@ class DiffusionDenoiser(nn.Module):
 
     def sample_size(self) -> tuple[int, int]:
         """The size the UNet was trained at (its config's sample_size)."""
-        side = self.unet.config.sample_size
+        config = self.unet.config
+        side = getattr(config, "sample_size", None) or config.image_size
         return (side, side) if isinstance(side, int) else tuple(side)
 
     def unet_size(self, native: tuple[int, int]) -> tuple[int, int]:
@@ -135,7 +153,7 @@ class DiffusionDenoiser(nn.Module):
         if native not in self._timesteps:
             size = self.unet_size(native)
             gain = 1.0 if size == native else noise_gain(native, size)
-            self._timesteps[native] = timestep_for_sigma(self.alphas_cumprod, float(self.sigma) * gain)
+            self._timesteps[native] = timestep_for_sigma(self.schedule, float(self.sigma) * gain)
         return self._timesteps[native]
 
     def set_sigma(self, sigma: float, native: tuple[int, int] | None = None) -> int:
@@ -158,8 +176,12 @@ class DiffusionDenoiser(nn.Module):
         if native != size:
             x = resize(x, size)
         x_t = abar.sqrt() * x
-        steps = torch.full((len(z),), t, device=z.device, dtype=torch.long)
-        eps = self.unet(x_t, steps).sample
+        if self.timestep_scale == 1:
+            steps = torch.full((len(z),), t, device=z.device, dtype=torch.long)
+        else:
+            steps = torch.full((len(z),), t * self.timestep_scale, device=z.device)
+        eps = self.unet(x_t, steps)
+        eps = getattr(eps, "sample", eps)  # diffusers wraps its output
         # guided-diffusion style models also predict a variance: the noise is the first half
         eps = eps[:, :x.shape[1]]
         x0 = ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
@@ -171,24 +193,47 @@ class DiffusionDenoiser(nn.Module):
 class DiffusionSmoothing(Method):
     name = "diffusion"
     trains_head = False
-    # weights: a local diffusers folder (UNet2DModel + DDPMScheduler config), e.g.
-    # google/ddpm-cifar10-32 saved with save_pretrained; nothing is downloaded
-    defaults = {"weights": None}
-    specs = {"weights": Text(optional=True)}  # None is refused below, naming the config key
+    # release: a released checkpoint (pefts.diffusion.releases) whose file ``weights``
+    # names (by default the copy `pefts fetch-weights` makes); without it, ``weights`` is
+    # a local diffusers folder (UNet2DModel + DDPMScheduler config), e.g.
+    # google/ddpm-cifar10-32 saved with save_pretrained. classifier: a timm model to
+    # classify the denoised image instead of the base (weights in classifier_file, by
+    # default the fetched copy). Nothing is downloaded.
+    defaults = {"weights": None, "release": None, "classifier": None, "classifier_file": None}
+    specs = {"weights": Text(optional=True),  # None is refused below, naming the config key
+             "release": Param(str, choices=RELEASE_NAMES, optional=True),
+             "classifier": Text(optional=True), "classifier_file": Text(optional=True)}
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
         if not self.hparams["weights"]:
-            raise PeftsError(f"method 'diffusion' needs a local diffusers folder: set {WEIGHTS_KEY}")
+            what = "checkpoint file" if self.hparams["release"] else "diffusers folder"
+            raise PeftsError(f"method 'diffusion' needs a local {what}: set {WEIGHTS_KEY}")
+
+    def load_denoiser(self) -> DiffusionDenoiser:
+        release = self.hparams["release"]
+        if release:
+            from pefts.diffusion.loading import load_release
+
+            return DiffusionDenoiser(*load_release(self.hparams["weights"], release))
+        return DiffusionDenoiser(*load_unet(self.hparams["weights"]))
 
     def build(self, base: PixelClassifier) -> nn.Module:
         freeze(base)
-        unet, alphas_cumprod = load_unet(self.hparams["weights"])
-        channels = len(base.spec.mean)
-        if unet.config.in_channels != channels:
-            raise PeftsError(f"the diffusion UNet takes {unet.config.in_channels} channels, "
+        denoiser = self.load_denoiser()
+        config = denoiser.unet.config
+        channels, unet_channels = len(base.spec.mean), config.in_channels
+        if unet_channels != channels:
+            raise PeftsError(f"the diffusion UNet takes {unet_channels} channels, "
                              f"the images have {channels}")
-        return DenoisedClassifier(DiffusionDenoiser(unet, alphas_cumprod), base)
+        classifier: nn.Module = base
+        if self.hparams["classifier"]:
+            from pefts.diffusion.classifier import load_classifier
+
+            classifier = load_classifier(self.hparams["classifier"], self.hparams["classifier_file"],
+                                         base.spec.num_classes)
+            freeze(classifier)
+        return DenoisedClassifier(denoiser, classifier)
 
     def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
             device: torch.device | str) -> dict[str, Any]:
@@ -196,15 +241,18 @@ class DiffusionSmoothing(Method):
         model.to(device)
         native = tuple(data[0][0].shape[-2:]) if data is not None and len(data) else None
         t = model.denoiser.set_sigma(sigma, native)
-        abar = float(model.denoiser.alphas_cumprod[t])
+        abar = float(model.denoiser.schedule[t])
         size = model.denoiser.unet_size(native) if native else None
         return {"timestep": t, "timestep_sigma": math.sqrt((1 - abar) / abar) / 2,
                 "unet_size": list(size) if size else None, "resized": bool(native and size != native)}
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        # the one thing a run adds to the pretrained folder: the sigma it was matched to
+        # the one thing a run adds to the pretrained weights: the sigma it was matched to
         # (t* follows from it and each image size)
         return {"denoiser.sigma": model.denoiser.sigma.detach()}
 
     def frozen_parts(self, model: nn.Module) -> dict[str, int]:
-        return {"diffusion UNet": count_parameters(model.denoiser.unet)}
+        parts = {"diffusion UNet": count_parameters(model.denoiser.unet)}
+        if self.hparams["classifier"]:
+            parts["classifier"] = count_parameters(model.classifier)
+        return parts
