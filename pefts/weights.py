@@ -9,7 +9,8 @@ encoder through its encoder_file hyper-parameter).
 Fetchers form a small registry by kind: a kind is one function that builds the model by
 its hub name and returns its state dict (timm by model name; open_clip by
 "architecture:pretrained tag"), and a line in ``external_weights`` names where the config
-asks for it.
+asks for it. A kind whose state dict does not say how to build its network also
+registers what the fetch record must add (open_clip: whether the tag needs QuickGELU).
 
 Free of torch at import time: the Snakefile lists the files on every call.
 """
@@ -30,9 +31,13 @@ from pefts.files import atomic_write_text, durable_path, file_digest
 FETCHERS: dict[str, Callable[[str], dict[str, Any]]] = {}
 
 
-def fetcher(kind: str) -> Callable:
+# kind -> function(name) returning facts about the architecture for the fetch record
+ARCHITECTURE: dict[str, Callable[[str], dict[str, Any]]] = {}
+
+
+def fetcher(kind: str, registry: dict[str, Callable] = FETCHERS) -> Callable:
     def register(function: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
-        FETCHERS[kind] = function
+        registry[kind] = function
         return function
     return register
 
@@ -53,6 +58,15 @@ def fetch_open_clip(name: str) -> dict[str, Any]:
 
     arch, _, tag = name.partition(":")
     return clip_state(tag, arch)
+
+
+@fetcher("open_clip", ARCHITECTURE)
+def open_clip_architecture(name: str) -> dict[str, Any]:
+    """The weights alone cannot tell GELU from QuickGELU: record which the tag needs."""
+    from pefts.blackbox.clip import tag_needs_quick_gelu
+
+    arch, _, tag = name.partition(":")
+    return {"quick_gelu": tag_needs_quick_gelu(arch, tag)}
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,8 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     record = {"kind": weight.kind, "name": weight.name, "file": str(file),
               "sha256": file_digest(file)}
+    if weight.kind in ARCHITECTURE:
+        record.update(ARCHITECTURE[weight.kind](weight.name))
     atomic_write_text(record_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
