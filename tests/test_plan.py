@@ -74,3 +74,22 @@ def test_plan_command_writes_the_cost_table(run_cli, tmp_path):
     assert "| adaptive, n_max = 100,000, bf16" in out.read_text()
     code, _, err = run_cli("plan", "--configfile", CIFAR)
     assert code == 1 and err.count("\n") == 1 and "--replay" in err
+
+
+@pytest.mark.parametrize("preset,steps", [("configs/imagenet-vitb16.yaml", 62_500),
+                                          (CIFAR, 5_000)])
+def test_blackbox_training_hours_count_blackvips_queries(preset, steps):
+    """Per SPSA step and image: 2 x SP_AVG = 10 CLIP queries and one encoder pass."""
+    from pefts.plan import blackbox_training
+
+    config = load_config([preset])
+    [row] = blackbox_training(config).to_dict("records")
+    sigmas = len(config["sigmas"])
+    assert (row["run"], row["sigmas"], row["SPSA steps"], row["batch"]) == ("blackbox", sigmas, steps, 128)
+    assert row["ViT-B/16 forwards"] == sigmas * steps * 128 * 11
+    assert row["GPU-hours"] == pytest.approx(row["ViT-B/16 forwards"] / RATES["bf16"] / 3600, abs=0.01)
+    # without a step budget, the train epochs count: (1 - val_fraction) of the images
+    config["method_params"]["blackbox"]["hparams"]["steps"] = 0
+    [row] = blackbox_training(config).to_dict("records")
+    kept = {CIFAR: 45_000}.get(preset, 1_281_167 - round(128_116.7))
+    assert row["SPSA steps"] == -(-kept // 128)  # the preset's one epoch

@@ -67,7 +67,14 @@ def plan(configfiles, target, test_images, replay, replay_n, replay_sigma, passe
 
     from pefts.experiments import load_config
     from pefts.files import atomic_write_text
-    from pefts.plan import adaptive_passes, certified_images, cost_table, job_counts, plan_costs
+    from pefts.plan import (
+        adaptive_passes,
+        blackbox_training,
+        certified_images,
+        cost_table,
+        job_counts,
+        plan_costs,
+    )
 
     config = load_config(configfiles)
     jobs = job_counts(configfiles, target)
@@ -81,11 +88,18 @@ def plan(configfiles, target, test_images, replay, replay_n, replay_sigma, passe
         click.echo(f"  {rule:24s} {count:6d}")
     click.echo(f"certification: {pairs} (run, sigma) x {images} images; adaptive: {how}")
     click.echo(table.to_string(index=False))
+    training = blackbox_training(config, rate)
+    if len(training):
+        click.echo("black-box training (SPSA):")
+        click.echo(training.to_string(index=False))
     if out_md:
         section = (f"## `{name}` (target `{target}`)\n\n"
                    f"{pairs} (run, sigma) certified, {images} test images each; "
                    f"{sum(jobs.values()):,} jobs. Adaptive passes per image: {how}.\n\n"
                    f"{table.to_markdown(index=False)}\n\n")
+        if len(training):
+            section += ("Black-box training (SPSA; 2 x perturbations CLIP queries and one "
+                        f"encoder pass per image and step):\n\n{training.to_markdown(index=False)}\n\n")
         before = Path(out_md).read_text() if append and Path(out_md).exists() else ""
         atomic_write_text(out_md, before + section)
 
