@@ -127,6 +127,7 @@ def test_fetch_weights_writes_clip_as_a_loadable_file_and_its_digest(tiny_clip, 
         fetch(ExternalWeight("open_clip", "ViT-B-16:no-such-tag"), str(tmp_path / "results"))
 
 
+@pytest.mark.slow  # four CLIP ViT-B/16 builds at full size
 def test_the_presets_clip_for_openai_has_quick_gelu_as_open_clips_own(tmp_path):
     """OpenAI trained CLIP ViT-B/16 with QuickGELU: the CLIP the presets build for the
     ``openai`` tag has it in every residual block and gives the logits of open_clip's
@@ -138,14 +139,15 @@ def test_the_presets_clip_for_openai_has_quick_gelu_as_open_clips_own(tmp_path):
     from tests.fixtures_baselines import preset_blackbox
 
     file = clip_weights_file(tmp_path / "clip.safetensors")
-    for preset in ("configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"):
-        hparams = preset_blackbox(preset)
-        assert hparams["clip_pretrained"] == "openai"
-        method = get_method("blackbox", **{**hparams, "clip_file": str(file)})
-        method.class_names = NAMES
-        clip = method.zero_shot_clip()
-        blocks = clip.visual.transformer.resblocks
-        assert len(blocks) == 12 and all(isinstance(b.mlp.gelu, QuickGELU) for b in blocks)
+    cifar, imagenet = (preset_blackbox(f"configs/{name}-vitb16.yaml") for name in ("cifar10", "imagenet"))
+    keys = ("query", "clip_arch", "clip_pretrained", "clip_file", "prompt_template")
+    assert {k: cifar[k] for k in keys} == {k: imagenet[k] for k in keys}  # one CLIP for both
+    assert cifar["clip_pretrained"] == "openai"
+    method = get_method("blackbox", **{**imagenet, "clip_file": str(file)})
+    method.class_names = NAMES
+    clip = method.zero_shot_clip()
+    blocks = clip.visual.transformer.resblocks
+    assert len(blocks) == 12 and all(isinstance(b.mlp.gelu, QuickGELU) for b in blocks)
     reference = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None, load_weights=False)
     open_clip.load_checkpoint(reference, str(file))
     reference.eval()
