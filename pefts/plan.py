@@ -339,3 +339,43 @@ def _cost_source(pair: Pair, reference: float) -> str:
     if pair.method == MEASURED_METHOD and pair.gflop == reference:
         return "the measured network (H200)"
     return f"{pair.cost_source}, x {reference / pair.gflop:.3f} the measured rate"
+
+
+# training images of the datasets whose size is known without the data
+TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167}
+
+
+def blackbox_training(config: dict[str, Any], rate: float | None = None) -> pd.DataFrame:
+    """GPU-hours of the black box's SPSA training, per run: every step queries the
+    black box 2 x perturbations times on the batch (BlackVIP: 10 CLIP ViT-B/16 forwards
+    per image) and runs the coordinator's encoder once (its features are shared by the
+    step's queries); the decoder's cost is negligible beside them. Both networks are
+    ViT-B/16s, so the certifier's ViT-B/16 rate at the training precision applies."""
+    from pefts.experiments import Study
+    from pefts.methods import get_method
+
+    rows = []
+    study = Study(config, local_weights=False)
+    for name in study.distinct_runs():
+        run = study.runs[name]
+        if run.method != "blackbox":
+            continue
+        h = get_method("blackbox", **run.hparams).hparams
+        train = {**config["method_params"].get("blackbox", {}).get("train", {}), **run.train}
+        batch = int(train.get("batch_size", 64))
+        steps = int(h["steps"])
+        if not steps:
+            images = TRAIN_IMAGES.get(config["dataset"]["name"])
+            if images is None:
+                continue  # unknown training set size: nothing to count
+            kept = images - round(images * float(train.get("val_fraction", 0.1)))
+            steps = max(1, round(float(train.get("epochs", 10)) * -(-kept // batch)))
+        precision = train.get("precision", "fp32")
+        sigmas = len(config["sigmas"])
+        forwards = sigmas * steps * batch * (2 * int(h["perturbations"]) + 1)
+        speed = rate or RATES[precision]
+        rows.append({"run": name, "sigmas": sigmas, "SPSA steps": steps, "batch": batch,
+                     "ViT-B/16 forwards": forwards, "samples/s": speed,
+                     "GPU-hours": round(forwards / speed / 3600, 2),
+                     "rate": "--rate" if rate else RATE_SOURCE[precision]})
+    return pd.DataFrame(rows)

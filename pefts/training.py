@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,13 @@ class Position:
                 "batch": 0 if self.epoch_end else self.batch}
 
 
+def autocast_for(cfg: TrainConfig, device: torch.device | str) -> AbstractContextManager:
+    """bf16 autocast when the recipe asks for it, else nothing."""
+    if cfg.precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def total_steps(data: Dataset, cfg: TrainConfig, epochs: float) -> int:
     """Optimiser steps of ``epochs`` epochs (a fraction allowed), at least one."""
     return max(1, int(round(epochs * math.ceil(len(data) / cfg.batch_size))))
@@ -204,9 +211,7 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
     set_matmul_precision(cfg)
-    device_type = torch.device(device).type
-    autocast = (torch.autocast(device_type, dtype=torch.bfloat16)
-                if cfg.precision == "bf16" else nullcontext())
+    autocast = autocast_for(cfg, device)
     model.to(device).train()
     seen, sums = 0, {}
     if saved is not None:

@@ -10,8 +10,10 @@ checkpoint and classifier through its weights and classifier_file).
 Fetchers form a small registry by kind: a kind is one function that builds the model by
 its hub name and returns its state dict (timm by model name; open_clip by
 "architecture:pretrained tag"; diffusion by release name), and a line in
-``pefts.experiments.external_weights`` names where the config asks for it. Every job
-reads a fetched file through ``pefts.verified.verified``, which checks the sha256
+``pefts.experiments.external_weights`` names where the config asks for it. A kind
+whose state dict does not say how to build its network also registers what the
+fetch record must add (open_clip: whether the tag needs QuickGELU). Every job reads
+a fetched file through ``pefts.verified.verified``, which checks the sha256
 recorded here.
 
 Free of torch at import time: the Snakefile lists the files on every call.
@@ -34,9 +36,13 @@ from pefts.verified import fetch_record, fetch_record_path, recorded_weights, sh
 FETCHERS: dict[str, Callable[[str], dict[str, Any]]] = {}
 
 
-def fetcher(kind: str) -> Callable:
+# kind -> function(name) returning facts about the architecture for the fetch record
+ARCHITECTURE: dict[str, Callable[[str], dict[str, Any]]] = {}
+
+
+def fetcher(kind: str, registry: dict[str, Callable] = FETCHERS) -> Callable:
     def register(function: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
-        FETCHERS[kind] = function
+        registry[kind] = function
         return function
     return register
 
@@ -66,6 +72,15 @@ def fetch_diffusion(name: str) -> dict[str, Any]:
     from pefts.diffusion.loading import download_release
 
     return download_release(name)
+
+
+@fetcher("open_clip", ARCHITECTURE)
+def open_clip_architecture(name: str) -> dict[str, Any]:
+    """The weights alone cannot tell GELU from QuickGELU: record which the tag needs."""
+    from pefts.blackbox.clip import tag_needs_quick_gelu
+
+    arch, _, tag = name.partition(":")
+    return {"quick_gelu": tag_needs_quick_gelu(arch, tag)}
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,8 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     record = {"kind": weight.kind, "name": weight.name, "file": str(file),
               "sha256": sha256(file)}
+    if weight.kind in ARCHITECTURE:
+        record.update(ARCHITECTURE[weight.kind](weight.name))
     atomic_write_text(record_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 

@@ -104,3 +104,14 @@ def clip_weights_file(path: str | Path, arch: str = "ViT-B-16", seed: int = 0) -
     model = bare_model(arch)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return Path(path)
+
+
+def preset_blackbox(preset: str | Path) -> dict[str, Any]:
+    """The black box's hyper-parameters in a paper preset, the method's defaults filled in."""
+    import yaml
+
+    from pefts.methods import get_method
+
+    with open(preset) as f:
+        hparams = yaml.safe_load(f)["method_params"]["blackbox"]["hparams"]
+    return get_method("blackbox", **hparams).hparams

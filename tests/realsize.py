@@ -19,6 +19,9 @@ from PIL import Image
 
 # timm's vit_base_patch16_224 without its head: the paper's 86M network
 VITB16_BODY_PARAMS = 85_798_656
+# the coordinator's MAE ViT-B/16 as BlackVIP reads it: the same body without the final
+# norm, which the CLS of the last hidden state never passes through
+MAE_ENCODER_PARAMS = VITB16_BODY_PARAMS - 2 * 768
 # open_clip's ViT-B-16 (image and text towers): the black box the presets query
 CLIP_VITB16_PARAMS = 149_620_737
 TESTSITE = Path(__file__).resolve().parent / "testsite"
@@ -127,6 +130,8 @@ def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
         # a second training phase counted in epochs (the denoiser's stability phase)
         extra = {k: train["epochs"] for k, v in params.get("hparams", {}).items()
                  if k.endswith("_epochs") and v}
+        # a budget counted in steps (the black box's SPSA steps): one step
+        extra |= {k: 1 for k, v in params.get("hparams", {}).items() if k == "steps" and v}
         method_params[method] = {"train": train, **({"hparams": extra} if extra else {})}
     return {
         "results": str(results),

@@ -164,17 +164,22 @@ def test_blackbox_trains_only_a_tiny_coordinator():
     state = method.trainable_state(model)
     assert state and all(k.startswith("coordinator.") and "encoder" not in k for k in state)
     assert sum(v.numel() for v in state.values()) < 10_000
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(state)
-    # smoothing the prompted model works through queries alone: with its zero initial
-    # prompt it predicts, sample for sample, what the base does on the clipped noisy input
+    statistics = {f"coordinator.{k}" for k in model.coordinator.statistics()}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(state) - statistics
+    # smoothing the prompted model works through queries alone: it predicts, sample for
+    # sample, what the base does on the prompted, clipped noisy input
     model.eval()
     x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
 
     def smoothed(f):
         return Smooth(f, 10, 0.25).sample_counts(x, 64, 16, torch.Generator().manual_seed(0))
 
+    def prompted_base(z):
+        u = model.frame.normalise(z)
+        return base(model.frame.pixels(model.frame.clip(u + model.coordinator(u))))
+
     counts = smoothed(model)
-    assert torch.equal(counts, smoothed(lambda z: base(z.clamp(0, 1))))
+    assert torch.equal(counts, smoothed(prompted_base))
     assert model.query.images >= 64
 
 

@@ -60,7 +60,7 @@ def certify_two(model: torch.nn.Module) -> None:
 def test_paper_baseline_at_real_size(method, overrides):
     hparams = preset_hparams(method, overrides)
     if method == "blackbox":
-        hparams["perturbations"] = 1
+        hparams |= {"perturbations": 1, "steps": 1}  # one step, not the preset's 5,000
     if method == "sunet":
         hparams["stability_epochs"] = 1  # one step of each phase, not the preset's 20 epochs
     peft = get_method(method, **hparams)
@@ -79,6 +79,9 @@ def test_paper_baseline_at_real_size(method, overrides):
         assert "stability_loss" in metrics
     if method == "blackbox":
         assert model.coordinator.encoder.out_features == 768  # the MAE ViT-B/16's CLS token
+        assert sum(p.numel() for p in model.coordinator.learnable()) == 9_920
+        assert model.frame.size == (224, 224)  # CIFAR's 32 x 32 is prompted at 224
+        assert metrics["spsa_steps"] == 1 and not model.coordinator.decoder.training
         # the preset queries zero-shot CLIP ViT-B/16 (149.6M), frozen beside the encoder
         assert peft.frozen_parts(model)["coordinator encoder"] > 85e6
         assert 149e6 < peft.frozen_parts(model)["queried CLIP"] < 150e6

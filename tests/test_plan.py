@@ -218,3 +218,22 @@ def test_plan_refuses_a_nan_radius_in_a_process_of_its_own(tmp_path):
     tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\tnan\t1\t0.1\n")
     result = pefts_process("plan", "--configfile", CIFAR, "--replay", tsv, "--replay-sigma", "0.5")
     error_line(result, "row 1: radius 'nan' must be a finite number >= 0")
+
+
+@pytest.mark.parametrize("preset,steps", [("configs/imagenet-vitb16.yaml", 62_500),
+                                          (CIFAR, 5_000)])
+def test_blackbox_training_hours_count_blackvips_queries(preset, steps):
+    """Per SPSA step and image: 2 x SP_AVG = 10 CLIP queries and one encoder pass."""
+    from pefts.plan import blackbox_training
+
+    config = load_config([preset])
+    [row] = blackbox_training(config).to_dict("records")
+    sigmas = len(config["sigmas"])
+    assert (row["run"], row["sigmas"], row["SPSA steps"], row["batch"]) == ("blackbox", sigmas, steps, 128)
+    assert row["ViT-B/16 forwards"] == sigmas * steps * 128 * 11
+    assert row["GPU-hours"] == pytest.approx(row["ViT-B/16 forwards"] / RATES["bf16"] / 3600, abs=0.01)
+    # without a step budget, the train epochs count: (1 - val_fraction) of the images
+    config["method_params"]["blackbox"]["hparams"]["steps"] = 0
+    [row] = blackbox_training(config).to_dict("records")
+    kept = {CIFAR: 45_000}.get(preset, 1_281_167 - round(128_116.7))
+    assert row["SPSA steps"] == -(-kept // 128)  # the preset's one epoch

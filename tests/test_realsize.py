@@ -115,14 +115,15 @@ def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
     # the black box is zero-shot CLIP ViT-B/16, reported apart from what trains
     blackbox = json.loads((results / "finetune" / "blackbox" / f"sigma{sigma}" / "model.json").read_text())
     assert blackbox["hparams"]["query"] == "clip" and blackbox["metrics"]["queries"] > 0
-    assert blackbox["frozen_parts"] == {"coordinator encoder": realsize.VITB16_BODY_PARAMS,
+    assert blackbox["frozen_parts"] == {"coordinator encoder": realsize.MAE_ENCODER_PARAMS,
                                         "queried CLIP": realsize.CLIP_VITB16_PARAMS}
+    assert blackbox["metrics"]["spsa_steps"] == 1  # the overlay's budget, not the preset's
     params = pd.read_csv(results / "summary" / "parameters.tsv", sep="\t").set_index("method")
     row = params.loc["blackbox"]
-    assert row["trainable"] == blackbox["trainable_params"] < 10_000
+    assert row["trainable"] == blackbox["trainable_params"] == 9_920  # BlackVIP's coordinator
     assert "queried CLIP 149,620,737" in row["frozen parts"]
     check_paper_comparison(results, preset, summary, params)
-    assert "coordinator encoder 85,798,656" in row["frozen parts"]
+    assert f"coordinator encoder {realsize.MAE_ENCODER_PARAMS:,}" in row["frozen parts"]
 
 
 def check_paper_comparison(results: Path, preset: dict, summary: pd.DataFrame,

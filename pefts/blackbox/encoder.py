@@ -1,6 +1,7 @@
 """The coordinator's frozen encoder: a fixed random conv (the embedded default) or any
 timm model, by name or from a local weights file (the paper: an ImageNet-pretrained MAE
-ViT-B/16, ``vit_base_patch16_224.mae``, read at the CLS token of its last hidden state)."""
+ViT-B/16, ``vit_base_patch16_224.mae``, read at the CLS token of its last hidden state,
+BlackVIP's Hugging Face facebook/vit-mae-base)."""
 
 from __future__ import annotations
 
@@ -33,28 +34,31 @@ class ConvEncoder(nn.Module):
 
 
 class TimmEncoder(nn.Module):
-    """A timm backbone seen as a feature vector: images in [0,1] at any size are resized
-    to the model's input size and normalised with its own mean and std."""
+    """A timm backbone seen as a feature vector. It reads images as the coordinator is
+    given them (BlackVIP: the CLIP-normalised frame, not the encoder's own
+    normalisation), resized only when their size is not the model's. A ViT gives the CLS
+    token of its last block's output before the final norm: BlackVIP's
+    ``hidden_states[-1][:, 0]`` of Hugging Face's ViT, whose final layernorm only
+    ``last_hidden_state`` passes through."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
         cfg = net.pretrained_cfg
         self.input_size = tuple(cfg.get("input_size", (3, 224, 224))[-2:])
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5,) * 3)).view(1, -1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5,) * 3)).view(1, -1, 1, 1),
-                             persistent=False)
         self.out_features = net.num_features
+        self.cls = getattr(net, "num_prefix_tokens", 0) > 0 and hasattr(net, "norm")
+        if self.cls:
+            net.norm = nn.Identity()  # unused by the CLS of the last hidden state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        tokens = self.net.forward_features((x - self.mean) / self.std)
-        if tokens.ndim == 3 and getattr(self.net, "num_prefix_tokens", 0) > 0:
-            return tokens[:, 0]  # BlackVIP reads the CLS token of the last hidden state
+        tokens = self.net.forward_features(x)
+        if self.cls:
+            return tokens[:, 0]
         return self.net.forward_head(tokens, pre_logits=True)
 
 

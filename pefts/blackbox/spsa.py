@@ -1,5 +1,12 @@
 """SPSA-GC (Spall 1992; BlackVIP's gradient-corrected variant): zeroth-order descent
-that needs only loss values, never a gradient of the model being queried."""
+that needs only loss values, never a gradient of the model being queried.
+
+As BlackVIP's trainer runs it (trainers/blackvip.py, forward_backward): the step k counts
+from 1; a_k = a / (k + o)^alpha and c_k = c / k^gamma; the gradient estimate at the
+current w is the mean over ``perturbations`` draws of (L(w + c_k D) - L(w - c_k D)) /
+(2 c_k D), elementwise, D with entries +-U[0.5, 1] (segmented uniform: magnitude and
+sign random); the correction m = g at k = 1, then m <- beta m + g; w <- w - a_k (g + beta m).
+"""
 
 from __future__ import annotations
 
@@ -15,26 +22,32 @@ Loss = Callable[[torch.Tensor], float]
 
 @dataclass(frozen=True)
 class SPSAConfig:
-    a: float = 0.01  # step size a_k = a / (k + 1)^p
+    """BlackVIP's SPSA_PARAMS [o, c, a, alpha, gamma] (``p`` is their alpha), MOMS (beta)
+    and SP_AVG; the defaults are their configs/trainers/BLACKVIP/vit_b16.yaml."""
+
+    a: float = 0.01  # step size a_k = a / (k + o)^p
     p: float = 0.4
-    c: float = 0.01  # perturbation size c_k = c / (k + 1)^gamma
+    o: float = 1.0
+    c: float = 0.01  # perturbation size c_k = c / k^gamma
     gamma: float = 0.1
     momentum: float = 0.9
     perturbations: int = 5  # gradient estimates averaged per step
 
     def step_size(self, k: int) -> float:
-        return self.a / (k + 1) ** self.p
+        return self.a / (k + self.o) ** self.p
 
     def perturbation_size(self, k: int) -> float:
-        return self.c / (k + 1) ** self.gamma
+        return self.c / k ** self.gamma
 
 
-def rademacher(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random signs of ``like``'s shape, drawn where ``generator`` lives (a CPU generator
-    gives the same signs whatever device ``like`` is on)."""
+def segmented_uniform(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Entries +-U[0.5, 1]: magnitude (U[0, 1] + 1) / 2, then sign - with probability 1/2
+    (BlackVIP's p_side and Bernoulli gather), drawn where ``generator`` lives (a CPU
+    generator gives the same draws whatever device ``like`` is on)."""
     where = generator.device if generator is not None else like.device
-    bits = torch.randint(0, 2, like.shape, generator=generator, device=where).to(like.device)
-    return (bits * 2 - 1).to(like.dtype)
+    magnitude = (torch.rand(like.shape, generator=generator, device=where, dtype=like.dtype) + 1) / 2
+    negative = torch.rand(like.shape, generator=generator, device=where) < 0.5
+    return torch.where(negative, -magnitude, magnitude).to(like.device)
 
 
 class SPSA:
@@ -48,31 +61,30 @@ class SPSA:
         if self.config.perturbations < 1:
             raise PeftsError(f"perturbations must be >= 1, got {self.config.perturbations}")
         self.theta = theta.detach().clone()
-        self.velocity = torch.zeros_like(self.theta)
+        self.velocity = torch.zeros_like(self.theta)  # BlackVIP's m1
         self.generator = generator
-        self.k = 0
+        self.k = 0  # steps taken
 
-    def gradient(self, loss: Loss, at: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Two-sided estimate at ``at``, averaged over the perturbations, and the mean
-        loss seen."""
-        c_k = self.config.perturbation_size(self.k)
+    def gradient(self, loss: Loss, k: int) -> tuple[torch.Tensor, float]:
+        """The estimate at theta for step ``k``, averaged over the perturbations, and the
+        mean loss seen."""
+        c_k = self.config.perturbation_size(k)
         grad = torch.zeros_like(self.theta)
         seen = 0.0
         for _ in range(self.config.perturbations):
-            delta = rademacher(self.theta, self.generator)
-            plus, minus = loss(at + c_k * delta), loss(at - c_k * delta)
-            grad += (plus - minus) / (2 * c_k) * delta
+            delta = segmented_uniform(self.theta, self.generator)
+            plus, minus = loss(self.theta + c_k * delta), loss(self.theta - c_k * delta)
+            grad += (plus - minus) / (2 * c_k * delta)
             seen += plus + minus
         return grad / self.config.perturbations, seen / (2 * self.config.perturbations)
 
     def step(self, loss: Loss) -> float:
-        """BlackVIP's gradient correction (Nesterov): estimate the gradient at the
-        look-ahead point theta + beta m, then m <- beta m - a_k g, theta <- theta + m."""
+        k = self.k + 1
         beta = self.config.momentum
-        grad, mean_loss = self.gradient(loss, self.theta + beta * self.velocity)
-        self.velocity = beta * self.velocity - self.config.step_size(self.k) * grad
-        self.theta = self.theta + self.velocity
-        self.k += 1
+        grad, mean_loss = self.gradient(loss, k)
+        self.velocity = grad if k == 1 else beta * self.velocity + grad
+        self.theta = self.theta - self.config.step_size(k) * (grad + beta * self.velocity)
+        self.k = k
         return mean_loss
 
 

@@ -104,10 +104,17 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     click.echo(summary)
     click.echo(table.to_string(index=False))
     click.echo(runs.to_string(index=False))
+    training = p.blackbox_training(config, rate)
+    if len(training):
+        click.echo("black-box training (SPSA):")
+        click.echo(training.to_string(index=False))
     if out_md:
         section = (f"## `{name}` (target `{target}`)\n\n{summary}\n\n"
                    f"{table.to_markdown(index=False)}\n\nPer run ({protocols[-1].name}):\n\n"
                    f"{runs.to_markdown(index=False)}\n\n")
+        if len(training):
+            section += ("Black-box training (SPSA; 2 x perturbations CLIP queries and one "
+                        f"encoder pass per image and step):\n\n{training.to_markdown(index=False)}\n\n")
         before = Path(out_md).read_text() if append and Path(out_md).exists() else ""
         atomic_write_text(out_md, before + section)
 
