@@ -40,12 +40,16 @@ RECORDED: dict[str, float] = {
     '1}]':
         36.448,
     '["vit_base_patch16_224.augreg2_in21k_ft_in1k", 224, {}, 224, "blackbox", {"clip_arch": "'
-    'ViT-B-16", "encoder": "vit_base_patch16_224.mae", "grid": 7, "hidden": 8, "query": "clip'
-    '", "stages": 5, "trigger": 800}]':
-        67.41,
+    'ViT-B-16", "encoder": "vit_base_patch16_224.mae", "grid": 7, "query": "clip", "trigger":'
+    ' 800, "widths": [64, 64, 32, 32, 16]}]':
+        67.422,
     '["vit_base_patch16_224.augreg2_in21k_ft_in1k", 224, {}, 224, "denoiser", {"channels": 64'
     ', "depth": 17}]':
         90.964,
+    '["vit_base_patch16_224.augreg2_in21k_ft_in1k", 224, {}, 224, "diffusion", {"classifier":'
+    ' "beit_large_patch16_512.in22k_ft_in22k_in1k", "release": "guided-diffusion-256-uncond"}'
+    ']':
+        2436.556,
     '["vit_base_patch16_224.augreg2_in21k_ft_in1k", 224, {}, 224, "full", {}]':
         35.126,
     '["vit_base_patch16_224.augreg2_in21k_ft_in1k", 224, {}, 224, "lora", {"alpha": 1, "rank"'
@@ -80,15 +84,15 @@ RECORDED: dict[str, float] = {
     '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "adapter", {"bottleneck": 91}]':
         36.448,
     '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "blackbox", {"clip_arch": "ViT-B-16",'
-    ' "encoder": "vit_base_patch16_224.mae", "grid": 7, "hidden": 8, "query": "clip", "stages'
-    '": 5, "trigger": 800}]':
-        67.41,
+    ' "encoder": "vit_base_patch16_224.mae", "grid": 7, "query": "clip", "trigger": 800, "wid'
+    'ths": [64, 64, 32, 32, 16]}]':
+        67.422,
     '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "denoiser", {"channels": 64, "depth":'
     ' 17}]':
         36.266,
-    '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "diffusion", {"weights": "ddpm-cifar1'
-    '0-32"}]':
-        47.57,
+    '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "diffusion", {"release": "improved-di'
+    'ffusion-cifar10-uncond"}]':
+        51.9,
     '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "full", {}]':
         35.126,
     '["vit_base_patch16_224.augreg_in21k", 224, {}, 32, "lora", {"alpha": 1, "rank": 1}]':
@@ -138,8 +142,8 @@ def forward_key(config: dict[str, Any], method: str, hparams: dict[str, Any]) ->
 def _cost_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters that change a forward pass (files only by their UNet's name)."""
     drop = {"dropout", "objective", "stability_epochs", "stability_lr", "drop_path", "seed",
-            "clip_file", "encoder_file", "clip_pretrained", "a", "c", "p", "gamma",
-            "momentum", "perturbations", "lr"}
+            "clip_file", "encoder_file", "clip_pretrained", "a", "c", "p", "gamma", "o",
+            "momentum", "perturbations", "steps", "eps", "lr", "classifier_file"}
     kept = {k: v for k, v in hparams.items() if k not in drop}
     if method == "diffusion" and kept.get("weights"):
         kept["weights"] = Path(str(kept["weights"])).name
@@ -165,10 +169,30 @@ def _classifier(config: dict[str, Any], method: str, hparams: dict[str, Any]):
     return build_model(get_method(method, **hparams), build_classifier(spec), classes, classes)
 
 
-def _unet(weights: str | None):
-    """The diffusion UNet from the weights folder's config, or a known one by name."""
+def _diffusion_classifier(config: dict[str, Any], hparams: dict[str, Any]):
+    """What classifies the denoised image: the base, or the row's own classifier (e.g.
+    Carlini's BEiT-L/16 at 512, fed the denoised image resized to its size)."""
+    if not hparams.get("classifier"):
+        return _classifier(config, "none", {})
+    import timm
+
+    from pefts.diffusion.classifier import ResizedClassifier
+
+    net = timm.create_model(str(hparams["classifier"]), pretrained=False)
+    size = net.pretrained_cfg["input_size"][-1]
+    return ResizedClassifier(net, size, (0.5,) * 3, (0.5,) * 3)
+
+
+def _unet(hparams: dict[str, Any]):
+    """The diffusion UNet: a released checkpoint's (pefts.diffusion.releases), the
+    weights folder's config, or a known one by the folder's name."""
     from diffusers import UNet2DModel
 
+    if hparams.get("release"):
+        from pefts.diffusion.loading import build_unet
+
+        return build_unet(str(hparams["release"]), "meta")
+    weights = hparams.get("weights")
     if weights:
         from pefts.methods.diffusion import unet_folder
 
@@ -203,8 +227,8 @@ def count_forward(config: dict[str, Any], method: str, hparams: dict[str, Any]) 
     with torch.device("meta"):
         x = torch.zeros(1, 3, side, side)
         if method == "diffusion":
-            classifier = count_gflop(_classifier(config, "none", {}).eval(), x)
-            unet = _unet(hparams.get("weights"))
+            classifier = count_gflop(_diffusion_classifier(config, hparams).eval(), x)
+            unet = _unet(hparams)
             if unet is None:
                 return ForwardCost(classifier, "lower bound: the classifier alone (the UNet's "
                                                "config is not on this machine)")
@@ -225,14 +249,19 @@ def _blackbox_gflop(config: dict[str, Any], hparams: dict[str, Any], x) -> float
     from pefts.methods import get_method
 
     h = {**get_method("blackbox").hparams, **hparams}  # the method's defaults filled in
-    coordinator = Coordinator(x.shape[1], int(h["features"]), int(h["trigger"]), int(h["hidden"]),
-                              int(h["grid"]), 0, str(h["encoder"]), None, False, int(h["stages"]))
-    coordinator_gflop = count_gflop(coordinator.eval(), x)
+    coordinator = Coordinator(x.shape[1], int(h["features"]), int(h["trigger"]), list(h["widths"]),
+                              int(h["grid"]), 0, str(h["encoder"]), None, False)
     if h["query"] != "clip":
-        return coordinator_gflop + count_gflop(_classifier(config, "none", {}).eval(), x)
+        # the prompt is written on the base's own input frame
+        side = int(config["base"]["input_size"])
+        frame = torch.zeros(1, x.shape[1], side, side)
+        return (count_gflop(coordinator.eval(), frame)
+                + count_gflop(_classifier(config, "none", {}).eval(), x))
     clip = bare_model(str(h["clip_arch"])).visual
     side = clip.image_size[0] if isinstance(clip.image_size, tuple) else clip.image_size
-    return coordinator_gflop + count_gflop(clip.eval(), torch.zeros(1, 3, side, side))
+    # BlackVIP's coordinator reads CLIP's 224 frame, and CLIP the prompted frame
+    frame = torch.zeros(1, 3, side, side)
+    return count_gflop(coordinator.eval(), frame) + count_gflop(clip.eval(), frame)
 
 
 def record(configs: list[dict[str, Any]]) -> dict[str, float]:
