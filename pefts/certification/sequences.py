@@ -12,7 +12,7 @@ A confidence sequence holds at every look at once, so any stopping rule is valid
   and the rest split over the others in proportion to the square root of their counts.
   Voracek's schedule starts at 4 samples and gives its early looks most of alpha: by
   1,000 samples a look holds alpha / 884, which costs about twice the samples of a
-  one-look test; a spread look there holds about alpha / 300, and later ones more.
+  one-look test; a spread look there holds about alpha / 200, and later ones more.
 * Betting (same paper): a plug-in likelihood ratio that is a martingale under p; by
   Ville's inequality it crosses 1/alpha with probability at most alpha, ever.
 """
