@@ -4,6 +4,8 @@
 #   snakemake --cores all docs_benchmarks    docs/measurements/*.md (8 min on 2 cores)
 # Each page names the command that wrote it; its prose lives in docs/<page>.head.md.
 
+import os
+
 # pages are assembled in seconds; the benchmarks measure, so they run where the jobs run
 localrules:
     docs,
@@ -85,14 +87,20 @@ rule docs_benchmark_adaptive:
 
 
 # our stopping rule, fixed n and an oracle on Cohen et al.'s committed CERTIFY logs
-COHEN_LOGS = [f"tests/data/cohen/{net}/noise_{s}/test/sigma_{s}"
+# (paths from the working directory, which tests move away from the repository)
+def in_repo(relative):
+    return os.path.relpath(os.path.join(workflow.basedir, relative))
+
+
+COHEN_LOGS = [in_repo(f"tests/data/cohen/{net}/noise_{s}/test/sigma_{s}")
               for net in ("cifar10/resnet110", "imagenet/resnet50") for s in ("0.25", "0.50", "1.00")]
 
 
 def replay_grids(wildcards):
     if wildcards.grid == "sigma":
         return "--grid sigma"
-    return " ".join(f"--grid configs/{log.split('/')[3]}-vitb16.yaml" for log in COHEN_LOGS)
+    return " ".join(f"--grid {in_repo('configs/' + data + '-vitb16.yaml')}"
+                    for data in ["cifar10"] * 3 + ["imagenet"] * 3)
 
 
 rule docs_benchmark_replay:
