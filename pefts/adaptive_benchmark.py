@@ -22,7 +22,7 @@ from torch import nn
 
 from pefts.benchmark import synchronize
 from pefts.certification.adaptive import AdaptivePlan
-from pefts.certification.sequences import betting_lower_bounds, cp_lower, cp_upper
+from pefts.certification.sequences import betting_lower_bounds, cp_lower
 
 
 class Counting(nn.Module):
@@ -86,7 +86,7 @@ def simulate_sequences(p_hats: list[float], plan: AdaptivePlan, seed: int = 0) -
         hits = rng.random(plan.n_max) < p
         h = [int(a) for a in np.cumsum(hits)[np.array(counts) - 1]]
         # the bounds plan.look computes, at every look
-        upper = [cp_upper(a, t, plan.futility) for a, t in zip(h, counts, strict=True)]
+        upper = plan.futility_upper(np.array(h), np.array(counts))
         union = [cp_lower(a, t, b) for a, t, b in zip(h, counts, plan.looks.budgets, strict=True)]
         lowers = {"union-bound CP": np.maximum.accumulate(union),
                   "betting": betting_lower_bounds(hits, plan.alpha, np.array(counts))}

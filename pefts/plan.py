@@ -140,19 +140,10 @@ def check_column(tsv: str | Path, rows: pd.DataFrame, column: str, low: float) -
 
 def replay_samples(p_hats: np.ndarray, plan: Any, seed: int = 0) -> np.ndarray:
     """Estimation samples each image takes under the certifier's stopping rule, hits
-    drawn as Bernoulli(p) (the rule of AdaptivePlan.look, look by look)."""
-    rng = np.random.default_rng(seed)
-    counts = np.array(plan.looks.counts)
-    used = np.empty(len(p_hats), dtype=np.int64)
-    for image, p in enumerate(p_hats):
-        hits = np.cumsum(rng.random(plan.n_max) < p)[counts - 1]
-        lower = 0.0
-        for k, n_a in enumerate(hits):
-            lower, stop = plan.look(k, int(n_a), lower)
-            if stop:
-                used[image] = counts[k]
-                break
-    return used
+    drawn per look chunk as binomial counts (``AdaptivePlan.replay``, the rule of
+    ``AdaptivePlan.look`` on arrays)."""
+    used, _, _ = plan.replay(np.asarray(p_hats, dtype=float), np.random.default_rng(seed))
+    return used.astype(np.int64)
 
 
 # what a job pays before its first sample: interpreter, torch and CUDA start, loading the

@@ -61,8 +61,9 @@ def test_looks_spend_exactly_alpha_on_geometric_checkpoints():
 
 
 def test_union_bound_survives_the_adversary_and_naive_peeking_does_not():
+    """In the pool, with the default looks (the rule certify --adaptive runs)."""
     alpha, reps = 0.05, 400
-    looks = union_bound_looks(1000, alpha)
+    looks = AdaptivePlan(SIGMA, alpha, 1000).looks
     sound = over_claim_rate(looks, reps, alpha)
     naive = over_claim_rate(Looks(looks.counts, (alpha,) * len(looks.counts)), reps, alpha)
     assert sound <= tolerance(alpha, reps), sound
@@ -174,6 +175,10 @@ def test_adaptive_shards_merge_to_the_single_run(run_cli, digits, tiny_base, non
     assert list(whole.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
     assert {"n_used", "n_max", "precision"} <= set(whole.columns)
     assert (whole["n_used"] <= 3000).all() and whole["n_used"].min() < 3000
+    from pefts.certification.adaptive import STOPPING_RULE
+    from pefts.provenance import read_sidecar
+
+    assert read_sidecar(tmp_path / "merged.tsv")["settings"]["stopping_rule"] == STOPPING_RULE
     for column in ("idx", "predict", "radius", "nA", "n_used", "pA_lower"):
         assert merged[column].tolist() == whole[column].tolist(), column
 

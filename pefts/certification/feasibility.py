@@ -3,7 +3,7 @@
 With n estimation samples at level alpha the best possible Clopper-Pearson lower bound
 is the one of n hits out of n, alpha ** (1/n). Below 1/2 every image abstains whatever
 the model does (n = 10 at alpha = 0.001 gives 0.501, n = 9 gives 0.464). Adaptive
-certification spends alpha over its looks (``sequences.union_bound_looks``); its best
+certification spends alpha over its looks (``sequences.spread_looks``); its best
 bound is the largest of every look's all-hit bound at that look's share. PREDICT's
 binomial test needs 2 * 0.5 ** n <= alpha at best.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from pefts.certification.sequences import cp_lower, union_bound_looks
+from pefts.certification.sequences import cp_lower, spread_looks
 from pefts.errors import PeftsError
 
 
@@ -23,7 +23,7 @@ def best_lower_bound(n: int, alpha: float, adaptive: bool = False) -> float:
     """The largest pA_lower any image can reach with ``n`` (adaptive: n_max) samples."""
     if not adaptive:
         return cp_lower(n, n, alpha)
-    looks = union_bound_looks(n, alpha)
+    looks = spread_looks(n, alpha)
     return max(cp_lower(t, t, b) for t, b in zip(looks.counts, looks.budgets, strict=True))
 
 

@@ -7,6 +7,12 @@ A confidence sequence holds at every look at once, so any stopping rule is valid
 * Union-bound Clopper-Pearson (Voracek 2024, appendix C.2): look j at the first count
   t > 1.1 ** (11 + j) with error budget alpha_j = 5 alpha / ((j + 4)(j + 5)); the
   budgets sum to alpha, so by the union bound all looks hold together.
+* Spread Clopper-Pearson (ours, the default): looks at the first counts above
+  ``FIRST`` * ``SPREAD`` ** j, a share ``FINAL_SHARE`` of alpha on the last look at n_max
+  and the rest split over the others in proportion to the square root of their counts.
+  Voracek's schedule starts at 4 samples and gives its early looks most of alpha: by
+  1,000 samples a look holds alpha / 884, which costs about twice the samples of a
+  one-look test; a spread look there holds about alpha / 200, and later ones more.
 * Betting (same paper): a plug-in likelihood ratio that is a martingale under p; by
   Ville's inequality it crosses 1/alpha with probability at most alpha, ever.
 """
@@ -22,6 +28,11 @@ from pefts.certification.bounds import lower_confidence_bound
 
 GROWTH = 1.1
 OFFSET = 11
+# chosen by replaying Cohen's logs (docs/certification.md): 50 hits of 50 at the first
+# look's share give about 0.9 sigma, so an easy image still stops within a few looks
+FIRST = 50
+SPREAD = 1.15
+FINAL_SHARE = 0.3
 
 
 cp_lower = lower_confidence_bound  # the one Clopper-Pearson bound, fixed-n and per look
@@ -71,6 +82,32 @@ def union_bound_looks(n_max: int, alpha: float) -> Looks:
             counts.append(t)
             budgets.append(a_j)
         j += 1
+
+
+def spread_looks(n_max: int, alpha: float, first: int = FIRST, growth: float = SPREAD,
+                 final_share: float = FINAL_SHARE) -> Looks:
+    """Geometric looks from ``first`` by ``growth`` up to n_max; the look at n_max holds
+    ``final_share`` of alpha (the one that decides images fixed n finds hard, so its bound
+    stays close to fixed n's) and the others split the rest in proportion to the square
+    root of their counts (a late look decides images near a threshold, where a smaller
+    share costs most samples). The budgets sum to alpha, so by the union bound every look
+    holds at once."""
+    if n_max < 1:
+        raise ValueError(f"n_max must be at least 1, got {n_max}")
+    if not (first >= 1 and growth > 1 and 0 < final_share <= 1):
+        raise ValueError(f"spread looks need first >= 1, growth > 1, 0 < final_share <= 1; got "
+                         f"{first}, {growth}, {final_share}")
+    counts: list[int] = []
+    t = float(first)
+    while math.ceil(t) < n_max:
+        if not counts or math.ceil(t) > counts[-1]:
+            counts.append(math.ceil(t))
+        t *= growth
+    if not counts:
+        return Looks((n_max,), (alpha,))
+    weights = [math.sqrt(c) for c in counts]
+    shares = [alpha * (1 - final_share) * w / sum(weights) for w in weights]
+    return Looks((*counts, n_max), (*shares, alpha - math.fsum(shares)))
 
 
 def betting_lower_bounds(hits: np.ndarray, alpha: float, at: np.ndarray) -> np.ndarray:

@@ -143,4 +143,46 @@ def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, poo
     write_page(out_md, printed)
 
 
-COMMANDS = [benchmark, benchmark_adaptive]
+@click.command("benchmark-replay")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--grid", "grids", multiple=True, default=("sigma",), show_default=True,
+              help="'sigma' (0 to 2 sigma by sigma/4), radii '0,0.5,1', or a config .yaml "
+                   "(its certify.grid); once for all logs or once per log, in order")
+@click.option("--sigma", default=None, type=POSITIVE,
+              help="sigma of every log (default: read from a sigma_X part of each path)")
+@click.option("--n", "n", default=100_000, show_default=True, type=AT_LEAST_ONE,
+              help="fixed n, and n_max of ours")
+@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE)
+@click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY)
+@click.option("--abstain-p", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="hit rate given to an abstention (its log has no rate)")
+@click.option("--reps", default=10, show_default=True, type=AT_LEAST_ONE,
+              help="replays averaged for fixed n and ours")
+@click.option("--seed", default=0, show_default=True, type=int)
+@page_option
+def benchmark_replay(logs, grids, sigma, n, n0, alpha, abstain_p, reps, seed, out_md) -> None:
+    """Fixed n, our stopping rule and an oracle that knows p, replayed on the hit rates of
+    certification logs (Cohen's TSV format): passes and certified counts side by side."""
+    import numpy as np
+
+    from pefts.certification.adaptive import STOPPING_RULE
+    from pefts.replay_benchmark import grid_of, read_log, replay, summary, table
+
+    if len(grids) not in (1, len(logs)):
+        raise PeftsError(f"give --grid once or once per log ({len(logs)}), not {len(grids)} times")
+    rng = np.random.default_rng(seed)
+    replays = []
+    for path, spec in zip(logs, grids * len(logs) if len(grids) == 1 else grids, strict=False):
+        log = read_log(path, sigma, abstain_p)
+        replays.append(replay(log, grid_of(spec, log.sigma), n, n0, alpha, reps, rng))
+    printed = "\n".join([
+        f"stopping rule {STOPPING_RULE}; n0 {n0}, n = n_max {n:,}, alpha {alpha:g}; abstention "
+        f"p = {abstain_p:g}; {reps} replays; grid {', '.join(dict.fromkeys(grids))}",
+        "", table(replays).to_markdown(index=False, disable_numparse=True,
+                                       colalign=["left", "left", "right", "right", "right"]),
+        "", summary(replays), ""])
+    click.echo(printed, nl=False)
+    write_page(out_md, printed)
+
+
+COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay]

@@ -135,7 +135,8 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
     if adaptive:
         plan = AdaptivePlan(sigma, alpha, n_max or n, grid, rtol)
         settings.update(adaptive=True, n_max=plan.n_max, radii=list(grid), rtol=rtol,
-                        futility=plan.futility, precision=precision)
+                        futility=plan.futility, stopping_rule=plan.rule,
+                        precision=precision)
         columns = ADAPTIVE_COLUMNS
         rows = adaptive_rows(net, dataset, manifest["num_classes"], plan, n0, batch, pool, seed,
                              torch_device, precision, sound)

@@ -4,6 +4,8 @@
 #   snakemake --cores all docs_benchmarks    docs/measurements/*.md (8 min on 2 cores)
 # Each page names the command that wrote it; its prose lives in docs/<page>.head.md.
 
+import os
+
 # pages are assembled in seconds; the benchmarks measure, so they run where the jobs run
 localrules:
     docs,
@@ -84,7 +86,42 @@ rule docs_benchmark_adaptive:
         " --device cpu --out-md {output} > {log} 2>&1"
 
 
+# our stopping rule, fixed n and an oracle on Cohen et al.'s committed CERTIFY logs
+# (paths from the working directory, which tests move away from the repository)
+def in_repo(relative):
+    return os.path.relpath(os.path.join(workflow.basedir, relative))
+
+
+COHEN_LOGS = [in_repo(f"tests/data/cohen/{net}/noise_{s}/test/sigma_{s}")
+              for net in ("cifar10/resnet110", "imagenet/resnet50") for s in ("0.25", "0.50", "1.00")]
+
+
+def replay_grids(wildcards):
+    if wildcards.grid == "sigma":
+        return "--grid sigma"
+    return " ".join(f"--grid {in_repo('configs/' + data + '-vitb16.yaml')}"
+                    for data in ["cifar10"] * 3 + ["imagenet"] * 3)
+
+
+rule docs_benchmark_replay:
+    input:
+        COHEN_LOGS,
+    output:
+        "docs/measurements/replay-cohen-grid-{grid}-abstain{p}.md",
+    wildcard_constraints:
+        grid="sigma|presets",
+    params:
+        grids=replay_grids,
+    log:
+        path("logs", "docs_benchmark_replay_{grid}_{p}.log"),
+    shell:
+        "pefts benchmark-replay {input} {params.grids} --abstain-p {wildcards.p} --reps 20"
+        " --out-md {output} > {log} 2>&1"
+
+
 rule docs_benchmarks:
     input:
         "docs/measurements/throughput-cpu.md",
+        expand("docs/measurements/replay-cohen-grid-{grid}-abstain{p}.md",
+               grid=["sigma", "presets"], p=["0.5", "0.3"]),
         [f"docs/measurements/adaptive-lora-sigma{s}.md" for s in STUDY.sigmas],

@@ -1,0 +1,102 @@
+"""The default stopping rule (spread Clopper-Pearson looks + futility) against the
+closed-form truth, replayed with vectorised binomial hits: over-claims stay within alpha
+at every look and at the rule's own stop, including where the rule decides."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from pefts.certification.adaptive import AdaptivePlan
+from pefts.certification.bounds import lower_confidence_bounds
+from pefts.certification.sequences import FINAL_SHARE, spread_looks
+
+SIGMA, ALPHA, N_MAX, REPS = 0.5, 0.05, 2000, 20_000
+RADII = (0.0, 0.25, 0.5)
+
+
+def tolerance(alpha: float, reps: int) -> float:
+    return alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
+
+
+@pytest.mark.parametrize("n_max,alpha", [(1, 0.001), (29, 0.05), (31, 0.05), (2000, 0.05),
+                                         (100_000, 0.001), (1_000_000, 1e-6)])
+def test_spread_looks_spend_at_most_alpha(n_max, alpha):
+    looks = spread_looks(n_max, alpha)
+    assert looks.counts[-1] == n_max and sum(looks.chunks) == n_max
+    assert all(a < b for a, b in zip(looks.counts, looks.counts[1:], strict=False))
+    assert sum(looks.budgets) <= alpha * (1 + 1e-12) and min(looks.budgets) > 0
+    if len(looks.counts) > 1:  # fixed n's look keeps its share of alpha
+        assert looks.budgets[-1] == pytest.approx(alpha * FINAL_SHARE, rel=1e-9)
+
+
+def anytime_over_claims(p: float, plan: AdaptivePlan, rng: np.random.Generator) -> np.ndarray:
+    """Per look, the fraction of replays whose running lower bound is above p by then."""
+    counts, budgets = np.array(plan.looks.counts), np.array(plan.looks.budgets)
+    hits = np.cumsum(rng.binomial(np.array(plan.looks.chunks), np.full((REPS, 1), p)), 1)
+    lower = np.maximum.accumulate(lower_confidence_bounds(hits, counts, budgets), 1)
+    return (lower > p).mean(0)
+
+
+def deciding_p(plan: AdaptivePlan, threshold: float, look: int) -> float:
+    """The smallest p whose expected hits at ``look`` certify ``threshold`` there: the rule
+    decides this image right at that look."""
+    t, budget = plan.looks.counts[look], plan.looks.budgets[look]
+    k = next(k for k in range(t + 1) if lower_confidence_bounds(k, t, budget) >= threshold)
+    return k / t
+
+
+def cases() -> list[tuple[str, float]]:
+    plan = AdaptivePlan(SIGMA, ALPHA, N_MAX, RADII)
+    on = [(f"p on the threshold of r={r}", float(norm.cdf(r / SIGMA))) for r in RADII[1:]]
+    at = [(f"p decided at look {k}", deciding_p(plan, plan.thresholds[1], k)) for k in (3, 8, 14)]
+    # just above the need of the next threshold: futility must not give up, and the
+    # bound at the final look sits right at it
+    below = [("p at the need of r=0.5", min(1.0, float(plan._needed[2]) + 1e-4)),
+             ("p just above 1/2", 0.5 + 1e-4)]
+    return on + at + below
+
+
+@pytest.mark.parametrize("name,p", cases())
+def test_rule_over_claims_at_most_alpha_at_every_look_and_at_its_stop(name, p):
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    plan = AdaptivePlan(SIGMA, ALPHA, N_MAX, RADII)
+    per_look = anytime_over_claims(p, plan, rng)
+    assert per_look[-1] <= tolerance(ALPHA, REPS), (name, p, per_look[-1])
+    used, lower, _ = plan.replay(np.full(REPS, p), rng)
+    true_radius = SIGMA * norm.ppf(p)
+    claimed = plan.radii_of(lower)
+    assert np.mean(claimed > true_radius) <= tolerance(ALPHA, REPS), (name, p)
+    assert used.min() < N_MAX or name.startswith("p just above"), "the rule never stopped early"
+
+
+def test_naive_peeking_is_caught():
+    """The same check with fixed-n bounds at full alpha at every look over-claims."""
+    plan = AdaptivePlan(SIGMA, ALPHA, N_MAX, RADII)
+    naive = AdaptivePlan(SIGMA, ALPHA, N_MAX, RADII, looks=type(plan.looks)(
+        plan.looks.counts, (ALPHA,) * len(plan.looks.counts)))
+    rate = anytime_over_claims(0.7, naive, np.random.default_rng(0))[-1]
+    assert rate > tolerance(ALPHA, REPS), rate
+
+
+def test_replay_is_the_pool_rule_look_by_look():
+    """``replay`` (arrays) stops where ``look`` (the pool's per-image call) stops."""
+    plan = AdaptivePlan(SIGMA, 0.001, 20_000, RADII)
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.uniform(0.45, 1.0, 300), [0.5, 1.0]])
+    used, lower, hits = plan.replay(p, np.random.default_rng(7))
+    draws = np.cumsum(np.random.default_rng(7).binomial(np.array(plan.looks.chunks),
+                                                        p[:, None]), 1)
+    assert (draws[:, -1] == hits).all()
+    for image in range(len(p)):
+        bound = 0.0
+        for k, n_a in enumerate(draws[image]):
+            bound, stop = plan.look(k, int(n_a), bound)
+            if stop:
+                break
+        assert (plan.looks.counts[k], bound) == (used[image], pytest.approx(lower[image])), image
+    assert len(set(used)) > 5
