@@ -134,7 +134,7 @@ BAD_VALUES = [
                                    "1e-320, which underflows"),
     # the config side of the n-too-small refusal, in both modes
     ("certify: {n: 9, adaptive: false}", "certify.n 9 at alpha 0.001 can never certify: "),
-    ("certify: {n: 11, adaptive: true}", "certify.n 11 at alpha 0.001 can never certify adaptively"),
+    ("certify: {n: 9, adaptive: true}", "certify.n 9 at alpha 0.001 can never certify adaptively"),
     ("method_params: {lora: {hparams: {rnak: 2}}}",
      "unknown key method_params.lora.hparams.rnak (did you mean 'rank'?)"),
 ]

@@ -13,6 +13,7 @@ from pefts.cli.options import (
     POSITIVE,
     PROBABILITY,
     TSV_OUT,
+    UNIT_INTERVAL,
     device_option,
     page_option,
     parse_floats,
@@ -154,7 +155,7 @@ def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, poo
               help="fixed n, and n_max of ours")
 @click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE)
 @click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY)
-@click.option("--abstain-p", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--abstain-p", default=0.5, show_default=True, type=UNIT_INTERVAL,
               help="hit rate given to an abstention (its log has no rate)")
 @click.option("--reps", default=10, show_default=True, type=AT_LEAST_ONE,
               help="replays averaged for fixed n and ours")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pefts.cli.options import AT_LEAST_ONE, POSITIVE
+from pefts.cli.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from pefts.errors import PeftsError
 
 configfile_option = click.option(
@@ -59,7 +59,7 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
                    "every method is scaled from it by its FLOPs")
 @click.option("--rate-fixed", default=None, type=POSITIVE,
               help="samples/s of Cohen's fp32 protocol (default: an assumed figure)")
-@click.option("--startup-s", default=None, type=click.FloatRange(min=0),
+@click.option("--startup-s", default=None, type=NON_NEGATIVE,
               help="seconds each GPU job pays before its first sample (default: an assumed 60)")
 @click.option("--out-md", default=None, type=click.Path(dir_okay=False),
               help="write the table as a Markdown section")

@@ -37,6 +37,7 @@ class FiniteFloat(click.FloatRange):
 POSITIVE = FiniteFloat(min=0.0, min_open=True)
 NON_NEGATIVE = FiniteFloat(min=0.0)
 PROBABILITY = FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True)
+UNIT_INTERVAL = FiniteFloat(min=0.0, max=1.0)
 AT_LEAST_ONE = click.IntRange(min=1)
 SEED = click.IntRange(min=0, max=2**63 - 1)
 RUN = click.Tuple([str, POSITIVE, click.Path(dir_okay=False)])

@@ -1,6 +1,7 @@
 # Config validation and the study's runs, paths and grids (pefts.experiments);
 # every rule calls the pefts CLI.
 import json
+import os
 import sys
 
 from pefts.config import validated
@@ -105,3 +106,20 @@ def ablation_outputs():
 
 def noise_outputs():
     return [path("summary", "noise_learning.tsv"), path("figures", "noise_learning.png")]
+
+
+# our stopping rule, fixed n and an oracle on Cohen et al.'s committed CERTIFY logs
+# (paths from the working directory, which tests move away from the repository)
+def in_repo(relative):
+    return os.path.relpath(os.path.join(workflow.basedir, relative))
+
+
+COHEN_LOGS = [in_repo(f"tests/data/cohen/{net}/noise_{s}/test/sigma_{s}")
+              for net in ("cifar10/resnet110", "imagenet/resnet50") for s in ("0.25", "0.50", "1.00")]
+
+
+def replay_grids(wildcards):
+    if wildcards.grid == "sigma":
+        return "--grid sigma"
+    return " ".join(f"--grid {in_repo(f'configs/{data}-vitb16.yaml')}"
+                    for data in ["cifar10"] * 3 + ["imagenet"] * 3)

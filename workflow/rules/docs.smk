@@ -4,8 +4,6 @@
 #   snakemake --cores all docs_benchmarks    docs/measurements/*.md (8 min on 2 cores)
 # Each page names the command that wrote it; its prose lives in docs/<page>.head.md.
 
-import os
-
 # pages are assembled in seconds; the benchmarks measure, so they run where the jobs run
 localrules:
     docs,
@@ -86,23 +84,6 @@ rule docs_benchmark_adaptive:
         " --device cpu --out-md {output} > {log} 2>&1"
 
 
-# our stopping rule, fixed n and an oracle on Cohen et al.'s committed CERTIFY logs
-# (paths from the working directory, which tests move away from the repository)
-def in_repo(relative):
-    return os.path.relpath(os.path.join(workflow.basedir, relative))
-
-
-COHEN_LOGS = [in_repo(f"tests/data/cohen/{net}/noise_{s}/test/sigma_{s}")
-              for net in ("cifar10/resnet110", "imagenet/resnet50") for s in ("0.25", "0.50", "1.00")]
-
-
-def replay_grids(wildcards):
-    if wildcards.grid == "sigma":
-        return "--grid sigma"
-    return " ".join(f"--grid {in_repo('configs/' + data + '-vitb16.yaml')}"
-                    for data in ["cifar10"] * 3 + ["imagenet"] * 3)
-
-
 rule docs_benchmark_replay:
     input:
         COHEN_LOGS,
@@ -112,6 +93,8 @@ rule docs_benchmark_replay:
         grid="sigma|presets",
     params:
         grids=replay_grids,
+    conda:
+        ENV
     log:
         path("logs", "docs_benchmark_replay_{grid}_{p}.log"),
     shell:
