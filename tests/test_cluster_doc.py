@@ -39,7 +39,7 @@ def test_cluster_doc_commands_run_as_written(run_cli, tmp_path, monkeypatch):
         fetched.append(name)
         return {"weight": torch.zeros(2)}
 
-    for kind in ("timm", "open_clip"):
+    for kind in ("timm", "open_clip", "diffusion"):
         monkeypatch.setitem(weights.FETCHERS, kind, hub)
     plan, fetch, run = commands
 
@@ -49,9 +49,9 @@ def test_cluster_doc_commands_run_as_written(run_cli, tmp_path, monkeypatch):
 
     code, out, err = run_cli(*fetch[1:])
     assert code == 0, err
-    assert sorted(fetched) == ["ViT-B-16:openai", "vit_base_patch16_224.augreg_in21k",
-                               "vit_base_patch16_224.mae"]
-    assert len(list((tmp_path / "results").rglob("*.safetensors"))) == 3
+    assert sorted(fetched) == ["ViT-B-16:openai", "improved-diffusion-cifar10-uncond",
+                               "vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224.mae"]
+    assert len(list((tmp_path / "results").rglob("*.safetensors"))) == 4
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", *run, "-n"], cwd=tmp_path, env=env,
