@@ -35,13 +35,16 @@ def test_the_six_logs_are_committed():
 @pytest.mark.parametrize("kind", ["sigma", "preset"])
 def test_rule_stays_near_the_oracle_and_certifies_what_fixed_n_does(kind):
     # abstentions at p = 1/2 (on the r = 0 threshold: the costliest for any rule, free for
-    # the oracle): counts within 1% of fixed n; passes within 2.7x of the oracle's (the
-    # union-bound rule before took 3.1x / 2.8x); 2x is reached at abstention p = 0.3
+    # the oracle): counts within 1% of fixed n, passes within 2x of the oracle's (the
+    # issue's bar; spread-cp/2 took 2.4x / 2.2x, the union-bound rule 3.1x / 2.8x);
+    # abstainers at p = 0.3 within 1.6x
     worst = replays(kind, 0.5)
     assert worst_gap(worst) <= 1.0
-    assert ratio(worst, "ours", "oracle") <= 2.7
-    assert ratio(worst, "fixed n", "ours") >= 11
-    assert ratio(replays(kind, 0.3), "ours", "oracle") <= 2.0
+    assert ratio(worst, "ours", "oracle") <= 2.0
+    assert ratio(worst, "fixed n", "ours") >= 14
+    clear = replays(kind, 0.3)
+    assert worst_gap(clear) <= 1.0
+    assert ratio(clear, "ours", "oracle") <= 1.6
 
 
 def test_oracle_takes_the_fewest_samples_that_certify_fixed_n_s_radius():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pefts.certification.adaptive import AdaptivePlan
+from pefts.certification.adaptive import FUTILITY_FROM, FUTILITY_MISSES, AdaptivePlan
 from pefts.certification.bounds import lower_confidence_bounds
 from pefts.certification.sequences import FINAL_SHARE, spread_looks
 
@@ -72,6 +72,32 @@ def test_rule_over_claims_at_most_alpha_at_every_look_and_at_its_stop(name, p):
     claimed = plan.radii_of(lower)
     assert np.mean(claimed > true_radius) <= tolerance(ALPHA, REPS), (name, p)
     assert used.min() < N_MAX or name.startswith("p just above"), "the rule never stopped early"
+
+
+@pytest.mark.parametrize("name", ["p at the need of r=3 sigma", "p near 1", "p at 8 misses in 1,000"])
+def test_rule_near_p_one_over_claims_at_most_alpha(name):
+    """Where futility waits for misses (thresholds near p = 1) the bound still holds at
+    every look and at the rule's stop."""
+    plan = AdaptivePlan(SIGMA, ALPHA, 20_000, (0.0, 3 * SIGMA))
+    p = {"p at the need of r=3 sigma": min(1.0, float(plan._needed[1]) + 1e-5),
+         "p near 1": 0.9999, "p at 8 misses in 1,000": 1 - FUTILITY_MISSES / 1000}[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    assert anytime_over_claims(p, plan, rng)[-1] <= tolerance(ALPHA, REPS), (name, p)
+    used, lower, _ = plan.replay(np.full(REPS, p), rng)
+    assert np.mean(plan.radii_of(lower) > SIGMA * norm.ppf(p)) <= tolerance(ALPHA, REPS), name
+
+
+def test_futility_waits_for_samples_and_misses():
+    """One or two early misses of an image near p = 1 must not rule out a high threshold
+    that fixed n reaches: no futility before FUTILITY_FROM samples and FUTILITY_MISSES
+    misses; past both it rules the threshold out."""
+    plan = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, 3 * SIGMA))
+    need = plan._needed[1]
+    upper = plan.futility_upper
+    assert upper(np.array(FUTILITY_FROM - 21), FUTILITY_FROM - 1) == 1.0  # 20 misses, too soon
+    assert upper(np.array(1000 - FUTILITY_MISSES + 1), 1000) == 1.0  # too few misses
+    assert upper(np.array(1000 - FUTILITY_MISSES), 1000) < need  # 8 in 1,000: out of reach
+    assert upper(np.array(1000 - 10), 1000) < need
 
 
 def test_naive_peeking_is_caught():

@@ -10,10 +10,12 @@ cannot change the answer that matters.
   the p that n_max samples would need to certify it. U is a plain Clopper-Pearson bound
   at level ``futility`` at each look, its margin shrunk by sqrt(1 - t / n_max) (it bounds
   what fixed n's whole sample would show, and the t samples seen are part of it), not a
-  sequence: it decides only when to give up,
-  never what is certified, so when it errs it costs a certificate that n_max samples
-  might have given. An image that clearly abstains is the case r = 0; one certifying the
-  largest radius has every threshold certified.
+  sequence: it decides only when to give up, never what is certified, so when it errs it
+  costs a certificate that n_max samples might have given. It waits for ``FUTILITY_FROM``
+  samples and ``FUTILITY_MISSES`` misses: before that, one or two early misses of an image
+  near p = 1 read as a rate far below the need of a high threshold that fixed n reaches.
+  An image that clearly abstains is the case r = 0; one certifying the largest radius
+  has every threshold certified.
 * Tolerance mode (``rtol``): stop once the radius certified now is within a relative
   tolerance of the radius n_max samples would give if p were as large as U.
 * Always: stop at n_max.
@@ -37,10 +39,14 @@ from pefts.certification.sequences import (
     spread_looks,
 )
 
-FUTILITY = 0.085
+# chosen by replaying Cohen's logs (docs/certification.md): the loosest level that keeps
+# certified counts within 1% of fixed n's on both grids, with a margin
+FUTILITY = 0.18
+FUTILITY_FROM = 300
+FUTILITY_MISSES = 8
 # recorded in every adaptive run's settings: a change of looks, budgets or futility is a
 # new version, so a resume or merge never mixes rows of two rules
-STOPPING_RULE = "spread-cp/2"
+STOPPING_RULE = "spread-cp/3"
 
 
 @dataclass
@@ -89,10 +95,13 @@ class AdaptivePlan:
         """The optimistic hit rate at which to give up: what fixed n's whole sample would
         show, at level ``futility``. Its sd is the estimate's times sqrt(1 - t / n_max)
         (the t samples seen are part of n_max's), so the Clopper-Pearson upper bound's
-        margin over n_a / t is shrunk by that factor."""
+        margin over n_a / t is shrunk by that factor. 1 (never give up on a reachable
+        threshold) before ``FUTILITY_FROM`` samples and ``FUTILITY_MISSES`` misses."""
         upper = 1 - lower_confidence_bounds(t - n_a, t, self.futility)
         rate = n_a / t
-        return rate + (upper - rate) * np.sqrt(np.clip(1 - np.asarray(t) / self.n_max, 0, 1))
+        shrunk = rate + (upper - rate) * np.sqrt(np.clip(1 - np.asarray(t) / self.n_max, 0, 1))
+        early = (np.asarray(t) < FUTILITY_FROM) | (t - n_a < FUTILITY_MISSES)
+        return np.where(early, 1.0, shrunk)
 
     def settled(self, lower: float, upper: float) -> bool:
         return bool(self.settled_many(np.array([lower]), np.array([upper]))[0])
