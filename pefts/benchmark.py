@@ -276,16 +276,34 @@ def named_subject(arch: str, num_classes: int, image_size: int, method: str, dev
 DIFFUSION = "raw forward, diffusion denoiser in front"
 
 
-def add_diffusion_row(result: BenchmarkResult, subject: Subject, weights: str | Path,
+def diffusion_denoiser(weights: str | Path | None, release: str | None) -> nn.Module:
+    """The denoiser to time: a diffusers folder, a released checkpoint file (``release``
+    names its architecture), or, with a release and no file, that architecture with
+    random weights (a UNet pass costs the same whatever its weights; nothing is fetched)."""
+    from pefts.methods.diffusion import DiffusionDenoiser, load_unet
+
+    if release is None:
+        return DiffusionDenoiser(*load_unet(weights))
+    from pefts.diffusion.loading import build_unet, load_release
+    from pefts.diffusion.releases import get_release
+    from pefts.diffusion.schedules import alphas_cumprod
+
+    if weights is not None:
+        return DiffusionDenoiser(*load_release(weights, release))
+    spec = get_release(release)
+    return DiffusionDenoiser(build_unet(spec).eval(), alphas_cumprod(spec.schedule, spec.steps),
+                             spec.timestep_scale)
+
+
+def add_diffusion_row(result: BenchmarkResult, subject: Subject, denoiser: nn.Module,
                       device: torch.device) -> BenchmarkResult:
     """Time the raw forward pass with a diffusion denoiser (one UNet pass per sample, the
     dominant cost of diffusion denoised smoothing) in front of the subject's network,
     with the same batch schedule, and add it to the table beside the plain forward."""
     from pefts.methods.denoiser import DenoisedClassifier
-    from pefts.methods.diffusion import DiffusionDenoiser, load_unet
 
-    unet, alphas_cumprod = load_unet(weights)
-    denoiser = DiffusionDenoiser(unet, alphas_cumprod).to(device)
+    denoiser = denoiser.to(device)
+    unet = denoiser.unet
     denoiser.set_sigma(subject.sigma)
     net = DenoisedClassifier(denoiser, subject.net).eval()
     x, n = subject.x.to(device), result.n

@@ -262,6 +262,20 @@ def test_benchmark_reports_the_diffusion_denoiser_beside_the_plain_model(weights
     assert code != 0 and "does not exist" in err
 
 
+def test_benchmark_times_a_released_unet_without_its_weights(run_cli, tmp_path):
+    """The authors' architecture with random weights: a UNet pass costs the same whatever
+    its weights, so the timing needs no download; a file that is not there is refused."""
+    out = tmp_path / "bench.tsv"
+    code, stdout, err = run_cli("benchmark", "--diffusion-release", "improved-diffusion-cifar10-uncond",
+                                "--n", "8", "--batch", "8", "--n0", "2", "--repeats", "1",
+                                "--threads", "1", "--out", out)
+    assert code == 0, err
+    assert "(52,546,438-parameter UNet)" in stdout  # improved-diffusion's CIFAR-10 model
+    code, _, err = run_cli("benchmark", "--diffusion", str(tmp_path / "none.pt"),
+                           "--diffusion-release", "improved-diffusion-cifar10-uncond")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "none.pt" in err, err
+
+
 def test_a_saved_ddpm_pipeline_is_a_weights_folder(tmp_path):
     """The README's recipe: DDPMPipeline.from_pretrained(name).save_pretrained(folder),
     here with a local random pipeline in place of the hub's."""

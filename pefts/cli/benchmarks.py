@@ -19,6 +19,7 @@ from pefts.cli.options import (
     parse_floats,
     write_page,
 )
+from pefts.diffusion.releases import RELEASES
 from pefts.errors import PeftsError
 
 
@@ -42,14 +43,18 @@ from pefts.errors import PeftsError
               help="a timm architecture with random weights (no download), e.g. vit_base_patch16_224")
 @click.option("--num-classes", default=10, show_default=True, type=AT_LEAST_ONE, help="with --arch")
 @click.option("--method", default="none", show_default=True, help="PEFT method wrapped (with --arch)")
-@click.option("--diffusion", default=None, type=click.Path(file_okay=False),
-              help="also time a diffusion denoiser (local diffusers folder) in front of the model")
+@click.option("--diffusion", default=None, type=click.Path(),
+              help="also time a diffusion denoiser in front of the model: a local diffusers "
+                   "folder, or with --diffusion-release that release's checkpoint file")
+@click.option("--diffusion-release", default=None, type=click.Choice(sorted(RELEASES)),
+              help="time this released UNet (e.g. Carlini et al.'s 552M guided-diffusion "
+                   "model); without --diffusion, with random weights (same cost, no download)")
 @page_option
 @fast_path_options
 @device_option
 def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_md, arch,
-              num_classes, method, diffusion, precision, channels_last, compile_net, merge_lora,
-              device) -> None:
+              num_classes, method, diffusion, diffusion_release, precision, channels_last,
+              compile_net, merge_lora, device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
@@ -64,6 +69,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
         add_diffusion_row,
         artifact_subject,
         builtin_subject,
+        diffusion_denoiser,
         named_subject,
         run_benchmark,
         to_markdown,
@@ -71,10 +77,9 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
     from pefts.certification.fastpath import executed
     from pefts.devices import resolve_device
 
-    if diffusion:  # refuse a bad folder before minutes of timing, not after
-        from pefts.methods.diffusion import unet_folder
-
-        unet_folder(diffusion)
+    # a bad folder or file is refused before minutes of timing, not after
+    denoiser = diffusion_denoiser(diffusion, diffusion_release) \
+        if diffusion or diffusion_release else None
     if threads:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
@@ -88,8 +93,8 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
     subject.net = executed(subject.net, precision, channels_last, compile_net, merge_lora)
     subject.name += f"; {precision}" + (", merged LoRA" if merge_lora else "")
     result = run_benchmark(subject, torch_device, batch=batch, n=n, n0=n0, repeats=repeats)
-    if diffusion:
-        add_diffusion_row(result, subject, diffusion, torch_device)
+    if denoiser is not None:
+        add_diffusion_row(result, subject, denoiser, torch_device)
     if out:
         atomic_write_text(out, result.table.to_csv(sep="\t", index=False))
     printed = f"{result.header()}\n\n{to_markdown(result.table)}\n{result.summary()}\n"
