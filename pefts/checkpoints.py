@@ -96,6 +96,24 @@ def ignore_stop_signals(_worker: int = 0) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+class _Remembering:
+    """A file torch.save writes through that keeps the OSError of a failed write: torch's
+    writer reports a full disk as "unexpected pos", this lets the save re-raise ENOSPC."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 class Checkpoint:
     """One run's checkpoint. Each optimise() call of the run is a stage (the denoiser
     trains MSE, then stability): a stage already finished returns its saved statistics,
@@ -188,8 +206,14 @@ class Checkpoint:
         request the run ends here (Interrupted)."""
         state = {**state, "format": FORMAT, "fingerprint": self.fingerprint,
                  "stage": self.stage, "finished": self.finished[:self.stage]}
-        with durable_path(self.path) as tmp:
-            torch.save(state, tmp)
+        with durable_path(self.path) as tmp, open(tmp, "wb") as handle:
+            writer = _Remembering(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
         self.last_save = time.monotonic()
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,11 +63,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         handle.writelines(text.splitlines(keepends=True))  # by line: a kill test hooks each
 
 
+# how Rust writers (safetensors) report the machine's refusal: "... (os error 28)"
+OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")
+
+
 def naming(err: BaseException, path: str | Path) -> BaseException:
     """An OSError that names the file it was writing (fsync's and write's do not), so the
-    command line can say which path the machine refused."""
-    if isinstance(err, OSError) and not err.filename:
-        return type(err)(err.errno, err.strerror or str(err), str(path))
+    command line can say which path the machine refused. A library's own error that
+    carries an OS error (safetensors on a full disk) becomes that OSError."""
+    if isinstance(err, OSError):
+        return err if err.filename else type(err)(err.errno, err.strerror or str(err), str(path))
+    found = OS_ERROR_IN_TEXT.search(str(err)) if isinstance(err, Exception) else None
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code), str(path))
     return err
 
 

@@ -168,6 +168,28 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_output(run_cli, tmp_path, mo
     assert snapshot(tmp_path) == before  # no temp file, the old table intact
 
 
+def test_a_full_disk_under_safetensors_is_the_os_error_naming_the_weights(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own error with "(os error 28)" in the text;
+    it reaches the command line as ENOSPC naming the file, and the old weights stay."""
+    import torch
+
+    import pefts.artifacts
+    from pefts.artifacts import save_artifact
+
+    weights = tmp_path / "model.safetensors"
+    save_artifact(weights, {"w": torch.zeros(3)}, {"kind": "base"})
+    before = snapshot(tmp_path)
+
+    def rust_full_disk(*args, **kwargs):
+        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(pefts.artifacts, "save_file", rust_full_disk)
+    with pytest.raises(OSError) as caught:
+        save_artifact(weights, {"w": torch.ones(3)}, {"kind": "base"})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(weights)
+    assert snapshot(tmp_path) == before
+
+
 def test_a_full_disk_while_certifying_keeps_the_finished_rows(tmp_path, monkeypatch):
     out = tmp_path / "s.tsv"
     real = os.fsync

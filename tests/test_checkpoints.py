@@ -239,3 +239,50 @@ def test_litter_of_a_save_killed_midway_is_removed(tmp_path):
     litter.write_bytes(b"half a checkpoint")
     Checkpoint(checkpoint_path(out), "settings", 0.0)
     assert not litter.exists()
+
+
+def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_last_one(tmp_path, monkeypatch):
+    """A save that fills the disk halfway is an OSError ENOSPC naming the checkpoint, which
+    the command line prints in one line, not torch's "unexpected pos"; the previous
+    checkpoint stays and no temporary file is left."""
+    import builtins
+    import errno
+
+    import pefts.checkpoints
+
+    path = checkpoint_path(tmp_path / "model")
+    checkpoint = Checkpoint(path, "settings", 0.0)
+    checkpoint.save({"step": 1, "weights": torch.zeros(1000)})
+    before = path.read_bytes()
+    real_open = builtins.open
+
+    class FillingUp:
+        """A file on a disk with 4 KiB left, as a small tmpfs behaves."""
+
+        def __init__(self, file):
+            self.handle, self.left = real_open(file, "wb", buffering=0), 4096
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.handle.write(data)
+
+        def flush(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def onto_a_full_disk(file, mode="r", *args, **kwargs):
+        return FillingUp(file) if "w" in mode else real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(pefts.checkpoints, "open", onto_a_full_disk, raising=False)
+    with pytest.raises(OSError) as caught:
+        checkpoint.save({"step": 2, "weights": torch.ones(100_000)})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
