@@ -73,7 +73,7 @@ use rule certify_shard as certify_sound_shard with:
     output:
         SOUND_SHARD,
     params:
-        sampling=SAMPLING + " --sound",
+        sampling=f"{SAMPLING} --sound",
         selection=lambda w: STUDY.selection(w.runname),
         adaptive=ADAPTIVE,
         shard=lambda w: f"{w.k}/{w.shards}",
