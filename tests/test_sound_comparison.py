@@ -81,6 +81,20 @@ def test_modes_given_the_wrong_way_round_are_refused(run_cli, tmp_path, runs):
     assert not (tmp_path / "c.tsv").exists()
 
 
+def test_a_missing_run_or_bad_radii_is_one_line(run_cli, tmp_path, runs):
+    standard, sound = runs
+    md = ["--out-md", tmp_path / "c.md"]
+    for args, needle in ((["--standard", tmp_path / "none.tsv", "--out-tsv", tmp_path / "c.tsv"],
+                          "none.tsv"),
+                         (["--standard", standard, "--radii", "0,nan", "--out-tsv", tmp_path / "c.tsv"],
+                          "--radii"),
+                         (["--standard", standard, "--out-tsv", standard], "--out-tsv")):
+        code, _, err = run_cli("compare-sound", "--sound", sound, *args, *md)
+        assert code != 0 and needle in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert pd.read_csv(standard, sep="\t")["idx"].tolist() == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("certify, needle", [
     ({"sound_compare": "magic"}, "certify.sound_compare 'magic' is not one of methods"),
     ({"sound_compare": "lora", "sound": True}, "every run is already sound"),
