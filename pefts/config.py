@@ -225,5 +225,12 @@ def check_config(config: dict[str, Any]) -> None:
     from pefts.certification.feasibility import check_can_certify
 
     check_can_certify(cert["n"], cert["alpha"], bool(cert.get("adaptive")), "certify.n")
+    compare = cert.get("sound_compare")
+    if compare is not None and compare not in config["methods"]:
+        raise PeftsError(f"certify.sound_compare {compare!r} is not one of methods "
+                         f"{config['methods']}: it certifies one of the main runs again")
+    if compare is not None and cert.get("sound"):
+        raise PeftsError("certify.sound_compare puts sound mode beside the standard mode: "
+                         "with certify.sound true every run is already sound; drop one")
     if config["base"]["pretrained_file"] and not Path(config["base"]["pretrained_file"]).is_file():
         raise PeftsError(f"base.pretrained_file {config['base']['pretrained_file']} does not exist")

@@ -88,6 +88,12 @@ class Study:
     def certified(self, run: str = "{runname}", sigma: str = "{sigma}") -> str:
         return self.path("certify", self.folders.get(run, run), f"sigma{sigma}", "certified.tsv")
 
+    def sound_certified(self, run: str = "{runname}", sigma: str = "{sigma}") -> str:
+        """The run certified again in sound mode (``certify.sound_compare``), beside the
+        standard mode's rows, never over them."""
+        return self.path("certify", self.folders.get(run, run), f"sigma{sigma}", "sound",
+                         "certified.tsv")
+
     # --- which test images each run certifies, in how many shards ------------------------
 
     def certify_settings(self, run: str) -> dict[str, int]:
@@ -197,6 +203,12 @@ class Study:
 
     def main_grid(self) -> list[tuple[str, str]]:
         return [(m, s) for m in self.config["methods"] for s in self.sigmas]
+
+    def sound_grid(self) -> list[tuple[str, str]]:
+        """The run certified in both modes (``certify.sound_compare``) at the first sigma,
+        or none."""
+        method = self.config["certify"].get("sound_compare")
+        return [(method, self.sigmas[0])] if method else []
 
     def twobirds_grid(self) -> list[tuple[str, str]]:
         tb = self.config["experiments"]["twobirds"]

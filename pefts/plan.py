@@ -149,7 +149,8 @@ def replay_samples(p_hats: np.ndarray, plan: Any, seed: int = 0) -> np.ndarray:
 # what a job pays before its first sample: interpreter, torch and CUDA start, loading the
 # data and the model. Not measured: an assumption, stated in the output (--startup-s)
 STARTUP_S = 60.0
-GPU_RULES = ("train_base", "train_base_source", "adapt_base", "finetune", "certify_shard")
+GPU_RULES = ("train_base", "train_base_source", "adapt_base", "finetune", "certify_shard",
+             "certify_sound_shard")
 
 
 def sigma_hit_rates(sigmas: list[float], replays: list[tuple[str, float]],

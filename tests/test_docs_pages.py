@@ -49,6 +49,21 @@ def test_committed_pages_are_their_prose_plus_tables_a_target_wrote(page):
     assert "were written by `snakemake --cores all docs" in text
 
 
+def test_committed_default_run_shows_sound_counts_within_a_few_images_of_standard():
+    text = (ROOT / "docs" / "default-run.md").read_text()
+    section = text.split("## Sound mode beside the standard mode", 1)[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| lora")]
+    header = [c.strip() for c in next(line for line in section.splitlines()
+                                      if line.startswith("| method")).strip("|").split("|")]
+    table = {row[header.index("mode")]: row for row in rows}
+    assert set(table) == {"standard", "sound"}
+    radii = [i for i, name in enumerate(header) if name.startswith("r=")]
+    assert len(radii) == 5 and int(table["standard"][radii[0]]) > 0
+    for i in radii:
+        assert abs(int(table["sound"][i]) - int(table["standard"][i])) <= 3, header[i]
+
+
 def test_measurement_pages_name_the_command_that_wrote_them():
     pages = sorted((ROOT / "docs" / "measurements").glob("*.md"))
     assert {p.name for p in pages} >= {"throughput-cpu.md", "adaptive-lora-sigma0.25.md",

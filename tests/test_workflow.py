@@ -50,6 +50,10 @@ def test_dry_run_builds_the_full_dag(configfile, tmp_path):
     assert counts["finetune"] == grid
     assert counts["certify_shard"] == grid * config["certify"]["shards"]
     assert counts["merge_shards"] == grid
+    # certify.sound_compare (the default's LoRA; the presets leave it off): one run again
+    compared = 1 if config["certify"].get("sound_compare") else 0
+    assert counts.get("certify_sound_shard", 0) == compared == (configfile is None)
+    assert counts.get("sound_comparison", 0) == compared
 
 
 def test_dry_run_of_every_experiment():
@@ -80,6 +84,7 @@ def test_lint_is_clean():
     ("sigmas=[-0.5]", "sigmas"),
     ("certify={'n': 0}", "n"),
     ("methods=['magic']", "unknown method 'magic'"),
+    ("certify={'sound_compare': 'magic'}", "certify.sound_compare 'magic' is not one of methods"),
 ])
 def test_bad_config_is_one_line(override, needle):
     result = snakemake("-n", "--cores", "1", "--config", override)
@@ -107,7 +112,10 @@ TINY = {
 @pytest.mark.slow
 def test_main_pipeline_end_to_end(tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "results": str(tmp_path / "results")}))
+    # LoRA at sigma 0.5 also in sound mode, as the default does at its first sigma
+    certify = {**TINY["certify"], "sound_compare": "lora"}
+    config.write_text(yaml.safe_dump({**TINY, "certify": certify,
+                                      "results": str(tmp_path / "results")}))
     result = snakemake("--cores", "2", "--configfile", str(config), "--nolock")
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results"
@@ -122,6 +130,18 @@ def test_main_pipeline_end_to_end(tmp_path):
     assert list(merged.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
     assert merged["idx"].tolist() == list(range(0, 450, 30))
     assert (merged["n_max"] == 300).all() and (merged["n_used"] <= 300).all()  # adaptive, as the default
+    # the sound run has its own rows; both modes side by side, counts within a few images
+    sound = pd.read_csv(results / "certify" / "lora" / "sigma0.5" / "sound" / "certified.tsv", sep="\t")
+    assert sound["idx"].tolist() == merged["idx"].tolist()
+    both = pd.read_csv(results / "summary" / "sound_comparison.tsv", sep="\t").set_index("mode")
+    assert list(both.index) == ["standard", "sound"] and set(both["images"]) == {15}
+    radii = [f"r={r:g}" for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    standard_counts = [int(((merged["correct"] == 1) & (merged["radius"] >= float(r[2:]))).sum())
+                       for r in radii]
+    assert both.loc["standard", radii].tolist() == standard_counts
+    assert (both.loc["sound", radii] - both.loc["standard", radii]).abs().max() <= 3, both
+    assert both.loc["sound", "samples"] == (sound["n0"] + sound["n_used"]).sum()
+    assert "Sound mode is Voracek & Hein" in (results / "summary" / "sound_comparison.md").read_text()
     # a second call finds nothing to do
     again = snakemake("-n", "--cores", "2", "--configfile", str(config), "--nolock")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -135,13 +155,15 @@ def test_main_pipeline_end_to_end(tmp_path):
     wider = snakemake("-n", "--cores", "2", "--configfile", str(config), str(overlay), "--nolock")
     assert wider.returncode == 0, wider.stderr[-3000:]
     jobs = set(job_counts(wider.stdout))
-    assert "summarize" in jobs and jobs <= {"summarize", "plot_certified", "parameters", "all", "total"}, jobs
+    assert "summarize" in jobs and jobs <= {"summarize", "plot_certified", "parameters",
+                                            "sound_comparison", "all", "total"}, jobs
     # snakemake --report holds the tables as well as the figures
     html = tmp_path / "report.html"
     report = snakemake("--cores", "1", "--configfile", str(config), "--nolock", "--report", str(html))
     assert report.returncode == 0, report.stderr[-3000:]
     text = html.read_text()
-    for name in ("certified.tsv", "certified.md", "parameters.tsv", "certified_sigma0.5.png"):
+    for name in ("certified.tsv", "certified.md", "parameters.tsv", "certified_sigma0.5.png",
+                 "sound_comparison.tsv"):
         assert name in text, name
     # docs/ pages come from their targets, run for real in a work folder (the committed
     # pages stay as they are)
@@ -151,6 +173,7 @@ def test_main_pipeline_end_to_end(tmp_path):
     assert docs.returncode == 0, docs.stderr[-3000:]
     page = (work / "docs" / "default-run.md").read_text()
     assert "## Certified accuracy" in page and "| lora " in page and "| none " in page
+    assert "## Sound mode beside the standard mode" in page and "| sound " in page
     assert (work / "docs" / "figures" / "certified.png").stat().st_size > 10_000
     throughput = (work / "docs" / "measurements" / "throughput-cpu.md").read_text()
     assert throughput.startswith("Written by `pefts benchmark ") and "certifier/raw forward" in throughput

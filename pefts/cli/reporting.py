@@ -238,5 +238,25 @@ def compare_paper(dataset, runs, params, out_tsv, out_md, mixed) -> None:
                            comparison_markdown(dataset, table1, table2, note)), nl=False)
 
 
+@click.command("compare-sound")
+@click.option("--standard", required=True, type=click.Path(dir_okay=False),
+              help="merged TSV of the run in the standard mode")
+@click.option("--sound", required=True, type=click.Path(dir_okay=False),
+              help="merged TSV of the same run certified with --sound")
+@click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
+@click.option("--out-tsv", required=True, type=click.Path(dir_okay=False))
+@click.option("--out-md", required=True, type=MD_OUT)
+def compare_sound(standard, sound, radii, out_tsv, out_md) -> None:
+    """One run in the standard and the sound mode side by side: certified counts at each
+    radius, samples drawn and seconds (refused unless they are the same run)."""
+    from pefts.files import refuse_clashes
+    from pefts.sound_comparison import comparison_markdown, comparison_table
+
+    grid = parse_floats(radii, "--radii", 0.0)
+    refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [standard, sound])
+    table = comparison_table(standard, sound, grid)
+    click.echo(write_table(table, out_tsv, out_md, comparison_markdown(table, standard)), nl=False)
+
+
 COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters, docs_page,
-            compare_paper]
+            compare_paper, compare_sound]

@@ -4,9 +4,23 @@
 # number of images so that no shard is empty (pefts.experiments.Study.shards).
 SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", "{k}-of-{shards}.tsv")
 
+# the run that certify.sound_compare certifies again in sound mode, in a folder of its own
+SOUND_SHARD = path("certify", "{runname}", "sigma{sigma}", "sound", "shards", "{k}-of-{shards}.tsv")
+SAMPLING = (
+    f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
+    f"--seed {CERT['seed']} --precision {CERT['precision']}"
+    + (" --merge-lora" if CERT["merge_lora"] else "")
+)
+ADAPTIVE = (
+    f"--adaptive --pool {CERT['pool']} --grid {','.join(map(str, CERT['grid']))}"
+    + (f" --rtol {CERT['rtol']}" if CERT["rtol"] else "")
+    if CERT["adaptive"] else ""
+)
+
 # concatenating shards takes seconds: on the submit host under any executor
 localrules:
     merge_shards,
+    merge_sound_shards,
 
 
 rule certify_shard:
@@ -17,18 +31,9 @@ rule certify_shard:
     output:
         SHARD,
     params:
-        sampling=(
-            f"--n0 {CERT['n0']} --n {CERT['n']} --alpha {CERT['alpha']} --batch {CERT['batch']} "
-            f"--seed {CERT['seed']} --precision {CERT['precision']}"
-            + (" --merge-lora" if CERT["merge_lora"] else "")
-            + (" --sound" if CERT["sound"] else "")
-        ),
+        sampling=SAMPLING + (" --sound" if CERT["sound"] else ""),
         selection=lambda w: STUDY.selection(w.runname),
-        adaptive=(
-            f"--adaptive --pool {CERT['pool']} --grid {','.join(map(str, CERT['grid']))}"
-            + (f" --rtol {CERT['rtol']}" if CERT["rtol"] else "")
-            if CERT["adaptive"] else ""
-        ),
+        adaptive=ADAPTIVE,
         shard=lambda w: f"{w.k}/{w.shards}",
         device=DEVICE,
     threads: config["threads"]
@@ -61,3 +66,28 @@ rule merge_shards:
     shell:
         "pefts merge {input.shards} --out {output} --data {input.data} "
         "{params.selection} --force 2> {log}"
+
+
+# the same run, images and settings in sound mode (Voracek & Hein), for summary/sound_comparison
+use rule certify_shard as certify_sound_shard with:
+    output:
+        SOUND_SHARD,
+    params:
+        sampling=f"{SAMPLING} --sound",
+        selection=lambda w: STUDY.selection(w.runname),
+        adaptive=ADAPTIVE,
+        shard=lambda w: f"{w.k}/{w.shards}",
+        device=DEVICE,
+    log:
+        path("logs", "certify_sound", "{runname}_sigma{sigma}_{k}-of-{shards}.log"),
+
+
+use rule merge_shards as merge_sound_shards with:
+    input:
+        data=lambda w: STUDY.data(w.runname),
+        shards=lambda w: expand(SOUND_SHARD, runname=w.runname, sigma=w.sigma,
+                                k=range(STUDY.shards(w.runname)), shards=STUDY.shards(w.runname)),
+    output:
+        STUDY.sound_certified(),
+    log:
+        path("logs", "merge_sound", "{runname}_sigma{sigma}.log"),

@@ -89,6 +89,8 @@ def main_outputs():
         path("figures", "accuracy_vs_parameters.png"),
         # a preset that reproduces the paper also puts its numbers beside the paper's
         *([path("summary", "paper_comparison.tsv")] if config["summary"]["paper"] else []),
+        # certify.sound_compare: one run in the sound mode beside the standard mode
+        *([path("summary", "sound_comparison.tsv")] if config["certify"]["sound_compare"] else []),
     ]
 
 

@@ -17,9 +17,13 @@ rule docs:
         certified=path("summary", "certified.md"),
         parameters=path("summary", "parameters.md"),
         figure=path("figures", f"certified_sigma{STUDY.sigmas[-1]}.png"),
+        sound=[path("summary", "sound_comparison.md")] if SOUND else [],
     output:
         page="docs/default-run.md",
         figure="docs/figures/certified.png",
+    params:
+        sound=lambda w, input: f"--section 'Sound mode beside the standard mode' {input.sound}"
+        if SOUND else "",
     conda:
         ENV
     log:
@@ -27,7 +31,7 @@ rule docs:
     shell:
         "(pefts docs-page --head {input.head} --by 'snakemake --cores all docs'"
         " --section 'Certified accuracy' {input.certified}"
-        " --section 'Trainable parameters' {input.parameters} --out {output.page}"
+        " --section 'Trainable parameters' {input.parameters} {params.sound} --out {output.page}"
         " && cp {input.figure} {output.figure}) > {log} 2>&1"
 
 

@@ -3,6 +3,7 @@
 MAIN = STUDY.main_grid()
 TWOBIRDS = STUDY.twobirds_grid()
 NOISE = STUDY.noise_grid()
+SOUND = STUDY.sound_grid()
 
 # Tables and figures take seconds: on a cluster they run on the submit host, never
 # through sbatch with a GPU job's memory and runtime (docs/cluster.md).
@@ -14,6 +15,7 @@ localrules:
     twobirds_report,
     ablation_report,
     noise_learning_report,
+    sound_comparison,
 
 
 rule summarize:
@@ -32,6 +34,25 @@ rule summarize:
     shell:
         "pefts summarize {params.runs} --radii {params.radii} "
         "--out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
+
+
+# certify.sound_compare: one run in both modes, certified counts and cost side by side
+rule sound_comparison:
+    input:
+        standard=certified(SOUND),
+        sound=[STUDY.sound_certified(r, s) for r, s in SOUND],
+    output:
+        tsv=table("sound_comparison.tsv", "main comparison"),
+        md=table("sound_comparison.md", "main comparison"),
+    params:
+        radii=RADII,
+    conda:
+        ENV
+    log:
+        path("logs", "sound_comparison.log"),
+    shell:
+        "pefts compare-sound --standard {input.standard} --sound {input.sound} --radii {params.radii}"
+        " --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
 rule plot_certified:
