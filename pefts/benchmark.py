@@ -284,15 +284,9 @@ def diffusion_denoiser(weights: str | Path | None, release: str | None) -> nn.Mo
 
     if release is None:
         return DiffusionDenoiser(*load_unet(weights))
-    from pefts.diffusion.loading import build_unet, load_release
-    from pefts.diffusion.releases import get_release
-    from pefts.diffusion.schedules import alphas_cumprod
+    from pefts.diffusion.loading import load_release
 
-    if weights is not None:
-        return DiffusionDenoiser(*load_release(weights, release))
-    spec = get_release(release)
-    return DiffusionDenoiser(build_unet(spec).eval(), alphas_cumprod(spec.schedule, spec.steps),
-                             spec.timestep_scale)
+    return DiffusionDenoiser(*load_release(weights, release))
 
 
 def add_diffusion_row(result: BenchmarkResult, subject: Subject, denoiser: nn.Module,

@@ -41,14 +41,18 @@ def load_state(unet: UNet, state: dict[str, torch.Tensor], source: str) -> None:
     unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=meta)
 
 
-def load_release(weights: str | Path, release: str) -> tuple[UNet, torch.Tensor, float]:
+def load_release(weights: str | Path | None, release: str) -> tuple[UNet, torch.Tensor, float]:
     """The UNet of ``release`` with the weights of the local file ``weights`` (our
-    fetched safetensors copy, or the authors' .pt read with weights_only), the
-    schedule's alphas_cumprod (float64) and the factor timesteps are fed to it with."""
+    fetched safetensors copy, or the authors' .pt read with weights_only; None: fresh
+    random weights, for timing), the schedule's alphas_cumprod (float64) and the factor
+    timesteps are fed to it with."""
     spec = get_release(release)
-    verified(weights, "diffusion weights file (method_params.diffusion.hparams.weights)")
-    unet = build_unet(spec, "meta")
-    load_state(unet, read_state_dict(weights), f"diffusion weights file {weights} ({release})")
+    if weights is None:
+        unet = build_unet(spec)
+    else:
+        verified(weights, "diffusion weights file (method_params.diffusion.hparams.weights)")
+        unet = build_unet(spec, "meta")
+        load_state(unet, read_state_dict(weights), f"diffusion weights file {weights} ({release})")
     return unet.eval(), alphas_cumprod(spec.schedule, spec.steps), spec.timestep_scale
 
 
