@@ -128,21 +128,28 @@ def test_preset_runs_at_real_size(preset_file, vitb16, tmp_path):
 
 def check_paper_comparison(results: Path, preset: dict, summary: pd.DataFrame,
                            params: pd.DataFrame) -> None:
-    """Every (row, column) of the paper's Table 1 and every method of its Table 2 that the
-    run covers is put beside ours, at radius r = column for the run at sigma = column."""
-    table = pd.read_csv(results / "summary" / "paper_comparison.tsv", sep="\t")
+    """Every (row, column) of the paper's Table 1 and every count of its Table 2 is in the
+    comparison; where the run covers a row's method, ours is at radius r = column for the
+    run at sigma = column (and at r = 0), and no row is matched to our untuned base."""
+    table = pd.read_csv(results / "summary" / "paper_comparison.tsv", sep="\t",
+                        dtype={"table": str})
     paper = TABLE1[preset["summary"]["paper"]]
-    table1 = table[table["table"] == 1]
+    table1 = table[table["table"] == "1"]
     assert len(table1) == len(paper.rows) * len(paper.columns)
-    covered = [(method, column) for method, _cells in paper.rows.values()
+    assert "none" not in set(table1["method"].dropna())
+    covered = [(row.method, column) for row in paper.rows.values() if row.method
                for column in paper.columns
-               if method in preset["methods"] and column in summary["sigma"].tolist()]
+               if row.method in preset["methods"] and column in summary["sigma"].tolist()]
     assert covered, "the shrunk preset covers no cell of the paper's Table 1"
     for method, column in covered:
-        mine = table1[(table1["method"] == method) & (table1["column"] == column)]["ours %"].item()
+        mine = table1[(table1["method"] == method) & (table1["column"] == column)]
         ours = summary[(summary["method"] == method) & (summary["sigma"] == column)]
-        assert mine == pytest.approx(100 * ours[f"r={column:g}"].item()), (method, column)
-    table2 = table[table["table"] == 2].set_index("method")
-    assert set(table2.index) == set(TABLE2) & set(params.index)
-    for method in table2.index:
-        assert table2.loc[method, "ours params"] == params.loc[method, "trainable"]
+        assert mine["ours %"].item() == pytest.approx(100 * ours[f"r={column:g}"].item())
+        assert mine["ours % at r=0"].item() == pytest.approx(100 * ours["r=0"].item())
+    table2 = table[table["table"] == "2"]
+    assert set(table2["method"]) == {count.method for count in TABLE2.values()}
+    for method, ours in zip(table2["method"], table2["ours params"], strict=True):
+        if method in params.index:
+            assert ours == params.loc[method, "trainable"]
+        else:
+            assert pd.isna(ours)

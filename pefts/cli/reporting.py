@@ -216,26 +216,35 @@ def docs_page(head, sections, by, out) -> None:
 @click.option("--out-md", required=True, type=MD_OUT)
 @mixed_option
 def compare_paper(dataset, runs, params, out_tsv, out_md, mixed) -> None:
-    """Our certified accuracy and parameter counts beside the paper's Tables 1 and 2
-    (its values kept as cited data in pefts/paper_values.py)."""
+    """Our certified accuracy and parameter counts beside every cell of the paper's
+    Tables 1 and 2 and Figure 7's numbers (its values kept as cited data in
+    pefts/paper_values.py): prior work at r = column, the PEFT rows at r = 0 and at
+    r = column, the RS and LEE rows as the paper's reference rows."""
     import pandas as pd
 
     from pefts.files import refuse_clashes
-    from pefts.paper_comparison import comparison_markdown, table1_comparison, table2_comparison
+    from pefts.paper_comparison import (
+        comparison_markdown,
+        figure7_comparison,
+        table1_comparison,
+        table2_comparison,
+    )
     from pefts.provenance import describe_certification
 
     refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [params, *[p for _, _, p in runs]])
     frames, certs = read_runs(runs, mixed)
     table1 = table1_comparison(dataset, frames)
+    figure7 = figure7_comparison(dataset, frames)
     table2 = table2_comparison(read_summary(params, "pefts parameters"))
     same = all(c == certs[0] for c in certs)
     note = ("ours certified: " + describe_certification(certs[0]) if same
             else "ours certified with different settings (mixed)")
-    both = pd.concat([table1.assign(table="1"),
-                      table2.rename(columns={"paper": "paper params", "ours": "ours params"})
-                      .assign(table="2")], ignore_index=True)
+    parts = [table1.assign(table="1"), figure7.assign(table="figure 7"),
+             table2.rename(columns={"paper": "paper params", "ours": "ours params"})
+             .assign(table="2")]
+    both = pd.concat([p for p in parts if len(p)], ignore_index=True)
     click.echo(write_table(both, out_tsv, out_md,
-                           comparison_markdown(dataset, table1, table2, note)), nl=False)
+                           comparison_markdown(dataset, table1, table2, note, figure7)), nl=False)
 
 
 @click.command("compare-sound")
