@@ -14,7 +14,12 @@ import torch
 from scipy.stats import binomtest, norm
 
 from pefts.certification.bounds import lower_confidence_bound, radius_cap
-from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
+from pefts.certification.guards import (
+    nonfinite,
+    refuse_batch_dependence,
+    refuse_nonfinite,
+    refuse_training_mode,
+)
 from pefts.certification.noise import NoiseStream
 from pefts.errors import PeftsError
 
@@ -113,11 +118,14 @@ class Smooth:
         ends = None if generator is not None else np.cumsum(batch_sizes(num, batch_size))
         stream = NoiseStream(generator, x.shape, num, device, ends)
         remaining = num
+        found = torch.zeros((), dtype=torch.bool, device=device)
         while remaining > 0:
             size = min(batch_size, remaining)
             logits = self.base_classifier(x.unsqueeze(0) + stream.take(size) * self.sigma)
+            found |= nonfinite(logits)  # read once, at the end: no sync per batch
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             remaining -= size
+        refuse_nonfinite(self.base_classifier, found)
         return counts
 
     def _check_model(self, x: torch.Tensor) -> None:
