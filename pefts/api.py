@@ -101,6 +101,7 @@ def certify(model: nn.Module, images: torch.Tensor, labels: Sequence[int] | torc
         check_label_range,
         check_labels,
         check_logits,
+        check_radius_cap,
     )
     from pefts.certification.fastpath import executed
     from pefts.certification.feasibility import check_can_certify
@@ -120,6 +121,7 @@ def certify(model: nn.Module, images: torch.Tensor, labels: Sequence[int] | torc
         raise PeftsError(f"{option} applies only with adaptive=True (fixed n samples n for "
                          f"every image): drop {option} or set adaptive=True")
     check_can_certify(args["n"], args["alpha"], args["adaptive"], "n")
+    check_radius_cap(args["sigma"], args["n"], args["alpha"], args["adaptive"])
     images = check_images(images)
     label_tensor = check_labels(labels, len(images))
     device = certify_device(model, device)

@@ -86,6 +86,25 @@ def check_argument(name: str, value: Any, spec: Param | None = None) -> Any:
     return value
 
 
+def check_radius_cap(sigma: float, n: int, alpha: float, adaptive: bool) -> None:
+    """Refuse settings whose largest possible radius, sigma x Phi^-1(best bound), is not a
+    finite number (a sigma near the float limit): a radius of inf would be no answer."""
+    import math
+
+    from scipy.stats import norm
+
+    from pefts.certification.feasibility import best_lower_bound
+
+    if sigma * 10 > torch.finfo(torch.float32).max:  # noise 10 sd out: an inf pixel
+        raise PeftsError(f"sigma {sigma:g} overflows the float32 noisy images; sigma is in "
+                         "[0,1] pixel units (0.12 to 1 is usual)")
+    cap = sigma * float(norm.ppf(best_lower_bound(n, alpha, adaptive)))
+    if not math.isfinite(cap):
+        raise PeftsError(f"sigma {sigma:g} with n {n} at alpha {alpha:g}: the largest radius "
+                         f"they could certify (sigma x Phi^-1 of the best bound) is {cap}, not "
+                         "a finite number; sigma is in [0,1] pixel units (0.12 to 1 is usual)")
+
+
 PIXEL_SCALE = "pefts certifies on the [0,1] pixel scale the noise is added to"
 
 

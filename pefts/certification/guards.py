@@ -41,11 +41,11 @@ def refuse_batch_dependence(model: object, x: torch.Tensor, sigma: float,
 
 def model_name(model: object) -> str:
     """The caller's network's class name, under pefts's wrappers (autocast, compile)."""
-    while True:
-        inner = getattr(model, "net", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return type(model).__name__
-        model = inner
+    from pefts.certification.fastpath import Executed
+
+    while isinstance(model, Executed) or isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+        model = model.net if isinstance(model, Executed) else model._orig_mod
+    return type(model).__name__
 
 
 def nonfinite(logits: torch.Tensor) -> torch.Tensor:
