@@ -11,6 +11,7 @@ name the argument.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -89,8 +90,6 @@ def check_argument(name: str, value: Any, spec: Param | None = None) -> Any:
 def check_radius_cap(sigma: float, n: int, alpha: float, adaptive: bool) -> None:
     """Refuse settings whose largest possible radius, sigma x Phi^-1(best bound), is not a
     finite number (a sigma near the float limit): a radius of inf would be no answer."""
-    import math
-
     from scipy.stats import norm
 
     from pefts.certification.feasibility import best_lower_bound
@@ -127,13 +126,14 @@ def check_images(images: Any) -> torch.Tensor:
                              f"{images.dtype}")
     if images.numel() == 0:
         return images
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
+    # min and max propagate NaN and show inf: no (N, C, H, W) mask unless something is wrong
+    low, high = float(images.min()), float(images.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        finite = torch.isfinite(images)
         bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
         raise PeftsError(f"images hold {int((~finite).sum())} non-finite values (NaN or inf), "
                          f"in image(s) {', '.join(map(str, bad[:5]))}{'...' if len(bad) > 5 else ''}"
                          ": randomized smoothing needs finite pixels")
-    low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
         if low >= 0.0 and high > 1.5:
             fix = "divide by 255" if high <= 255.0 else "scale them to [0, 1]"
@@ -159,9 +159,14 @@ def check_labels(labels: Any, count: int) -> torch.Tensor:
         if wrong:
             raise PeftsTypeError(f"labels must be integer class indices, got {wrong[0]!r} "
                                  f"({type(wrong[0]).__name__})")
-        labels = torch.tensor(values, dtype=torch.long)
+        try:
+            labels = torch.tensor(values, dtype=torch.long)
+        except (OverflowError, RuntimeError):  # past int64: no class index anyway
+            raise PeftsError(f"labels must be class indices, got {max(values, key=abs)}") from None
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        example = labels.flatten()[0].item() if labels.numel() else None
+        flat = labels.flatten()
+        odd = flat[flat != flat.round()] if labels.is_floating_point() else flat
+        example = (odd if len(odd) else flat)[0].item() if len(flat) else None
         raise PeftsTypeError(f"labels must be integer class indices, got {labels.dtype} "
                              f"values (e.g. {example!r})")
     if labels.dim() == 2 and labels.shape[1] == 1:
