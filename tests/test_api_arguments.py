@@ -63,6 +63,7 @@ BAD = [  # (arguments changed, error class, text the message must hold)
     (dict(labels=torch.tensor([0, 1.5, 2, 3])), TypeError, "labels"),
     (dict(labels=[True, 1, 2, 3]), TypeError, "labels"),
     (dict(labels=[0, 1, 2]), ValueError, "labels"),
+    (dict(labels=[0, 1, 2, 2**70]), ValueError, "labels"),
     (dict(images=with_pixel(float("nan"))), ValueError, "images"),
     (dict(images=with_pixel(float("inf"))), ValueError, "images"),
     (dict(images=IMAGES * 255), ValueError, "divide by 255"),

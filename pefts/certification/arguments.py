@@ -161,7 +161,7 @@ def check_labels(labels: Any, count: int) -> torch.Tensor:
                                  f"({type(wrong[0]).__name__})")
         try:
             labels = torch.tensor(values, dtype=torch.long)
-        except (OverflowError, RuntimeError):  # past int64: no class index anyway
+        except (OverflowError, RuntimeError, ValueError):  # past int64: no class index anyway
             raise PeftsError(f"labels must be class indices, got {max(values, key=abs)}") from None
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         flat = labels.flatten()
