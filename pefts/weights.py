@@ -165,6 +165,8 @@ def fetch(weight: ExternalWeight, results: str, force: bool = False) -> dict[str
         raise PeftsError(f"no fetcher for weights of kind {weight.kind!r}")
     try:
         state = FETCHERS[weight.kind](weight.name)
+    except PeftsError:  # already one line naming the problem (and a ValueError)
+        raise
     except (RuntimeError, OSError, ValueError) as err:  # unknown name, no network, bad tag
         raise PeftsError(f"cannot fetch {weight.label()}: {str(err).splitlines()[0]}") from None
     with durable_path(file) as tmp:

@@ -59,7 +59,7 @@ def test_api_rows_are_the_pipelines_rows(digits, tiny_base, none_model, tmp_path
 
 @pytest.mark.parametrize("bad, message", [
     (dict(images=torch.rand(3, 8, 8)), "images must be"),
-    (dict(sigma=0.0), "sigma must be positive"),
+    (dict(sigma=0.0), "sigma must be a finite float > 0"),
     (dict(n=5), "can never certify"),
     (dict(precision="fp64"), "precision must be"),
 ])

@@ -38,7 +38,12 @@ import torch
 from torch import nn
 
 from pefts.certification.adaptive import AdaptivePlan
-from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
+from pefts.certification.guards import (
+    nonfinite,
+    refuse_batch_dependence,
+    refuse_nonfinite,
+    refuse_training_mode,
+)
 from pefts.certification.noise import ESTIMATION, SELECTION, NoiseStream, gaussian, generator
 from pefts.certification.sound import DiscreteGaussian
 
@@ -101,6 +106,7 @@ class Pool:
         width = self.num_classes + len(self.counts)
         self._tally = torch.zeros((self.pool, width), dtype=torch.long, device=self.device)
         self._top = torch.zeros(self.pool, dtype=torch.long, device=self.device)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         while True:
             start = time.perf_counter()
             parts = self._fill()
@@ -151,7 +157,11 @@ class Pool:
                 columns.append(torch.full((k,), -1, dtype=torch.long, device=self.device))
         slot = torch.cat(slots).to(self.device, non_blocking=True)
         column = torch.cat(columns)
-        predictions = self.model(torch.cat(noisy)).argmax(1)
+        logits = self.model(torch.cat(noisy))
+        # gathered on the device and read at the look below: no result is ever given out
+        # of batches holding a NaN logit (whose argmax torch reports as a vote)
+        self._nonfinite |= nonfinite(logits)
+        predictions = logits.argmax(1)
         selecting = column < 0
         # a selection sample counts its class; an estimation sample counts a hit of the top class
         column = torch.where(selecting, predictions, column)
@@ -160,6 +170,8 @@ class Pool:
         looking = list({id(im): im for im, _, _ in parts if self._at_look(im)}.values())
         # the one host sync of this batch: the tallies of the images at a look
         rows = self._tally[[im.slot for im in looking]].cpu().numpy() if looking else []
+        if looking:
+            refuse_nonfinite(self.model, self._nonfinite)
         # Cohen's time column: an image's share of each batch's wall time, so that the
         # times add up to the shard's and compare with fixed-n rows
         elapsed = (time.perf_counter() - start) / sum(k for _, _, k in parts)

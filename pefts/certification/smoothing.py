@@ -13,8 +13,14 @@ import numpy as np
 import torch
 from scipy.stats import binomtest, norm
 
+from pefts.certification.arguments import check_argument
 from pefts.certification.bounds import lower_confidence_bound, radius_cap
-from pefts.certification.guards import refuse_batch_dependence, refuse_training_mode
+from pefts.certification.guards import (
+    nonfinite,
+    refuse_batch_dependence,
+    refuse_nonfinite,
+    refuse_training_mode,
+)
 from pefts.certification.noise import NoiseStream
 from pefts.errors import PeftsError
 
@@ -30,14 +36,12 @@ class Certificate:
 
 
 def check_sampling_args(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
-    if n0 is not None and n0 < 1:
-        raise PeftsError(f"n0 must be at least 1, got {n0}")
-    if n < 1:
-        raise PeftsError(f"n must be at least 1, got {n}")
-    if not 0.0 < alpha < 1.0:
-        raise PeftsError(f"alpha must lie in (0, 1), got {alpha}")
-    if batch_size < 1:
-        raise PeftsError(f"batch size must be at least 1, got {batch_size}")
+    """By the rules of ``pefts.certify``'s arguments (and so of the CLI's options)."""
+    if n0 is not None:
+        check_argument("n0", n0)
+    check_argument("n", n)
+    check_argument("alpha", alpha)
+    check_argument("batch", batch_size)
 
 
 def batch_sizes(num: int, batch_size: int) -> list[int]:
@@ -51,8 +55,7 @@ class Smooth:
     ABSTAIN = -1
 
     def __init__(self, base_classifier: torch.nn.Module, num_classes: int, sigma: float):
-        if sigma <= 0:
-            raise PeftsError(f"sigma must be positive, got {sigma}")
+        check_argument("sigma", sigma)
         if num_classes < 1:
             raise PeftsError(f"num_classes must be positive, got {num_classes}")
         self.base_classifier = base_classifier
@@ -113,11 +116,14 @@ class Smooth:
         ends = None if generator is not None else np.cumsum(batch_sizes(num, batch_size))
         stream = NoiseStream(generator, x.shape, num, device, ends)
         remaining = num
+        found = torch.zeros((), dtype=torch.bool, device=device)
         while remaining > 0:
             size = min(batch_size, remaining)
             logits = self.base_classifier(x.unsqueeze(0) + stream.take(size) * self.sigma)
+            found |= nonfinite(logits)  # read once, at the end: no sync per batch
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             remaining -= size
+        refuse_nonfinite(self.base_classifier, found)
         return counts
 
     def _check_model(self, x: torch.Tensor) -> None:

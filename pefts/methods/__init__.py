@@ -58,6 +58,8 @@ def build_model(method: Method, base: PixelClassifier, classes: list[str],
         replace_head(base, len(classes))
     try:
         return method.build(base)
+    except PeftsError:  # already one line naming the problem (and a ValueError)
+        raise
     except (ValueError, TypeError, AttributeError, AssertionError, KeyError) as err:
         # e.g. LoRA on a CNN: peft finds no attention to target; one line, not a traceback
         raise PeftsError(f"method {method.name!r} cannot wrap the base {base.spec.arch}: "
