@@ -122,6 +122,9 @@ def test_the_encoder_feature_is_the_mae_cls_of_the_last_hidden_state(coordinator
 
     net = timm.create_model("vit_base_patch16_224.mae", pretrained=False, num_classes=0)
     net.load_state_dict(coordinator.encoder.net.state_dict(), strict=False)  # no final norm there
+    for module in net.modules():  # HF's eps, as BlackVIP (test_authors_code checks that one)
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = 1e-12
     net.eval()
     u = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -14,6 +14,9 @@ from pefts.errors import PeftsError
 from pefts.verified import verified
 
 CONV = "conv"
+# Hugging Face's ViT LayerNorm eps, with which BlackVIP runs facebook/vit-mae-base
+# (its config.json: layer_norm_eps 1e-12); timm builds the same weights with 1e-6
+HF_LAYER_NORM_EPS = 1e-12
 
 
 class ConvEncoder(nn.Module):
@@ -50,6 +53,12 @@ class TimmEncoder(nn.Module):
         self.cls = getattr(net, "num_prefix_tokens", 0) > 0 and hasattr(net, "norm")
         if self.cls:
             net.norm = nn.Identity()  # unused by the CLS of the last hidden state
+        if cfg.get("tag") == "mae":
+            # MAE weights as BlackVIP reads them, through HF's ViT: the feature moves by
+            # about 2e-4 between the two eps on the ViT-B/16
+            for module in net.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = HF_LAYER_NORM_EPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:

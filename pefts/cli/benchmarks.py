@@ -191,4 +191,41 @@ def benchmark_replay(logs, grids, sigma, n, n0, alpha, abstain_p, reps, seed, ou
     write_page(out_md, printed)
 
 
-COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay]
+@click.command("benchmark-precision")
+@click.option("--images", default=12, show_default=True, type=AT_LEAST_ONE)
+@click.option("--sigma", default=0.25, show_default=True, type=POSITIVE)
+@click.option("--n", "n", default=300, show_default=True, type=AT_LEAST_ONE)
+@click.option("--n0", default=30, show_default=True, type=AT_LEAST_ONE)
+@click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY)
+@click.option("--radii", default="0,0.125,0.25,0.375", show_default=True)
+@click.option("--flip-samples", default=100, show_default=True, type=AT_LEAST_ONE,
+              help="noisy copies of each image on which bf16's and fp32's votes are compared")
+@click.option("--batch", default=500, show_default=True, type=AT_LEAST_ONE)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--full-size", is_flag=True,
+              help="the released CIFAR-10 UNet's size (52.5M parameters; a GPU's work)")
+@page_option
+@device_option
+def benchmark_precision(images, sigma, n, n0, alpha, radii, flip_samples, batch, seed, full_size,
+                        out_md, device) -> None:
+    """The diffusion row certified in bf16 and fp32 on the same noise, and in fp32 on
+    other noise (sampling error): certified counts side by side, random-weight models."""
+    from pefts.benchmark import device_name
+    from pefts.devices import resolve_device
+    from pefts.precision_benchmark import SIDE, compare_precisions
+
+    torch_device = resolve_device(device)
+    grid = list(parse_floats(radii, "--radii"))
+    result = compare_precisions(images, sigma, n, n0, alpha, batch, grid, seed, torch_device,
+                                full_size, flip_samples)
+    printed = "\n".join([
+        f"device: {device_name(torch_device)}; {images} random images, CIFAR-10 diffusion row "
+        f"({'released' if full_size else 'small'} UNet, random weights) + tiny ViT, "
+        f"3x{SIDE}x{SIDE}; sigma "
+        f"{sigma:g}; Cohen's fixed n = {n:,}, n0 {n0}, alpha {alpha:g}",
+        "", result.table.to_markdown(index=False), "", *result.summary, ""])
+    click.echo(printed, nl=False)
+    write_page(out_md, printed)
+
+
+COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay, benchmark_precision]

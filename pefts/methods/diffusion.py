@@ -50,13 +50,17 @@ RELEASE_NAMES = ("guided-diffusion-256-uncond", "improved-diffusion-cifar10-unco
 
 
 def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
-    """The first t whose DDPM noise level sqrt((1 - abar_t) / abar_t) reaches 2 sigma."""
+    """The first t >= 1 whose DDPM noise level sqrt((1 - abar_t) / abar_t) reaches 2 sigma.
+
+    t = 0 is never picked, as in Carlini et al.'s certify.py (their loop increments t
+    before its first test): the two differ only for sigma at or below t = 0's level (0.0016
+    on the CIFAR-10 model's cosine schedule, 0.005 on ImageNet's linear one)."""
     ratio = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
-    hits = torch.nonzero(ratio >= 2 * sigma).flatten()
+    hits = torch.nonzero(ratio[1:] >= 2 * sigma).flatten()
     if len(hits) == 0:
         raise PeftsError(f"sigma {sigma} is beyond the diffusion model's noise schedule "
                          f"(its largest level is sigma {float(ratio[-1]) / 2:.3g})")
-    return int(hits[0])
+    return int(hits[0]) + 1
 
 
 def unet_folder(weights: str | Path) -> tuple[Path, Path]:
@@ -190,6 +194,29 @@ class DiffusionDenoiser(nn.Module):
         return (x0 + 1) / 2
 
 
+def classifier_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The denoised image at the classifier's input side, as Carlini et al.'s DRM.py
+    hands it over on CIFAR-10 (32 -> 224) and ImageNet (224 -> 512): bicubic with
+    antialiasing (PIL's bicubic kernel, also when enlarging), whatever the classifier's
+    own input layer would do."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+class DiffusionClassifier(DenoisedClassifier):
+    """f(resize(D(z))): the classifier sees the denoised image at its own input size,
+    resized as the authors resize it (the base's input layer resizes bilinearly, which
+    moves a CIFAR-10 classifier input by up to 0.5 on random-weight outputs)."""
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module, input_size: int):
+        super().__init__(denoiser, classifier)
+        self.input_size = int(input_size)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier(classifier_resize(self.denoiser(z), self.input_size))
+
+
 class DiffusionSmoothing(Method):
     name = "diffusion"
     trains_head = False
@@ -227,13 +254,15 @@ class DiffusionSmoothing(Method):
             raise PeftsError(f"the diffusion UNet takes {unet_channels} channels, "
                              f"the images have {channels}")
         classifier: nn.Module = base
+        size = base.spec.input_size
         if self.hparams["classifier"]:
             from pefts.diffusion.classifier import load_classifier
 
             classifier = load_classifier(self.hparams["classifier"], self.hparams["classifier_file"],
                                          base.spec.num_classes)
             freeze(classifier)
-        return DenoisedClassifier(denoiser, classifier)
+            size = classifier.size
+        return DiffusionClassifier(denoiser, classifier, size)
 
     def fit(self, model: nn.Module, data: Dataset, sigma: float, cfg: TrainConfig,
             device: torch.device | str) -> dict[str, Any]:

@@ -106,9 +106,23 @@ rule docs_benchmark_replay:
         " --out-md {output} > {log} 2>&1"
 
 
+# bf16 against fp32 for the diffusion row, random-weight models (no input files)
+rule docs_benchmark_precision:
+    output:
+        "docs/measurements/diffusion-precision.md",
+    threads: 1
+    conda:
+        ENV
+    log:
+        path("logs", "docs_benchmark_precision.log"),
+    shell:
+        "pefts benchmark-precision --out-md {output} > {log} 2>&1"
+
+
 rule docs_benchmarks:
     input:
         "docs/measurements/throughput-cpu.md",
+        "docs/measurements/diffusion-precision.md",
         expand("docs/measurements/replay-cohen-grid-{grid}-abstain{p}.md",
                grid=["sigma", "presets"], p=["0.5", "0.3"]),
         [f"docs/measurements/adaptive-lora-sigma{s}.md" for s in STUDY.sigmas],
