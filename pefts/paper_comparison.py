@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from pefts.errors import PeftsError
+from pefts.hparams import closest
 from pefts.paper_values import SOURCE, TABLE1, TABLE2
 from pefts.results import certified_accuracy
 
@@ -24,6 +25,12 @@ def table1_comparison(dataset: str, runs: Sequence[tuple[str, float, pd.DataFram
     """One row per (paper row, column): the paper's percent, ours at r = column from the run
     at sigma = column, and ours minus the paper's (empty where either is missing)."""
     table = _table1(dataset)
+    compared = {method for method, _ in table.rows.values()} | set(TABLE2)
+    for method, sigma, _ in runs:
+        if method not in compared:
+            raise PeftsError(f"--run {method} {sigma:g} is in no row of the paper's tables"
+                             f"{closest(method, compared)}: they compare "
+                             f"{', '.join(sorted(compared))}")
     ours = {(method, round(sigma, 6)): frame for method, sigma, frame in runs}
     rows = []
     for paper_row, (method, cells) in table.rows.items():
