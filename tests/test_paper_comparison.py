@@ -91,3 +91,32 @@ def test_command_refuses_a_parameter_table_of_another_kind(run_cli, tmp_path):
                            "--parameters", bad, "--out-tsv", tmp_path / "c.tsv",
                            "--out-md", tmp_path / "c.md")
     assert code == 1 and "lacks column(s) trainable" in err and len(err.splitlines()) == 1
+
+
+def paper_run(tmp_path):
+    tsv = tmp_path / "lora.tsv"
+    write_tsv(rows([0.3, 0.6], [1, 1]), tsv, {**SETTINGS, "sigma": 0.5})
+    params = tmp_path / "parameters.tsv"
+    params.write_text("method\ttrainable\nlora\t81418\n")
+    return tsv, params
+
+
+def test_a_run_in_no_row_of_the_papers_tables_is_refused_naming_it(run_cli, tmp_path):
+    tsv, params = paper_run(tmp_path)
+    code, _, err = run_cli("compare-paper", "--dataset", "cifar10", "--run", "lroa", "0.5", tsv,
+                           "--parameters", params, "--out-tsv", tmp_path / "c.tsv",
+                           "--out-md", tmp_path / "c.md")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "--run lroa 0.5 is in no row of the paper's tables (did you mean 'lora'?)" in err
+    assert not (tmp_path / "c.tsv").exists()
+
+
+@pytest.mark.parametrize("count", ["81,418", "-3", "1.5", "nan", ""])
+def test_a_parameter_count_that_is_not_a_whole_number_is_refused(run_cli, tmp_path, count):
+    tsv, params = paper_run(tmp_path)
+    params.write_text(f"method\ttrainable\nprompt\t1\nlora\t{count}\n")
+    code, _, err = run_cli("compare-paper", "--dataset", "cifar10", "--run", "lora", "0.5", tsv,
+                           "--parameters", params, "--out-tsv", tmp_path / "c.tsv",
+                           "--out-md", tmp_path / "c.md")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"parameters.tsv, line 3: trainable {count!r}" in err or "line 3: trainable" in err, err
