@@ -105,6 +105,8 @@ def typed_problem(value: Any, node: dict[str, Any], where: str = "",
             found = typed_problem(item, node["items"], f"{where}.{index}", schema)
             if found:
                 return found
+    elif isinstance(value, float) and number_problem(value):
+        return None  # check_config's bad_number says why (nan, inf, underflow)
     elif node.get("type") and not param_of(node).check(value):
         return f"{where} must be {param_of(node).describe()}, got {value!r}"
     return None

@@ -302,6 +302,7 @@ def test_the_dry_run_refuses_exactly_what_the_jobs_option_refuses():
     (("certify", "seed"), -1, "certify.seed must be a finite int in [0, "),
     (("summary", "radii"), [], "summary.radii must be a non-empty list"),
     (("methods",), ["lora", "none", "lora"], "methods repeats 'lora'"),
+    (("sigmas",), [0.5, 0.50], "sigmas repeats 0.5"),
     (("experiments", "noise_learning", "sigmas"), [0.5, 0.5], "noise_learning.sigmas repeats 0.5"),
     (("experiments", "ablation", "lora_rank"), [2, 4, 2], "ablation.lora_rank repeats 2"),
     (("experiments", "ablation", "prompt_length"), [1, 1], "ablation.prompt_length repeats 1"),
