@@ -329,3 +329,18 @@ def test_the_schemas_training_options_are_the_jobs():
     train = _yaml.safe_load(SCHEMA.read_text())["$defs"]["train"]["properties"]
     for name, node in train.items():
         assert param_of(node).describe() == TRAIN_SPECS[name].describe(), name
+
+
+def test_the_config_check_reads_the_jobs_options_without_importing_torch():
+    """The dry run reads each job's click option from the CLI (JOB_OPTIONS): the CLI must
+    stay free of torch at import, or every DAG build pays seconds for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yaml; from pefts.config import validated; "
+            "validated(yaml.safe_load(open('config.yaml')), 'workflow/schemas/config.schema.yaml'); "
+            "assert 'pefts.cli' in sys.modules; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
