@@ -280,9 +280,14 @@ def diffusion_denoiser(weights: str | Path | None, release: str | None) -> nn.Mo
     """The denoiser to time: a diffusers folder, a released checkpoint file (``release``
     names its architecture), or, with a release and no file, that architecture with
     random weights (a UNet pass costs the same whatever its weights; nothing is fetched)."""
-    from pefts.methods.diffusion import DiffusionDenoiser, load_unet
+    from pefts.methods.diffusion import RELEASE_NAMES, DiffusionDenoiser, load_unet
 
     if release is None:
+        if Path(weights).is_file():
+            raise PeftsError(f"--diffusion {weights} is a file: without --diffusion-release it "
+                             "must be a diffusers folder (UNet2DModel and scheduler configs); a "
+                             "released checkpoint file needs --diffusion-release, one of "
+                             f"{', '.join(RELEASE_NAMES)}")
         return DiffusionDenoiser(*load_unet(weights))
     from pefts.diffusion.loading import load_release
 

@@ -45,6 +45,10 @@ _active: list[Checkpoint] = []
 FORMAT = 2
 # what every checkpoint holds, whatever trained it
 REQUIRED = ("format", "fingerprint", "stage", "finished", "step", "epoch_start", "batch")
+# what a gradient stage (pefts.training.optimise) resumes from, with each part's type; a
+# stage of another kind (the black box's SPSA) names its own parts to begin_stage
+GRADIENT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "seen": int, "sums": dict}
+FIX = "delete it or move it away to start over"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 INTERRUPTED_EXIT = 75
 
@@ -80,11 +84,11 @@ def restore_trainable(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise PeftsError(f"checkpoint {path} does not fit this model (missing "
-                         f"{missing[:3]}, unexpected {extra[:3]}); delete it to start over")
+                         f"{missing[:3]}, unexpected {extra[:3]}); {FIX}")
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise PeftsError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, "
-                             f"the model {tuple(expected[name].shape)}; delete it to start over")
+                             f"the model {tuple(expected[name].shape)}; {FIX}")
     model.load_state_dict(state, strict=False)
 
 
@@ -145,17 +149,15 @@ class Checkpoint:
         except Exception as error:  # not a torch file, or one holding more than tensors
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PeftsError(f"checkpoint {self.path} is not a readable pefts checkpoint "
-                             f"({reason}); delete it to start over") from None
+                             f"({reason}); {FIX}") from None
         problem = self._structure_problem(state)
         if problem:
-            raise PeftsError(f"checkpoint {self.path} {problem}; delete it to start over")
+            raise PeftsError(f"checkpoint {self.path} {problem}; {FIX}")
         if state["fingerprint"] != self.fingerprint:
             print(f"pefts: ignoring checkpoint {self.path}: it was written with other "
                   "settings (data, base, method, hyper-parameters or training options)",
                   file=sys.stderr, flush=True)
             return None
-        print(f"pefts: resuming from checkpoint {self.path} (stage {state['stage']}, "
-              f"step {state['step']})", file=sys.stderr, flush=True)
         self.finished = list(state["finished"])
         return state
 
@@ -174,18 +176,39 @@ class Checkpoint:
                 or not isinstance(state["finished"], list | tuple) \
                 or not isinstance(state["epoch_start"], torch.Tensor):
             return "has fields of the wrong type"
+        if len(state["finished"]) != state["stage"]:
+            return (f"is not whole: stage {state['stage']} in progress, but "
+                    f"{len(state['finished'])} finished stage(s) recorded")
         return None
 
-    def begin_stage(self) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
-        """(statistics of this stage if it already finished, saved state to resume)."""
+    def begin_stage(self, parts: dict[str, type] | None = None
+                    ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+        """(statistics of this stage if it already finished, saved state to resume); the
+        state to resume holds every part in ``parts`` (name: type; GRADIENT_PARTS by
+        default) or the checkpoint is refused, naming the part, before anything is used."""
         self.stage += 1
         if self.saved is None:
             return None, None
         if self.stage < self.saved["stage"]:
             return self.finished[self.stage], None
         if self.stage == self.saved["stage"]:
+            self._check_parts(GRADIENT_PARTS if parts is None else parts)
+            print(f"pefts: resuming from checkpoint {self.path} (stage {self.stage}, "
+                  f"step {self.saved['step']})", file=sys.stderr, flush=True)
             return None, self.saved
         return None, None
+
+    def _check_parts(self, parts: dict[str, type]) -> None:
+        missing = [name for name in parts if name not in self.saved]
+        if missing:
+            raise PeftsError(f"checkpoint {self.path} is not whole: it lacks "
+                             f"{', '.join(missing)}, which resuming stage {self.stage} needs "
+                             f"(saved by another pefts, or damaged); {FIX}")
+        for name, kind in parts.items():
+            # a bool is an int to Python, never a count here
+            if not isinstance(self.saved[name], kind) or isinstance(self.saved[name], bool):
+                raise PeftsError(f"checkpoint {self.path}: {name} is a "
+                                 f"{type(self.saved[name]).__name__}, not a {kind.__name__}; {FIX}")
 
     def end_stage(self, metrics: dict[str, float]) -> None:
         self.finished = [*self.finished[:self.stage], metrics]

@@ -6,6 +6,7 @@ Kept free of torch imports: the Snakefile calls it every time it builds the DAG.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,53 @@ def param_of(node: dict[str, Any]) -> Param:
                  max_items=node.get("maxItems"))
 
 
+def typed_problem(value: Any, node: dict[str, Any], where: str = "",
+                  schema: dict[str, Any] | None = None) -> str | None:
+    """The first value the schema let through but its key's Param refuses, as
+    schema_problem words it: JSON Schema counts 2000.0 as an integer, while the job's
+    option (click's IntRange) and the code that counts with it (range(shards)) do not."""
+    schema = schema if schema is not None else node
+    if "$ref" in node:
+        defined = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        node = {**defined, **{k: v for k, v in node.items() if k != "$ref"}}
+    if isinstance(value, dict):
+        props, extra = node.get("properties", {}), node.get("additionalProperties")
+        for key, item in value.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            found = sub and typed_problem(item, sub, f"{where}.{key}" if where else str(key), schema)
+            if found:
+                return found
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for index, item in enumerate(value):
+            found = typed_problem(item, node["items"], f"{where}.{index}", schema)
+            if found:
+                return found
+    elif isinstance(value, float) and number_problem(value):
+        return None  # check_config's bad_number says why (nan, inf, underflow)
+    elif node.get("type") and not param_of(node).check(value):
+        return f"{where} must be {param_of(node).describe()}, got {value!r}"
+    return None
+
+
+@functools.cache
+def _schema(schema_path: str) -> tuple[dict[str, Any], Any]:
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    return schema, jsonschema.Draft202012Validator(schema)
+
+
 def schema_problem(config: dict[str, Any], schema_path: str | Path) -> str | None:
     """The first schema violation as one line naming the key, what it must be and, for a
     misspelt name, the closest valid one (Snakemake's own message names only the section
     and prints the whole schema); None when valid."""
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    schema, validator = _schema(str(schema_path))
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
-        return None
+        return typed_problem(config, schema)
     section = ".".join(map(str, error.absolute_path))
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = sorted(error.schema.get("properties", {}))
@@ -103,6 +139,10 @@ def schema_problem(config: dict[str, Any], schema_path: str | Path) -> str | Non
         return (f"unknown key {key} in section {section or '(top level)'}"
                 f"{closest(unknown[0], known)}; known keys: {', '.join(known)}")
     node = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "uniqueItems":
+        repeated = next(v for i, v in enumerate(error.instance) if v in error.instance[:i])
+        return (f"{section} repeats {repeated!r}: each of its values names a run or a row, "
+                f"so a repeat would put it twice in the tables; got {error.instance!r}")
     if error.validator == "pattern" or not node.get("type"):
         return f"{section or '(top level)'}: {error.message}"
     hint = closest(error.instance, node["enum"]) if "enum" in node else ""
@@ -148,6 +188,7 @@ def _module_constants(path: Path) -> dict[str, Any]:
     return names
 
 
+@functools.cache  # parsing the method files is most of a config check's time
 def declared_specs(method: str) -> dict[str, Any] | None:
     """A method's hyper-parameter specs, read from its file without importing it (torch
     would cost the DAG seconds); None when its specs are not written as plain literals."""
@@ -190,11 +231,68 @@ def check_method_params(config: dict[str, Any]) -> None:
         check_values(f"method_params.{method}.hparams.{{name}}", specs, hparams)
 
 
+# config keys that a rule writes on a job's command line, and the option it writes them to
+# ("x.*": each item of the list x): the dry run converts each value, as the rule writes
+# it, with that option's own click type, so it refuses exactly what the job would
+# (tests/test_config_errors.py checks each pair against the rules and the commands)
+JOB_OPTIONS: dict[str, tuple[str, str]] = {
+    "certify.n0": ("certify", "--n0"), "certify.n": ("certify", "--n"),
+    "certify.alpha": ("certify", "--alpha"), "certify.batch": ("certify", "--batch"),
+    "certify.skip": ("certify", "--skip"), "certify.max": ("certify", "--max"),
+    "certify.seed": ("certify", "--seed"), "certify.pool": ("certify", "--pool"),
+    "certify.rtol": ("certify", "--rtol"), "certify.precision": ("certify", "--precision"),
+    "sigmas.*": ("certify", "--sigma"),
+    "experiments.ablation.sigma": ("certify", "--sigma"),
+    "experiments.twobirds.sigmas.*": ("certify", "--sigma"),
+    "experiments.twobirds.certify.skip": ("certify", "--skip"),
+    "experiments.twobirds.certify.max": ("certify", "--max"),
+    "dataset.seed": ("prepare", "--seed"),
+    "base.input_size": ("train-base", "--input-size"),
+    "gpus_per_job": ("certify", "--gpus"),
+}
+
+
+def job_option(command: str, option: str) -> Any:
+    """The click option ``option`` of `pefts command` (the CLI imports no torch)."""
+    from pefts.cli import cli
+
+    return next(p for p in cli.commands[command].params if option in p.opts)
+
+
+def job_option_problem(config: dict[str, Any]) -> str | None:
+    """The first config value that the job's own option would refuse, in one line; values
+    a rule leaves off the command line (null, an unset rtol) are not checked."""
+    import click
+
+    for key, (command, option) in JOB_OPTIONS.items():
+        *path, last = key.split(".")
+        section: Any = config
+        for part in path:
+            section = section.get(part, {}) if isinstance(section, dict) else {}
+        values = (section if isinstance(section, list) else []) if last == "*" \
+            else [section.get(last)] if isinstance(section, dict) else []
+        for value in values:
+            if value is None or value is False:
+                continue
+            try:
+                job_option(command, option).type.convert(str(value), None, None)
+            except click.BadParameter as err:
+                return (f"{key.removesuffix('.*')} {value!r} would be refused by the job's "
+                        f"`pefts {command} {option}`: {err.message}")
+    return None
+
+
 def check_config(config: dict[str, Any]) -> None:
     bad = bad_number(config)
     if bad:
         raise PeftsError(f"config value {bad[0]} must be a finite number, got {bad[1]!r}, "
                          f"which {bad[2]}")
+    problem = job_option_problem(config)
+    if problem:
+        raise PeftsError(problem)
+    if len(config["base"]["mean"]) != len(config["base"]["std"]):
+        raise PeftsError(f"base.mean and base.std must have one value per channel each, got "
+                         f"{config['base']['mean']} and {config['base']['std']}")
     known = method_names()
     experiments = config.get("experiments", {})
     where = {"methods": config["methods"], "method_params": list(config["method_params"]),

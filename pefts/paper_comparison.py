@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from pefts.errors import PeftsError
+from pefts.hparams import closest
 from pefts.paper_values import (
     FIGURE7,
     FIGURE7_DATASET,
@@ -21,6 +22,7 @@ from pefts.paper_values import (
     TEXT,
     TRANSCRIBED,
     Table1,
+    compared_methods,
 )
 from pefts.results import certified_accuracy
 
@@ -54,6 +56,13 @@ def table1_comparison(dataset: str, runs: Runs) -> pd.DataFrame:
     printed and parsed, ours at r = column (and at r = 0) from our run at sigma = column
     where the row has a counterpart in ours, and ours minus the paper's at r = column."""
     table = _table1(dataset)
+    _table1(dataset)
+    compared = compared_methods(dataset)
+    for method, sigma, _ in runs:
+        if method not in compared:
+            raise PeftsError(f"--run {method} {sigma:g} is in no row of the paper's tables"
+                             f"{closest(method, compared)}: they compare "
+                             f"{', '.join(sorted(compared))}")
     ours = _by_run(runs)
     rows = []
     for row in table.rows.values():

@@ -225,3 +225,12 @@ TEXT: list[tuple[str, str]] = [
                                "the diffusion denoiser at L2 radius > 0.4 and nearly matches it "
                                "below"),
 ]
+
+
+def compared_methods(dataset: str) -> set[str]:
+    """Our methods that some row of the paper is set beside: Table 1's rows with a
+    counterpart, Table 2's counts and Figure 7's two numbers. ``none`` is in none of them
+    (the paper's RS rows are Cohen et al.'s noise-trained models, not our untuned base)."""
+    rows = TABLE1[dataset].rows.values() if dataset in TABLE1 else ()
+    return ({row.method for row in rows if row.method} | set(TABLE2)
+            | {value.method for value in FIGURE7.values()})

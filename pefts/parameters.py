@@ -41,6 +41,26 @@ def parameter_table(models: Sequence[tuple[str, float, str | Path]]) -> pd.DataF
     return table
 
 
+def read_parameter_table(path: str | Path) -> pd.DataFrame:
+    """`pefts parameters`' TSV, its counts checked: a whole number >= 0 per method (a
+    count typed as "81,418" is refused, naming its line, not divided by)."""
+    from pefts.cli.reporting import read_summary
+    from pefts.errors import PeftsError
+
+    table = read_summary(str(path), "pefts parameters")
+    missing = {"method", "trainable"} - set(table.columns)
+    if missing:
+        raise PeftsError(f"{path} lacks column(s) {', '.join(sorted(missing))} "
+                         "(expected `pefts parameters`' TSV)")
+    counts = pd.to_numeric(table["trainable"], errors="coerce")
+    bad = ~(counts.notna() & (counts >= 0) & (counts == counts.round()))
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise PeftsError(f"{path}, line {row + 2}: trainable {table['trainable'].iloc[row]!r} "
+                         "is not a whole number >= 0 (no thousands separators)")
+    return table.assign(trainable=counts.astype("int64"))
+
+
 def parameter_markdown(table: pd.DataFrame) -> str:
     """The table as a reader pastes it: counts with thousands separators, '-' for none."""
     shown = table.copy()

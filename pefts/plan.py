@@ -161,6 +161,12 @@ def sigma_hit_rates(sigmas: list[float], replays: list[tuple[str, float]],
     Scaling keeps each image's radius (its L2 distance to the decision boundary, as for a
     linear classifier): p' = Phi(PhiInv(p) s / s'). A real classifier's radius changes
     with the sigma it is trained at, so a replay at each sigma is better."""
+    given: dict[float, str] = {}
+    for tsv, s in replays:
+        if float(s) in given:
+            raise PeftsError(f"two --replay logs for sigma {float(s):g}: {given[float(s)]} and "
+                             f"{tsv}; give one per sigma")
+        given[float(s)] = str(tsv)
     loaded = {float(s): hit_rates(tsv, replay_n, s) for tsv, s in replays}
     names = {float(s): str(tsv) for tsv, s in replays}
     chosen = {}

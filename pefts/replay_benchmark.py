@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from scipy.stats import norm
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.bounds import lower_confidence_bounds
 from pefts.errors import PeftsError
+from pefts.plan import check_column
 
 SIGMA_IN_PATH = re.compile(r"sigma_?(\d+(?:\.\d+)?)")
 
@@ -53,6 +55,9 @@ def read_log(path: str | Path, sigma: float | None = None, abstain_p: float = 0.
         if not found:
             raise PeftsError(f"{path}: give its sigma (--sigma); none in the path")
         sigma = float(found[-1])
+        if sigma <= 0:
+            raise PeftsError(f"{path}: sigma {sigma:g} read from its path (sigma_X) must be "
+                             "> 0; give its sigma (--sigma)")
     try:
         rows = pd.read_csv(path, sep="\t")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -60,9 +65,14 @@ def read_log(path: str | Path, sigma: float | None = None, abstain_p: float = 0.
     missing = {"predict", "correct"} - set(rows.columns)
     if missing or not ({"radius"} <= set(rows.columns) or {"nA", "n"} <= set(rows.columns)):
         raise PeftsError(f"{path} is not a certification TSV (columns: {', '.join(rows.columns)})")
+    # every number through the checked reader of `pefts plan --replay`: a nan or negative
+    # radius would otherwise replay as a confident hit rate
     if {"nA", "n"} <= set(rows.columns):
+        check_column(path, rows, "nA", 0)
+        check_column(path, rows, "n", 1)
         p = rows["nA"] / rows["n"]
     else:
+        check_column(path, rows, "radius", 0)
         p = pd.Series(norm.cdf(rows["radius"] / sigma))
     p = np.where(rows["predict"] == -1, abstain_p, p).astype(float)
     if len(p) == 0 or not np.all((p >= 0) & (p <= 1)):
@@ -137,15 +147,23 @@ def grid_of(spec: str, sigma: float) -> list[float]:
             grid = yaml.safe_load(Path(spec).read_text())["certify"]["grid"]
         except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
             raise PeftsError(f"{spec}: no certify.grid in it ({type(err).__name__})") from None
-        return [float(r) for r in grid]
+        return checked_radii(grid, f"{spec}: certify.grid")
     try:
         radii = [float(r) for r in spec.split(",")]
     except ValueError:
         raise PeftsError(f"--grid must be 'sigma', radii like 0,0.5,1 or a config .yaml; "
                          f"got {spec!r}") from None
-    if any(not np.isfinite(r) or r < 0 for r in radii):
-        raise PeftsError(f"--grid radii must be finite and non-negative, got {spec!r}")
-    return radii
+    return checked_radii(radii, "--grid radii")
+
+
+def checked_radii(values: Any, where: str) -> list[float]:
+    """A non-empty list of finite radii >= 0 (from a YAML file: numbers, never text)."""
+    radii = values if isinstance(values, list) else []
+    if not radii or any(isinstance(r, bool) or not isinstance(r, int | float)
+                        or not np.isfinite(r) or r < 0 for r in radii):
+        raise PeftsError(f"{where} must be a non-empty list of finite numbers >= 0, "
+                         f"got {values!r}")
+    return [float(r) for r in radii]
 
 
 def ratio(replays: list[Replay], a: str, b: str) -> float:

@@ -84,6 +84,24 @@ def read_tsv(path: str | Path, radius: bool = True) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), sep="\t")  # the text checked, not a second read
 
 
+def check_same_images(runs: Sequence[tuple[str | Path, pd.DataFrame]]) -> None:
+    """Refuse runs that certified different images (their idx sets), naming the first
+    difference: settings can agree while one TSV is a shard or a cut-short run of the
+    same selection, and its fractions would then be of other images."""
+    if not runs:
+        return
+    first, reference = runs[0][0], set(runs[0][1]["idx"])
+    for name, frame in runs[1:]:
+        images = set(frame["idx"])
+        if images != reference:
+            only, where = ((sorted(images - reference), name) if images - reference
+                           else (sorted(reference - images), first))
+            raise PeftsError(f"{name} and {first} certified different images: "
+                             f"{len(images)} vs {len(reference)} images, image {only[0]} only "
+                             f"in {where} (a shard or a cut-short run?); compare runs of the "
+                             "same images")
+
+
 def merge_shards(paths: Sequence[str | Path], expected: Sequence[int] | None = None
                  ) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, Any]]]:
     """Concatenate shards of one run (settings checked by ``shared_settings``); refuse a

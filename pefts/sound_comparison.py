@@ -10,7 +10,7 @@ import pandas as pd
 
 from pefts.errors import PeftsError
 from pefts.provenance import PER_SHARD, describe_certification, read_sidecar
-from pefts.results import read_tsv, to_markdown
+from pefts.results import check_same_images, read_tsv, to_markdown
 
 SOUND_MODE = ("Sound mode is Voracek & Hein's procedure (ICLR 2023): test images on the "
               "8-bit grid and noise from the Gaussian discretised to 1/255, drawn exactly from "
@@ -52,9 +52,10 @@ def comparison_table(standard: str | Path, sound: str | Path,
     not fractions: 'a few images' is read off directly), samples drawn and the seconds
     of sampling (each image's share of its batches' wall time, summed)."""
     settings = check_same_run(standard, sound)
+    frames = {"standard": read_tsv(standard), "sound": read_tsv(sound)}
+    check_same_images([(sound, frames["sound"]), (standard, frames["standard"])])
     rows = []
-    for mode, path in (("standard", standard), ("sound", sound)):
-        frame = read_tsv(path)
+    for mode, frame in frames.items():
         row = {"method": settings.get("method"), "sigma": settings.get("sigma"), "mode": mode,
                "images": len(frame)}
         correct = frame["correct"] == 1

@@ -216,8 +216,13 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     seen, sums = 0, {}
     if saved is not None:
         checkpoints.restore_trainable(model, saved["model"], checkpoint.path)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        except (KeyError, ValueError, TypeError) as err:  # torch's words for a state not this run's
+            raise PeftsError(f"checkpoint {checkpoint.path}: its optimiser or schedule state does "
+                             f"not fit this run ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                             f"{checkpoints.FIX}") from None
         seen, sums = saved["seen"], dict(saved["sums"])
     bar = progress(total=total, initial=saved["step"] if saved else 0, desc=desc, unit="step",
                    leave=False)

@@ -97,12 +97,17 @@ def verified(path: str | Path | None, what: str, recorded: str | None = None,
     return actual
 
 
+# the hyper-parameters that name local weights (the coordinator's encoder_file, the
+# black box's clip_file, the diffusion UNet folder or checkpoint and its classifier_file);
+# any other text (a timm name, a prompt template) is never a weight, even when a file or
+# folder of that name happens to sit in the working directory
+WEIGHT_KEYS = ("weights", "encoder_file", "clip_file", "classifier_file")
+
+
 def weight_paths(hparams: dict[str, Any]) -> dict[str, str]:
-    """The hyper-parameters that name a local weights file or folder (the coordinator's
-    encoder_file, clip_file, the diffusion UNet folder): every text value that is a path
-    on disk."""
+    """The WEIGHT_KEYS that ``hparams`` sets to a path on disk."""
     return {key: value for key, value in sorted(hparams.items())
-            if isinstance(value, str) and value and Path(value).exists()}
+            if key in WEIGHT_KEYS and isinstance(value, str) and value and Path(value).exists()}
 
 
 def recorded_weights(hparams: dict[str, Any]) -> dict[str, str]:

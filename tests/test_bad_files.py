@@ -341,3 +341,17 @@ def test_a_config_overlay_that_is_not_utf8(tmp_path, command):
     bad = tmp_path / "c.yaml"
     bad.write_bytes(b"sigmas: [0.5]\nresults: \"r\xff\"\n")
     one_line(*pefts_process(command, "--configfile", bad)[::2], str(bad), "cannot read config")
+
+
+def test_benchmark_given_a_file_where_a_diffusers_folder_is_expected_says_so(run_cli, tmp_path):
+    """It said the folder does not exist; the file is there."""
+    unet = tmp_path / "unet_small.pt"
+    unet.write_bytes(b"weights")
+    code, _, err = run_cli("benchmark", "--diffusion", unet, "--n", "10", "--repeats", "1")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"error: --diffusion {unet} is a file: without --diffusion-release it must be a " \
+           "diffusers folder" in err and "does not exist" not in err
+    from pefts.methods.diffusion import unet_folder
+
+    with pytest.raises(PeftsError, match="is a file, not a diffusers folder .*release"):
+        unet_folder(unet)

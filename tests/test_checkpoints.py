@@ -27,6 +27,7 @@ from pefts.checkpoints import (
     checkpointing,
 )
 from pefts.data import read_manifest
+from pefts.errors import PeftsError
 from pefts.runs import run_fingerprint
 from pefts.streams import noise_like
 from pefts.training import CONDUCT_OPTIONS, TrainConfig, optimise, resumable_batches
@@ -221,7 +222,7 @@ def test_a_checkpoint_of_the_wrong_structure_is_refused_in_one_line(digits, tmp_
     code, _, err = run_cli(*train_base_args(digits, out))
     assert code == 1
     assert err.startswith(f"error: checkpoint {checkpoint_path(out)} {problem}")
-    assert err.endswith("; delete it to start over\n") and err.count("\n") == 1
+    assert err.endswith("; delete it or move it away to start over\n") and err.count("\n") == 1
     assert checkpoint_path(out).is_file() and not out.exists()
 
 
@@ -286,3 +287,66 @@ def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_last_one(tm
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("part", ["optimizer", "scheduler", "model", "seen", "sums"])
+def test_a_checkpoint_lacking_a_part_it_resumes_from_is_refused_naming_it(tmp_path, part):
+    """Of the same settings but not whole (saved by another pefts, or damaged): "resuming"
+    then KeyError: 'optimizer' before. Refused before anything is used, naming the file and
+    the part, with the fix; the file is left where it is."""
+    out = tmp_path / "model"
+    with pytest.raises(Interrupted):
+        train(out, interrupt_at=6)
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    del state[part]
+    torch.save(state, checkpoint_path(out))
+    with pytest.raises(PeftsError) as err:
+        train(out)
+    assert str(err.value) == (f"checkpoint {checkpoint_path(out)} is not whole: it lacks {part}, "
+                              "which resuming stage 0 needs (saved by another pefts, or "
+                              "damaged); delete it or move it away to start over")
+    assert checkpoint_path(out).is_file()
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"optimizer": {"state": {}, "param_groups": []}}, "optimiser or schedule state does not fit"),
+    ({"sums": [1.0]}, "sums is a list, not a dict"),
+    ({"seen": True}, "seen is a bool, not a int"),
+    ({"finished": [{"loss": 1.0}]}, "is not whole: stage 0 in progress, but 1 finished stage"),
+])
+def test_a_checkpoint_whose_parts_do_not_fit_is_refused(tmp_path, change, problem):
+    out = tmp_path / "model"
+    with pytest.raises(Interrupted):
+        train(out, interrupt_at=6)
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    torch.save({**state, **change}, checkpoint_path(out))
+    with pytest.raises(PeftsError, match=problem) as err:
+        train(out)
+    assert str(err.value).endswith("delete it or move it away to start over")
+    assert "\n" not in str(err.value) and checkpoint_path(out).is_file()
+
+
+@pytest.mark.slow  # a training run, then a process of its own
+def test_finetune_beside_a_checkpoint_without_optimiser_state_says_so_in_a_process(
+        digits, tiny_base, tmp_path, run_cli, monkeypatch):
+    """The case as a user met it: `pefts finetune` beside a .ckpt of the same settings
+    without optimiser state. The checkpoint is made by a real run whose final one is kept."""
+    from pefts import runs
+    from tests.test_cli_errors import error_line, pefts_process
+
+    out = tmp_path / "lora.safetensors"
+    args = ["finetune", "--data", digits, "--base", tiny_base, "--method", "lora", "--sigma",
+            "0.5", "--out", out, "--train", '{"epochs": 1, "batch_size": 256}', "--device", "cpu"]
+    monkeypatch.setattr(runs, "discard", lambda _out: None)  # keep the run's last one
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    out.unlink()
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    del state["optimizer"]
+    torch.save(state, checkpoint_path(out))
+    result = pefts_process(*args)
+    error_line(result, f"error: checkpoint {checkpoint_path(out)} is not whole: it lacks "
+                       "optimizer")
+    assert "delete it or move it away" in result.stderr
+    assert "resuming from" not in result.stderr
+    assert checkpoint_path(out).is_file() and not out.exists()

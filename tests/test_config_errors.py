@@ -4,6 +4,7 @@ overlays work."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -65,7 +66,8 @@ def test_a_bad_value_names_its_key():
     (("dataset", "name"), "cifar", "dataset.name must be one of 'digits', 'cifar10', 'imagenet', "
                                    "'imagefolder', got 'cifar' (did you mean 'cifar10'?)"),
     (("certify", "adaptive"), "yes", "certify.adaptive must be true or false, got 'yes'"),
-    (("summary", "radii"), 0.5, "summary.radii must be a list, each item a finite float >= 0, got 0.5"),
+    (("summary", "radii"), 0.5, "summary.radii must be a non-empty list, each item a finite "
+                                "float >= 0, got 0.5"),
 ])
 def test_a_bad_value_says_what_its_key_must_be(path, value, expected):
     """The key, the expected type and range, in the words a hyper-parameter's error uses."""
@@ -128,6 +130,8 @@ def test_an_incomplete_configfile_is_refused(config, missing):
 BAD_VALUES = [
     ("dataset: {crop: '8'}", "dataset.crop must be a finite int >= 1 (or null), got '8'"),
     ("certify: {n: [1000]}", "certify.n must be a finite int >= 1, got [1000]"),
+    # JSON Schema counts 2.0 as an integer; the shard count was a traceback
+    ("certify: {shards: 2.0}", "certify.shards must be a finite int >= 1, got 2.0"),
     ("sigmas: null", "sigmas must be a non-empty list, each item a finite float > 0, got None"),
     ("methods: [none, adaptor]", "unknown method 'adaptor' in methods (did you mean 'adapter'?)"),
     ("certify: {alpha: 1.0e-320}", "config value certify.alpha must be a finite number, got "
@@ -186,3 +190,157 @@ def test_the_dry_run_refuses_them_in_one_line(tmp_path):
         result = snakemake("-n", "--cores", "1", *args, "--config", f"results={tmp_path}/r")
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode != 0 and len(errors) == 1 and needle in errors[0], result.stderr
+
+
+# --- the dry run refuses what a job would (issue 29) ------------------------------------
+
+# keys a rule reads that reach no job option: what checks them instead
+NOT_OPTIONS = {
+    "certify.shards": "the shard count of the paths (int-checked by its Param)",
+    "certify.adaptive": "a flag", "certify.sound": "a flag", "certify.merge_lora": "a flag",
+    "certify.grid": "a list: --grid (schema items >= 0, non-empty)",
+    "certify.sound_compare": "checked against methods",
+    "summary.radii": "a list: --radii (schema items >= 0, non-empty)",
+    "summary.paper": "an enum", "threads": "Snakemake's threads", "device": "free text",
+    "base.arch": "free text", "base.model_kwargs": "JSON", "base.mean": "a list",
+    "base.std": "a list", "base.train": "JSON, checked by TRAIN_SPECS",
+    "experiments.twobirds.source_train": "JSON, checked by TRAIN_SPECS",
+    "experiments.twobirds.adapt_train": "JSON, checked by TRAIN_SPECS",
+    "experiments.twobirds.source_classes": "a list (schema: distinct, >= 0)",
+    "experiments.twobirds.target_classes": "a list (schema: distinct, >= 0)",
+    "gpus_per_job": "also --gpus",
+    # whole sections handed to code that reads their keys (listed in JOB_OPTIONS)
+    "dataset": "common.smk data_options: --seed, --images (IMAGE_SPECS)",
+    "experiments.twobirds": "pefts.experiments.Study",
+}
+
+
+def keys_the_rules_read() -> set[str]:
+    """Every config key a rule file reads directly (CERT[...], EXP[...], config[...])."""
+    prefix = {"CERT": "certify.", "EXP": "experiments.", "config": ""}
+    found = set()
+    for rules in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for name, keys in re.findall(r"\b(CERT|EXP|config)((?:\[[\"'][a-z_0-9]+[\"']\])+)",
+                                     rules.read_text()):
+            found.add(prefix[name] + ".".join(re.findall(r"[a-z_0-9]+", keys)))
+    return found
+
+
+def test_every_key_a_rule_reads_is_checked_by_the_jobs_option_or_said_why_not():
+    from pefts.config import JOB_OPTIONS
+
+    unclassified = keys_the_rules_read() - set(JOB_OPTIONS) - set(NOT_OPTIONS) - {"certify", "experiments"}
+    assert not unclassified, f"map these to the job's option in JOB_OPTIONS: {unclassified}"
+    rules = "".join(p.read_text() for p in (ROOT / "workflow").rglob("*.smk"))
+    rules += (ROOT / "pefts" / "experiments.py").read_text()
+    for key, (command, option) in JOB_OPTIONS.items():
+        assert f"pefts {command} " in rules, key  # a rule runs that command
+        assert f"{option} {{" in rules or f'"{option}"' in rules or f"{option} " in rules, key
+
+
+# values a user might type for any key; each must get the same verdict from the dry run
+# as from the job's option, which reads it as the rule writes it (str(value))
+PROBES = [-1, 0, 1, 2, 2.0, 2000.0, 0.5, 1.5, 2**63, "x", "fp16", True]
+
+
+def probe_configs():
+    from pefts.config import JOB_OPTIONS
+
+    for key, (command, option) in JOB_OPTIONS.items():
+        for value in PROBES:
+            yield key, command, option, value
+
+
+def test_the_dry_run_refuses_exactly_what_the_jobs_option_refuses():
+    """For every key that a rule hands to a job's option and many values, the dry run's
+    verdict (in-process, pefts.config.validated) is the job option's: the same click type
+    reads both. Where the dry run refuses a value the option accepts, another check of
+    the same job must refuse it too (n too small to ever certify at alpha)."""
+    import click
+
+    from pefts.config import job_option, validated
+
+    also_refused_by_the_job = ("can never certify", "GPUs per job asked for")
+    filled = default()
+    validated(filled, SCHEMA)  # the schema's defaults, filled in once
+    mismatches = []
+    for key, command, option, value in probe_configs():
+        *path, last = key.split(".")
+        config = copy.deepcopy(filled)
+        section = config
+        for part in path:
+            section = section[part]
+        if last == "*":
+            section[:] = [value]  # the list holding this one value
+        else:
+            section[last] = value
+        try:
+            problem = schema_problem(config, SCHEMA)
+            if problem:
+                raise PeftsError(problem)
+            check_config(config)
+            dry = None
+        except PeftsError as err:
+            dry = str(err)
+        try:
+            job_option(command, option).type.convert(str(value), None, None)
+            job = True
+        except click.BadParameter:
+            job = False
+        if job is False and dry is None:
+            mismatches.append(f"{key}={value!r}: the dry run accepts what the job refuses")
+        if job and dry is not None and not any(s in dry for s in also_refused_by_the_job):
+            mismatches.append(f"{key}={value!r}: the dry run refuses ({dry}), the job accepts")
+        if dry is not None:
+            assert "\n" not in dry and key.removesuffix(".*") in dry, dry
+    assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("path, value, needle", [
+    (("certify", "n"), 2000.0, "certify.n must be a finite int >= 1, got 2000.0"),
+    (("certify", "shards"), 2.0, "certify.shards must be a finite int >= 1, got 2.0"),
+    (("certify", "seed"), -1, "certify.seed must be a finite int in [0, "),
+    (("summary", "radii"), [], "summary.radii must be a non-empty list"),
+    (("methods",), ["lora", "none", "lora"], "methods repeats 'lora'"),
+    (("sigmas",), [0.5, 0.50], "sigmas repeats 0.5"),
+    (("experiments", "noise_learning", "sigmas"), [0.5, 0.5], "noise_learning.sigmas repeats 0.5"),
+    (("experiments", "ablation", "lora_rank"), [2, 4, 2], "ablation.lora_rank repeats 2"),
+    (("experiments", "ablation", "prompt_length"), [1, 1], "ablation.prompt_length repeats 1"),
+    (("experiments", "twobirds", "target_classes"), [5, 5, 6], "target_classes repeats 5"),
+    (("base", "train"), {"seed": -1}, "base.train.seed must be a finite int >= 0, got -1"),
+    (("base", "std"), [0.5], "base.mean and base.std must have one value per channel each"),
+])
+def test_what_a_job_would_refuse_hours_later_is_refused_at_the_dry_run(path, value, needle):
+    from pefts.config import validated
+    from tests.test_refusal_table import with_value
+
+    with pytest.raises(PeftsError, match=re.escape(needle)):
+        validated(with_value(path, value), SCHEMA)
+
+
+def test_the_schemas_training_options_are_the_jobs():
+    """A train section reaches the job as JSON, checked there by TRAIN_SPECS: the schema
+    must say the same, or the dry run passes a seed of -1 that the job refuses."""
+    import yaml as _yaml
+
+    from pefts.config import param_of
+    from pefts.training import TRAIN_SPECS
+
+    train = _yaml.safe_load(SCHEMA.read_text())["$defs"]["train"]["properties"]
+    for name, node in train.items():
+        assert param_of(node).describe() == TRAIN_SPECS[name].describe(), name
+
+
+def test_the_config_check_reads_the_jobs_options_without_importing_torch():
+    """The dry run reads each job's click option from the CLI (JOB_OPTIONS): the CLI must
+    stay free of torch at import, or every DAG build pays seconds for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yaml; from pefts.config import validated; "
+            "validated(yaml.safe_load(open('config.yaml')), 'workflow/schemas/config.schema.yaml'); "
+            "assert 'pefts.cli' in sys.modules; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -74,7 +74,7 @@ def test_sigma_label_matches_config_spelling():
 
 @pytest.mark.parametrize("changes, needle", [
     ({"methods": ["none", "magic"]}, "unknown method 'magic'"),
-    ({"sigmas": [0.5, 0.50]}, "repeat"),
+    # a repeated sigma is the schema's (uniqueItems): tests/test_config_errors.py
     ({"experiments": {"twobirds": {"source_classes": [0, 1], "target_classes": [1, 2]}}},
      "overlap"),
     ({"dataset": {"name": "cifar10"}}, "dataset.root"),

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pefts import paper_comparison, paper_values
+from pefts.errors import PeftsError
 from pefts.paper_comparison import (
     comparison_markdown,
     figure7_comparison,
@@ -91,9 +92,11 @@ def test_rows_map_to_what_we_run_and_rs_rows_to_nothing():
         assert methods["DIFFUSION [39] (Carlini et al.)"] == "diffusion"
         assert [methods[r] for r in ("LoRA (ours)", "PROMPT-TUNE (ours)", "ADAPTER (ours)",
                                      "FULL FINE-TUNE (ours)")] == ["lora", "prompt", "adapter", "full"]
-    # a run of our untuned base lands on no row of the paper's
-    table = table1_comparison("cifar10", [("none", 0.25, rows([0.5, 0.5], [1, 1]))])
-    assert "none" not in set(table["method"]) and table["ours %"].isna().all()
+    # a run of our untuned base lands on no row of the paper's: handed one, the comparison
+    # refuses it rather than set it beside Cohen et al.'s row (the rule never passes it)
+    with pytest.raises(PeftsError, match="--run none 0.25 is in no row"):
+        table1_comparison("cifar10", [("none", 0.25, rows([0.5, 0.5], [1, 1]))])
+    assert "none" not in paper_values.compared_methods("cifar10")
 
 
 def test_each_column_compares_the_run_at_that_sigma_at_radius_equal_to_it():
@@ -157,10 +160,12 @@ def test_parameters_beside_every_count_of_table_2():
 
 def preset_runs(configfile: str) -> tuple[str, list, pd.DataFrame]:
     """Synthetic certified rows and parameter counts for every method and sigma a preset
-    runs in its main comparison."""
+    runs in its main comparison, as the rule passes them (runs some row is set beside)."""
     preset = yaml.safe_load((ROOT / configfile).read_text())
+    compared = paper_values.compared_methods(preset["summary"]["paper"])
+    assert "none" in preset["methods"] and "none" not in compared
     runs = [(method, float(sigma), rows([0.0, 0.3, 0.6, 1.2], [1, 1, 1, 0]))
-            for method in preset["methods"] for sigma in preset["sigmas"]]
+            for method in preset["methods"] if method in compared for sigma in preset["sigmas"]]
     params = pd.DataFrame({"method": preset["methods"],
                            "trainable": range(1000, 1000 + len(preset["methods"]))})
     return preset["summary"]["paper"], runs, params
@@ -241,3 +246,32 @@ def test_command_refuses_a_parameter_table_of_another_kind(run_cli, tmp_path):
                            "--parameters", bad, "--out-tsv", tmp_path / "c.tsv",
                            "--out-md", tmp_path / "c.md")
     assert code == 1 and "lacks column(s) trainable" in err and len(err.splitlines()) == 1
+
+
+def paper_run(tmp_path):
+    tsv = tmp_path / "lora.tsv"
+    write_tsv(rows([0.3, 0.6], [1, 1]), tsv, {**SETTINGS, "sigma": 0.5})
+    params = tmp_path / "parameters.tsv"
+    params.write_text("method\ttrainable\nlora\t81418\n")
+    return tsv, params
+
+
+def test_a_run_in_no_row_of_the_papers_tables_is_refused_naming_it(run_cli, tmp_path):
+    tsv, params = paper_run(tmp_path)
+    code, _, err = run_cli("compare-paper", "--dataset", "cifar10", "--run", "lroa", "0.5", tsv,
+                           "--parameters", params, "--out-tsv", tmp_path / "c.tsv",
+                           "--out-md", tmp_path / "c.md")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "--run lroa 0.5 is in no row of the paper's tables (did you mean 'lora'?)" in err
+    assert not (tmp_path / "c.tsv").exists()
+
+
+@pytest.mark.parametrize("count", ["81,418", "-3", "1.5", "nan", ""])
+def test_a_parameter_count_that_is_not_a_whole_number_is_refused(run_cli, tmp_path, count):
+    tsv, params = paper_run(tmp_path)
+    params.write_text(f"method\ttrainable\nprompt\t1\nlora\t{count}\n")
+    code, _, err = run_cli("compare-paper", "--dataset", "cifar10", "--run", "lora", "0.5", tsv,
+                           "--parameters", params, "--out-tsv", tmp_path / "c.tsv",
+                           "--out-md", tmp_path / "c.md")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"parameters.tsv, line 3: trainable {count!r}" in err or "line 3: trainable" in err, err

@@ -237,3 +237,17 @@ def test_blackbox_training_hours_count_blackvips_queries(preset, steps):
     [row] = blackbox_training(config).to_dict("records")
     kept = {CIFAR: 45_000}.get(preset, 1_281_167 - round(128_116.7))
     assert row["SPSA steps"] == -(-kept // 128)  # the preset's one epoch
+
+
+def test_two_replay_logs_for_one_sigma_are_refused(run_cli, tmp_path):
+    """The last one was used without a word."""
+    logs = []
+    for name in ("a", "b"):
+        logs.append(tmp_path / f"{name}.tsv")
+        pd.DataFrame({"idx": range(2), "label": 0, "predict": 0, "radius": [0.1, 0.2],
+                      "correct": 1, "time": 1.0}).to_csv(logs[-1], sep="\t", index=False)
+    with pytest.raises(PeftsError, match="two --replay logs for sigma 0.5: .*a.tsv and .*b.tsv"):
+        sigma_hit_rates([0.5], [(logs[0], 0.5), (logs[1], 0.50)], None)
+    code, _, err = run_cli("plan", "--configfile", CIFAR, "--replay", logs[0], "--replay-sigma",
+                           "0.5", "--replay", logs[1], "--replay-sigma", "0.5")
+    assert code == 1 and err.count("\n") == 1 and "two --replay logs for sigma 0.5" in err, err

@@ -87,6 +87,14 @@ CONFIG = [
     (("experiments", "ablation", "lora_rank"), [0], [1]),
     (("experiments", "ablation", "prompt_length"), [0], [1]),
     (("summary", "radii"), [-1], [0]),
+    # what a job refuses hours later (issue 29): its option's range and type
+    (("summary", "radii"), [], [0]),
+    (("certify", "seed"), -1, 0),
+    (("dataset", "seed"), -1, 0),
+    (("certify", "n"), 2000.0, 2000),
+    (("certify", "shards"), 2.0, 2),
+    (("base", "train"), {"seed": -1}, {"seed": 0}),
+    (("base", "train"), {"momentum": 1.0}, {"momentum": 0.9}),
 ]
 
 

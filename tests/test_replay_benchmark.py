@@ -3,12 +3,14 @@ rule against fixed n and the oracle that knows each image's hit rate."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pefts.certification.bounds import lower_confidence_bounds
+from pefts.errors import PeftsError
 from pefts.replay_benchmark import grid_of, oracle_samples, ratio, read_log, replay, worst_gap
 
 COHEN = Path(__file__).parent / "data" / "cohen"
@@ -75,3 +77,37 @@ def test_benchmark_refuses_bad_input_in_one_line(run_cli, tmp_path):
                  [str(LOGS[0]), "--grid", "0,x"]):
         code, _, err = run_cli("benchmark-replay", *args)
         assert code != 0 and "Traceback" not in err and err.strip().count("\n") == 0, (args, err)
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ("[0.25x, 0.5]", "certify.grid must be a non-empty list of finite numbers >= 0, got "
+                     "['0.25x', 0.5]"),
+    ("[0.0, -0.25]", "got [0.0, -0.25]"),
+    ("[0.0, .nan]", "got [0.0, nan]"),
+    ("[]", "got []"),
+    ("0.5", "got 0.5"),
+])
+def test_a_grid_yaml_is_read_through_the_checked_reader(tmp_path, grid, needle):
+    config = tmp_path / "grid.yaml"
+    config.write_text(f"certify: {{grid: {grid}}}\n")
+    with pytest.raises(PeftsError, match=re.escape(needle)):
+        grid_of(str(config), 0.5)
+
+
+def test_a_log_under_sigma_0_and_bad_numbers_in_a_log_are_refused(run_cli, tmp_path):
+    """sigma_0 was a ZeroDivisionError; a nan or negative radius replayed as a hit rate."""
+    folder = tmp_path / "sigma_0"
+    folder.mkdir()
+    log = folder / "log.tsv"
+    log.write_text(Path(LOGS[0]).read_text())
+    code, _, err = run_cli("benchmark-replay", log, "--reps", "1")
+    assert code == 1 and err.count("\n") == 1 and "sigma 0 read from its path" in err, err
+    for bad in ("nan", "-0.5"):
+        lines = Path(LOGS[0]).read_text().splitlines()
+        header = lines[0].split("\t")
+        fields = lines[1].split("\t")
+        fields[header.index("radius")] = bad
+        (tmp_path / "bad_sigma_0.25").write_text("\n".join([lines[0], "\t".join(fields),
+                                                            *lines[2:]]) + "\n")
+        with pytest.raises(PeftsError, match=f"row 1: radius '{bad}' must be a finite number"):
+            read_log(tmp_path / "bad_sigma_0.25")

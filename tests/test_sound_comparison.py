@@ -113,3 +113,53 @@ def test_the_default_compares_lora_at_its_first_sigma_and_the_presets_nothing():
     assert study.sound_certified("lora", "0.25") != study.certified("lora", "0.25")
     for preset in ("cifar10-vitb16", "imagenet-vitb16"):
         assert Study(load_config(ROOT / "configs" / f"{preset}.yaml")).sound_grid() == []
+
+
+def shard_of(path, source: str, keep: list[int], **settings) -> str:
+    """The rows ``keep`` of ``source`` with its settings, as one shard of it would be."""
+    from pefts.provenance import read_sidecar
+    from pefts.results import read_tsv
+
+    frame = read_tsv(source)
+    write_tsv(frame[frame["idx"].isin(keep)], path,
+              {**read_sidecar(source)["settings"], **settings})
+    return str(path)
+
+
+def test_a_shard_is_not_compared_with_the_whole_run(tmp_path, runs):
+    """Settings agree but the sound file is one shard (images 0 and 2 of 4): its counts
+    and samples would be put beside the whole run's as "0.50x the samples"."""
+    standard, sound = runs
+    shard = shard_of(tmp_path / "shard.tsv", sound, [0, 2], shard="0/2")
+    with pytest.raises(PeftsError, match=r"standard.tsv and .*shard.tsv certified different "
+                                         r"images: 4 vs 2 images, image 1 only in .*standard"):
+        comparison_table(standard, shard, [0.0])
+
+
+def test_the_comparisons_refuse_other_images_in_one_line_in_a_process(tmp_path, runs):
+    """The real command, as a job runs it: one line, no traceback, nothing written."""
+    from tests.test_cli_errors import error_line, pefts_process
+
+    standard, sound = runs
+    shard = shard_of(tmp_path / "shard.tsv", sound, [0, 2], shard="0/2")
+    result = pefts_process("compare-sound", "--standard", standard, "--sound", shard,
+                           "--out-tsv", tmp_path / "c.tsv", "--out-md", tmp_path / "c.md")
+    error_line(result, "certified different images: 4 vs 2 images")
+    assert not (tmp_path / "c.tsv").exists()
+
+
+@pytest.mark.parametrize("command", ["summarize", "plot", "compare-paper"])
+def test_summaries_refuse_runs_of_other_images_even_mixed(run_cli, tmp_path, runs, command):
+    standard, _ = runs
+    shard = shard_of(tmp_path / "shard.tsv", standard, [1, 3], shard="1/2", method="prompt")
+    params = tmp_path / "parameters.tsv"
+    params.write_text("method\ttrainable\nlora\t81418\n")
+    outs = {"summarize": ["--out-tsv", tmp_path / "s.tsv", "--out-md", tmp_path / "s.md"],
+            "plot": ["--out", tmp_path / "f.png"],
+            "compare-paper": ["--dataset", "cifar10", "--parameters", params,
+                              "--out-tsv", tmp_path / "s.tsv", "--out-md", tmp_path / "s.md"]}
+    code, _, err = run_cli(command, "--run", "lora", "0.25", standard,
+                           "--run", "prompt", "0.25", shard, *outs[command], "--mixed")
+    assert code != 0 and err.count("\n") == 1, err
+    assert "certified different images: 2 vs 4 images, image 0 only in" in err
+    assert not (tmp_path / "s.tsv").exists() and not (tmp_path / "f.png").exists()

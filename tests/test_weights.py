@@ -306,3 +306,24 @@ def test_a_released_diffusion_checkpoint_is_fetched_from_its_authors_url(tmp_pat
     assert record["sha256"] == file_digest(record["file"])
     unet = load_release(record["file"], name)[0]
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())
+
+
+def test_only_weight_keys_are_hashed_never_a_name_that_happens_to_be_a_path(tmp_path,
+                                                                           monkeypatch):
+    """Run from a folder holding base/ and prompt.txt: a classifier named 'base' or a
+    template that names a file were recorded as external weights, the folder hashed."""
+    from pefts.methods import METHODS
+    from pefts.verified import WEIGHT_KEYS, weight_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "big.bin").write_bytes(b"x")
+    (tmp_path / "prompt.txt").write_text("a photo of a {}")
+    (tmp_path / "unet.pt").write_bytes(b"weights")
+    hparams = {"classifier": "base", "encoder": "base", "clip_arch": "base",
+               "prompt_template": "prompt.txt", "weights": "unet.pt"}
+    assert weight_paths(hparams) == {"weights": "unet.pt"}
+    assert external_provenance(hparams) == {"weights": file_digest(tmp_path / "unet.pt")}
+    # every key of WEIGHT_KEYS is a method's hyper-parameter (a renamed one would be missed)
+    declared = {name for cls in METHODS.values() for name in cls.specs}
+    assert set(WEIGHT_KEYS) <= declared

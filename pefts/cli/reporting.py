@@ -28,12 +28,15 @@ def read_runs(runs, mixed: bool = False) -> tuple[list, list[dict]]:
     """The runs' rows and how each was certified; runs certified differently are refused
     unless ``mixed``."""
     from pefts.provenance import check_comparable
-    from pefts.results import read_tsv
+    from pefts.results import check_same_images, read_tsv
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA TSV")
     frames = [(method, sigma, read_tsv(path)) for method, sigma, path in runs]
-    return frames, check_comparable(runs, mixed)
+    certs = check_comparable(runs, mixed)
+    # --mixed allows other certification settings, never other images
+    check_same_images([(path, frame) for (_, _, path), (_, _, frame) in zip(runs, frames, strict=True)])
+    return frames, certs
 
 
 def mixed_option(func):
@@ -229,13 +232,14 @@ def compare_paper(dataset, runs, params, out_tsv, out_md, mixed) -> None:
         table1_comparison,
         table2_comparison,
     )
+    from pefts.parameters import read_parameter_table
     from pefts.provenance import describe_certification
 
     refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [params, *[p for _, _, p in runs]])
     frames, certs = read_runs(runs, mixed)
     table1 = table1_comparison(dataset, frames)
     figure7 = figure7_comparison(dataset, frames)
-    table2 = table2_comparison(read_summary(params, "pefts parameters"))
+    table2 = table2_comparison(read_parameter_table(params))
     same = all(c == certs[0] for c in certs)
     note = ("ours certified: " + describe_certification(certs[0]) if same
             else "ours certified with different settings (mixed)")

@@ -28,6 +28,11 @@ from pefts.progress import progress
 from pefts.streams import keyed_seed, noise_like
 from pefts.training import TrainConfig, autocast_for, resumable_batches, total_steps
 
+# what a black-box stage resumes from (checkpoints.Checkpoint.begin_stage checks each)
+SPSA_PARTS = {"theta": torch.Tensor, "velocity": torch.Tensor, "k": object, "batchnorm": dict,
+              "seen": object, "correct": object, "loss_sum": object, "queries": object,
+              "query_calls": object}
+
 
 def assign(params: list[nn.Parameter], theta: torch.Tensor) -> None:
     """Write the flat vector ``theta`` into ``params`` in place."""
@@ -156,7 +161,7 @@ class BlackBoxPrompt(Method):
         total = self.training_steps(data, cfg)
         autocast = autocast_for(cfg, device)
         checkpoint = checkpoints.active()
-        _, saved = checkpoint.begin_stage() if checkpoint else (None, None)
+        _, saved = checkpoint.begin_stage(SPSA_PARTS) if checkpoint else (None, None)
         seen, correct, loss_sum, queries, calls = 0, 0.0, 0.0, 0, 0
         if saved is not None:  # SPSA's whole state, the statistics and the query counts
             # the checkpoint loads on the CPU; SPSA draws its perturbations where theta lives

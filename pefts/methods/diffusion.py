@@ -68,6 +68,10 @@ def unet_folder(weights: str | Path) -> tuple[Path, Path]:
     a saved pipeline has unet/ and scheduler/ subfolders, a bare model has both files at
     its top (the layout of google/ddpm-cifar10-32 on the hub)."""
     root = Path(weights)
+    if root.is_file():
+        raise PeftsError(f"diffusion weights {root} is a file, not a diffusers folder "
+                         f"({WEIGHTS_KEY}); a released checkpoint file needs its release "
+                         f"(method_params.diffusion.hparams.release: {', '.join(RELEASE_NAMES)})")
     if not root.is_dir():
         raise PeftsError(f"diffusion weights folder {root} does not exist ({WEIGHTS_KEY})")
     unet = root / "unet" if (root / "unet" / "config.json").is_file() else root

@@ -7,6 +7,7 @@ import sys
 from pefts.config import validated
 from pefts.errors import PeftsError
 from pefts.experiments import Study, external_weights
+from pefts.paper_values import compared_methods
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 try:
