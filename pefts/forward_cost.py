@@ -7,6 +7,8 @@ decoder and the queried CLIP. Only ViT-B/16 + LoRA is measured on a GPU (an NVID
 bf16: 7,358 samples/s, docs/cost.md); every other method's rate is that figure scaled by
 its FLOPs relative to LoRA's, the FLOPs counted by torch's FlopCounterMode on the meta
 device (no weights, no memory), so a method that does more work per sample is priced so.
+The other measured paths (fp32; merged LoRA, a plain ViT; merged and compiled) scale
+the same way from their own figure (pefts.plan.PATH_RATES).
 FLOPs do not see memory-bound layers, so the scaled rates are estimates.
 """
 
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 MEASURED_METHOD = "lora"  # the method the H200 rates were measured with
+# GFLOP of the measured network (ViT-B/16 + LoRA rank 2 at 224x224), as
+# pefts.plan.reference_gflop() counts it (tests/test_plan.py): every rate scales by it
+REFERENCE_GFLOP = 35.155
 # the images' native side, where the noise is added (a config's dataset.crop overrides)
 NATIVE_SIZE = {"cifar10": 32, "imagenet": 224, "digits": 8}
 
