@@ -1,10 +1,12 @@
-"""`pefts plan`: what a config costs before a cluster spends it.
+"""`pefts plan`: what a config costs before a cluster spends it, and how it is cut.
 
-Jobs per rule come from Snakemake's own dry run of the config. Certification dominates:
-fixed n costs exactly images x (n0 + n) forward passes per (run, sigma); adaptive
-certification is estimated by replaying hit rates through the certifier's own stopping
-rule (``AdaptivePlan.look``), or taken from a stated passes-per-image figure. GPU-hours
-follow at a given samples/s.
+Jobs per rule come from Snakemake's own dry run of the config. Certification: fixed n
+costs exactly images x (n0 + n) forward passes per (run, sigma); adaptive certification
+is estimated by replaying hit rates through the certifier's own stopping rule
+(``AdaptivePlan.look``), from a replay, a stated passes-per-image figure or the default
+model (pefts.hit_rate_model). Training: epochs x images x a step's FLOPs. GPU-hours
+follow at the measured rate of each job's path (PATH_RATES), scaled by its FLOPs; every
+GPU job adds its start-up. The same estimate sizes shards (``certify.shards: auto``).
 """
 
 from __future__ import annotations

@@ -185,3 +185,23 @@ def test_stated_samples_per_image_size_the_shards():
     stated = certify_seconds(config, "diffusion", spec.hparams, 1.0, 500)
     assert stated > 10 * modelled
     assert SHARD_MINUTES == 45
+
+
+def test_the_readme_cost_table_is_the_plans():
+    """Every figure of the README's cost table is in docs/cost.md, which the plan writes."""
+    readme = (ROOT / "README.md").read_text()
+    cost = (ROOT / "docs/cost.md").read_text()
+    sections = {"CIFAR-10": cost.split("## `configs/cifar10-vitb16.yaml`")[1].split("## `")[0],
+                "ImageNet": cost.split("## `configs/imagenet-vitb16.yaml`")[1]}
+    rows = [line for line in readme.splitlines() if line.startswith(("| CIFAR-10,", "| ImageNet,"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        section = sections[cells[0].split(",")[0]]
+        headline = section.split("\n\n")[1]
+        training, certify, startup, whole, cohen = (c.replace(",", "") for c in cells[1:])
+        assert headline.startswith(f"Whole study: {whole} H200-hours ({training} training, "
+                                   f"{certify} certification, {startup} start-up"), (row, headline)
+        cohen_row = next(line for line in section.splitlines()
+                         if line.startswith("| fixed n = 100,000 (Cohen, fp32)"))
+        assert cohen_row.split("|")[6].strip() == cohen
