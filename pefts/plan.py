@@ -89,17 +89,23 @@ def rule_counts(output: str) -> dict[str, int]:
     return {rule: count for rule, count in job_stats(output).items() if rule != "total"}
 
 
+def dag_wildcards(output: str, rule: str) -> list[dict[str, str]]:
+    """The wildcards of every job of ``rule`` a dry run lists (one dict per job)."""
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        if block.startswith(f"rule {rule}:"):
+            found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
+            jobs.append(dict(w.split("=", 1) for w in found[1].split(", ")) if found else {})
+    return jobs
+
+
 def dag_pairs(output: str) -> dict[tuple[str, str], int]:
     """(run, sigma) -> certification shards, from the certify_shard jobs a dry run lists:
     what the DAG will run, whatever grid arithmetic would say."""
     pairs: dict[tuple[str, str], int] = {}
-    for block in re.split(r"\n(?=rule \w+:)", output):
-        if not block.startswith("rule certify_shard:"):
-            continue
-        found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
-        if found is None:
+    for wildcards in dag_wildcards(output, "certify_shard"):
+        if not wildcards:
             raise PeftsError("snakemake's dry run lists a certify_shard job without wildcards")
-        wildcards = dict(w.split("=", 1) for w in found[1].split(", "))
         key = (wildcards["runname"], wildcards["sigma"])
         pairs[key] = pairs.get(key, 0) + 1
     return pairs
@@ -465,16 +471,6 @@ FULL_STEP = 3.0
 PEFT_STEP = 2.0
 PEFT_METHODS = ("lora", "prompt", "adapter")
 UNTRAINED = ("none", "diffusion")
-
-
-def dag_wildcards(output: str, rule: str) -> list[dict[str, str]]:
-    """The wildcards of every job of ``rule`` a dry run lists (one dict per job)."""
-    jobs = []
-    for block in re.split(r"\n(?=rule \w+:)", output):
-        if block.startswith(f"rule {rule}:"):
-            found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
-            jobs.append(dict(w.split("=", 1) for w in found[1].split(", ")) if found else {})
-    return jobs
 
 
 @dataclass
