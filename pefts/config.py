@@ -107,6 +107,14 @@ def typed_problem(value: Any, node: dict[str, Any], where: str = "",
                 return found
     elif isinstance(value, float) and number_problem(value):
         return None  # check_config's bad_number says why (nan, inf, underflow)
+    elif "oneOf" in node:
+        # e.g. certify.shards: an integer or "auto"; 2.0 passes JSON Schema's integer branch
+        branches = node["oneOf"]
+        if any(value == b["const"] if "const" in b else
+               typed_problem(value, b, where, schema) is None for b in branches):
+            return None
+        words = [repr(b["const"]) if "const" in b else param_of(b).describe() for b in branches]
+        return f"{where} must be {' or '.join(words)}, got {value!r}"
     elif node.get("type") and not param_of(node).check(value):
         return f"{where} must be {param_of(node).describe()}, got {value!r}"
     return None

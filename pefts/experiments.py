@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pefts.certification.selection import selected_indices
+from pefts.errors import PeftsError
 from pefts.weights import (
     ExternalWeight,
     base_weight,
@@ -129,10 +131,45 @@ class Study:
             return len(selected_indices(total, cert["skip"], cert["max"]))
         return cert["max"] if cert["max"] > 0 else None
 
-    def shards(self, run: str) -> int:
-        """The configured shard count, capped at the certified images: no empty shard."""
+    def shards(self, run: str, sigma: str | float | None = None) -> int:
+        """The shard count of the (run, sigma), capped at the certified images: no empty
+        shard. ``certify.shards: auto`` sizes it by the planned work
+        (pefts.plan.auto_shards), so it needs the sigma and the number of images."""
         shards, images = self.certify_settings(run)["shards"], self.certified_images(run)
+        if shards == "auto":
+            if images is None:
+                raise PeftsError(f"certify.shards: auto cannot size run {run!r}: how many images "
+                                 "it certifies is unknown (set certify.max, or a number of shards)")
+            if sigma is None:
+                raise TypeError("shards: auto needs the sigma of the run")
+            from pefts.plan import auto_shards
+
+            spec = self.runs[run]
+            return auto_shards(self.config, spec.method, spec.hparams, float(sigma), images)
         return max(1, min(shards, images)) if images is not None else shards
+
+    def check_shard_layouts(self) -> None:
+        """A shard layout on disk is part of the run: refuse, in one line naming the fix,
+        a shard count that differs from the one of the shards a (run, sigma) already
+        has (changing it would certify every image again under another layout)."""
+        from pefts.certification.shard_io import shard_layouts
+
+        root = Path(self.path("certify"))
+        for folder in sorted(root.glob("*/sigma*/shards")) + sorted(root.glob("*/sigma*/sound/shards")):
+            sigma_dir = folder.parent if folder.parent.name.startswith("sigma") else folder.parent.parent
+            run, sigma = sigma_dir.parent.name, sigma_dir.name[len("sigma"):]
+            if run not in self.runs or not self.folders.get(run, run) == run:
+                continue
+            found = shard_layouts(folder)
+            if not found:
+                continue
+            wanted = self.shards(run, sigma)
+            if found != {wanted}:
+                have = max(found - {wanted})
+                setting = ("experiments.twobirds.certify.shards" if self.runs[run].setup != "main"
+                           else "certify.shards")
+                raise PeftsError(f"{folder.parent} has {have} shards on disk, the config now asks "
+                                 f"for {wanted}: set {setting}: {have} or remove that folder")
 
     # --- runs and grids ------------------------------------------------------------------
 

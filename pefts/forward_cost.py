@@ -3,11 +3,12 @@
 The certifier runs the whole certified function once per noise sample: the base ViT with
 the method's changes (a prompt adds its tokens to every layer), a denoiser's own network
 in front of the classifier, the diffusion UNet in front of it, or the black box's encoder,
-decoder and the queried CLIP. Only ViT-B/16 + LoRA is measured on a GPU (an NVIDIA H200,
-bf16: 7,358 samples/s, docs/cost.md); every other method's rate is that figure scaled by
-its FLOPs relative to LoRA's, the FLOPs counted by torch's FlopCounterMode on the meta
-device (no weights, no memory), so a method that does more work per sample is priced so.
-FLOPs do not see memory-bound layers, so the scaled rates are estimates.
+decoder and the queried CLIP. Only ViT-B/16 (+ LoRA) is measured on a GPU (an NVIDIA
+H200, one figure per path: fp32, bf16 unmerged, merged, merged and compiled;
+pefts.plan.PATH_RATES, docs/cost.md); every other method's rate is its path's figure
+scaled by its FLOPs relative to LoRA's, the FLOPs counted by torch's FlopCounterMode on
+the meta device (no weights, no memory), so a method that does more work per sample is
+priced so. FLOPs do not see memory-bound layers, so the scaled rates are estimates.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 MEASURED_METHOD = "lora"  # the method the H200 rates were measured with
+# GFLOP of the measured network (ViT-B/16 + LoRA rank 2 at 224x224), as
+# pefts.plan.reference_gflop() counts it (tests/test_plan.py): every rate scales by it
+REFERENCE_GFLOP = 35.155
 # the images' native side, where the noise is added (a config's dataset.crop overrides)
 NATIVE_SIZE = {"cifar10": 32, "imagenet": 224, "digits": 8}
 

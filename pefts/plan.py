@@ -1,14 +1,17 @@
-"""`pefts plan`: what a config costs before a cluster spends it.
+"""`pefts plan`: what a config costs before a cluster spends it, and how it is cut.
 
-Jobs per rule come from Snakemake's own dry run of the config. Certification dominates:
-fixed n costs exactly images x (n0 + n) forward passes per (run, sigma); adaptive
-certification is estimated by replaying hit rates through the certifier's own stopping
-rule (``AdaptivePlan.look``), or taken from a stated passes-per-image figure. GPU-hours
-follow at a given samples/s.
+Jobs per rule come from Snakemake's own dry run of the config. Certification: fixed n
+costs exactly images x (n0 + n) forward passes per (run, sigma); adaptive certification
+is estimated by replaying hit rates through the certifier's own stopping rule
+(``AdaptivePlan.look``), from a replay, a stated passes-per-image figure or the default
+model (pefts.hit_rate_model). Training: epochs x images x a step's FLOPs. GPU-hours
+follow at the measured rate of each job's path (PATH_RATES), scaled by its FLOPs; every
+GPU job adds its start-up. The same estimate sizes shards (``certify.shards: auto``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -29,15 +32,36 @@ from pefts.experiments import NUM_CLASSES, TEST_IMAGES_PER_CLASS
 # figure is only a lower bound, so digits needs --test-images)
 TEST_IMAGES = {name: TEST_IMAGES_PER_CLASS[name] * NUM_CLASSES[name] for name in ("cifar10", "imagenet")}
 
-# samples/s of the certifier's network pass, per precision (docs/cost.md). Measured on an
-# NVIDIA H200 for ViT-B/16 + LoRA at 224x224, batch 1000, bf16 autocast (raw forward;
-# the certifier runs at 0.99 of it, the adaptive pool at 0.97). fp32 is NOT measured:
-# assumed from ViT-B/16's 35.2 GFLOP per forward at half of the H200's 67 TFLOP/s FP32.
-# Other methods: scaled by their FLOPs per forward (pefts.forward_cost).
-RATES = {"bf16": 7358.0, "fp16": 7358.0, "fp32": 950.0}
-RATE_SOURCE = {"bf16": "measured, H200, ViT-B/16 + LoRA, bf16",
-               "fp16": "assumed equal to bf16",
-               "fp32": "assumed: 67 TFLOP/s x 50% / 35.2 GFLOP (not measured)"}
+# samples/s of ViT-B/16 at 224x224 on an NVIDIA H200 (torch 2.11, random weights), per
+# path the certifier can take; every method is scaled from its path's figure by its FLOPs
+# per forward (pefts.forward_cost). All four are measured (docs/cost.md).
+PATH_RATES = {
+    "fp32": (1187.0, "measured, H200: ViT-B/16 + LoRA, fp32, TF32 off (Cohen's protocol)"),
+    "bf16": (7358.0, "measured, H200: ViT-B/16 + LoRA unmerged, bf16"),
+    "bf16 plain": (9292.0, "measured, H200: plain ViT-B/16 (what merged LoRA runs), bf16"),
+    "bf16 compiled": (10695.0, "measured, H200: LoRA merged + torch.compile, bf16"),
+}
+# the unmerged LoRA rate per precision (what --rate and --rate-fixed replace)
+RATES = {"bf16": PATH_RATES["bf16"][0], "fp16": PATH_RATES["bf16"][0], "fp32": PATH_RATES["fp32"][0]}
+# methods whose network carries side branches inside the ViT (unmerged LoRA, adapters):
+# their bf16 rate is the unmerged LoRA one; any other network is a plain ViT-B/16 plus
+# networks of its own in front (denoisers, UNet) or around it (black box), or more tokens
+SIDE_BRANCHES = ("lora", "adapter")
+
+
+def path_rate(precision: str, merged: bool, compiled: bool, method: str) -> tuple[float, str]:
+    """samples/s of ViT-B/16 on the path a method's certification takes, and its source."""
+    if precision == "fp32":
+        return PATH_RATES["fp32"]
+    label = "" if precision == "bf16" else f" (assumed equal for {precision})"
+    if compiled:
+        key = "bf16 compiled"
+    elif method in SIDE_BRANCHES and not (method == "lora" and merged):
+        key = "bf16"
+    else:
+        key = "bf16 plain"
+    rate, source = PATH_RATES[key]
+    return rate, source + label
 
 
 def dry_run(configfiles: tuple[str, ...], target: str) -> str:
@@ -65,17 +89,23 @@ def rule_counts(output: str) -> dict[str, int]:
     return {rule: count for rule, count in job_stats(output).items() if rule != "total"}
 
 
+def dag_wildcards(output: str, rule: str) -> list[dict[str, str]]:
+    """The wildcards of every job of ``rule`` a dry run lists (one dict per job)."""
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        if block.startswith(f"rule {rule}:"):
+            found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
+            jobs.append(dict(w.split("=", 1) for w in found[1].split(", ")) if found else {})
+    return jobs
+
+
 def dag_pairs(output: str) -> dict[tuple[str, str], int]:
     """(run, sigma) -> certification shards, from the certify_shard jobs a dry run lists:
     what the DAG will run, whatever grid arithmetic would say."""
     pairs: dict[tuple[str, str], int] = {}
-    for block in re.split(r"\n(?=rule \w+:)", output):
-        if not block.startswith("rule certify_shard:"):
-            continue
-        found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
-        if found is None:
+    for wildcards in dag_wildcards(output, "certify_shard"):
+        if not wildcards:
             raise PeftsError("snakemake's dry run lists a certify_shard job without wildcards")
-        wildcards = dict(w.split("=", 1) for w in found[1].split(", "))
         key = (wildcards["runname"], wildcards["sigma"])
         pairs[key] = pairs.get(key, 0) + 1
     return pairs
@@ -152,6 +182,14 @@ STARTUP_S = 60.0
 GPU_RULES = ("train_base", "train_base_source", "adapt_base", "finetune", "certify_shard",
              "certify_sound_shard")
 
+# jobs of about this many minutes when certify.shards is auto (docs/cost.md: at the
+# assumed 60 s start-up a full shard spends 2% of its time starting, and it fits the
+# shortest common cluster time limit, an hour, with a third to spare for a slower GPU)
+SHARD_MINUTES = 45.0
+# replays of the default model's quantiles: enough draws that the estimate does not move
+# with the seed (one image run to n_max = 100,000 is 200 samples on a 500-image mean)
+MODEL_REPEATS = 20
+
 
 def sigma_hit_rates(sigmas: list[float], replays: list[tuple[str, float]],
                     replay_n: int | None) -> dict[float, tuple[np.ndarray, str]]:
@@ -181,31 +219,92 @@ def sigma_hit_rates(sigmas: list[float], replays: list[tuple[str, float]],
     return chosen
 
 
-def adaptive_per_sigma(config: dict[str, Any], replays: list[tuple[str, float]],
-                       replay_n: int | None, passes_per_image: float | None,
-                       seed: int = 0) -> dict[float, tuple[float, str]] | None:
-    """Estimation samples per image of adaptive certification at each sigma, and how;
-    None when there is nothing to estimate it from."""
+def _stopping_plan(cert: dict[str, Any], sigma: float):
     from pefts.certification.adaptive import AdaptivePlan
 
+    # the certifier stops on certify.grid (a setting of its own), not the summary radii
+    return AdaptivePlan(sigma, cert["alpha"], cert["n"], tuple(cert["grid"]), cert.get("rtol"))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_samples(dataset: str, sigma: float, alpha: float, n: int, grid: tuple[float, ...],
+                   rtol: float | None) -> tuple[float, str]:
+    from pefts.hit_rate_model import model_hit_rates
+
+    p, how = model_hit_rates(dataset, sigma)
+    plan = _stopping_plan({"alpha": alpha, "n": n, "grid": grid, "rtol": rtol}, sigma)
+    return float(replay_samples(np.tile(p, MODEL_REPEATS), plan).mean()), how
+
+
+def model_samples(config: dict[str, Any], sigma: float) -> tuple[float, str]:
+    """Adaptive estimation samples per image at ``sigma`` without a replay: the config's
+    stated ``certify.samples_per_image``, or the default model (pefts.hit_rate_model)
+    through the certifier's own stopping rule."""
+    cert = config["certify"]
+    if cert.get("samples_per_image"):
+        return float(cert["samples_per_image"]), "stated figure (certify.samples_per_image)"
+    return _model_samples(config["dataset"]["name"], float(sigma), float(cert["alpha"]),
+                          int(cert["n"]), tuple(map(float, cert["grid"])), cert.get("rtol"))
+
+
+def adaptive_per_sigma(config: dict[str, Any], replays: list[tuple[str, float]],
+                       replay_n: int | None, passes_per_image: float | None,
+                       seed: int = 0) -> dict[float, tuple[float, str]]:
+    """Estimation samples per image of adaptive certification at each sigma, and how: a
+    stated figure, a replay, else the config's own estimate (``model_samples``)."""
     sigmas = sorted({float(s) for s in _all_sigmas(config)})
     if passes_per_image is not None:
         return {s: (passes_per_image, "stated figure (--passes-per-image)") for s in sigmas}
     if not replays:
-        return None
+        return {s: model_samples(config, s) for s in sigmas}
     cert = config["certify"]
-    result = {}
-    for sigma, (p, how) in sigma_hit_rates(sigmas, replays, replay_n).items():
-        # the certifier stops on certify.grid (a setting of its own), not the summary radii
-        plan = AdaptivePlan(sigma, cert["alpha"], cert["n"], tuple(cert["grid"]), cert.get("rtol"))
-        result[sigma] = (float(replay_samples(p, plan, seed).mean()), how)
-    return result
+    return {sigma: (float(replay_samples(p, _stopping_plan(cert, sigma), seed).mean()), how)
+            for sigma, (p, how) in sigma_hit_rates(sigmas, replays, replay_n).items()}
 
 
 def _all_sigmas(config: dict[str, Any]) -> list[float]:
     exp = config["experiments"]
     return [*config["sigmas"], exp["ablation"]["sigma"], *exp["noise_learning"]["sigmas"],
             *exp["twobirds"]["sigmas"]]
+
+
+# --- shards sized by their work (certify.shards: auto) -----------------------------------
+
+def shard_count(images: int, seconds: float, shard_minutes: float) -> int:
+    """The fewest interleaved shards of ``images`` images, ``seconds`` of work in all,
+    whose largest shard plans at most ``shard_minutes``; at least 1, at most one per
+    image (an image is not split)."""
+    if images < 1:
+        raise ValueError(f"images must be at least 1, got {images}")
+    if not (np.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds}")
+    if not shard_minutes > 0:
+        raise ValueError(f"shard_minutes must be > 0, got {shard_minutes}")
+    per_image = seconds / images
+    fits = int(shard_minutes * 60 // per_image) if per_image > 0 else images
+    return min(images, -(-images // max(1, fits)))
+
+
+def certify_seconds(config: dict[str, Any], method: str, hparams: dict[str, Any], sigma: float,
+                    images: int) -> float:
+    """Planned seconds of certifying ``images`` images of one (run, sigma) as the config
+    runs it: samples per image (fixed: n0 + n; adaptive: n0 + ``model_samples``) at the
+    method's rate on the config's path."""
+    from pefts.forward_cost import REFERENCE_GFLOP, forward_cost
+
+    cert = config["certify"]
+    samples = cert["n0"] + (model_samples(config, sigma)[0] if cert["adaptive"] else cert["n"])
+    rate, _ = path_rate(cert["precision"], cert["merge_lora"], bool(cert.get("compile")), method)
+    gflop = forward_cost(config, method, hparams).gflop
+    return images * samples * gflop / (rate * REFERENCE_GFLOP)
+
+
+def auto_shards(config: dict[str, Any], method: str, hparams: dict[str, Any], sigma: float,
+                images: int) -> int:
+    """``certify.shards: auto``: as many shards as the (run, sigma)'s planned work needs
+    for jobs of about ``certify.shard_minutes``."""
+    minutes = float(config["certify"].get("shard_minutes") or SHARD_MINUTES)
+    return shard_count(images, certify_seconds(config, method, hparams, sigma, images), minutes)
 
 
 @dataclass
@@ -262,36 +361,55 @@ def reference_gflop() -> float:
 
 @dataclass
 class Protocol:
+    """A way to certify: samples per image by sigma, and the path its network takes."""
+
     name: str
     passes_per_image: dict[float, float]  # by sigma
-    rate: float  # samples/s of the measured forward pass (ViT-B/16 + LoRA)
-    rate_source: str
+    precision: str
+    merged: bool = False
+    compiled: bool = False
+    override: float | None = None  # --rate / --rate-fixed: ViT-B/16 + LoRA's samples/s
+    override_flag: str = "--rate"
+
+    def rate(self, method: str) -> tuple[float, str]:
+        """samples/s of ViT-B/16 on this path for ``method``, and the figure's source."""
+        if self.override:
+            return self.override, self.override_flag
+        return path_rate(self.precision, self.merged, self.compiled, method)
 
 
 def protocols(config: dict[str, Any], adaptive: dict[float, tuple[float, str]] | None,
               rate_fixed: float | None, rate_adaptive: float | None) -> list[Protocol]:
-    """Fixed n (Cohen: fp32) against the config's adaptive settings (when estimated)."""
+    """Fixed n (Cohen: fp32, unmerged) against the config's own path, fixed n and
+    adaptive (when estimated)."""
     cert = config["certify"]
-    precision = cert["precision"]
+    precision, merged, compiled = cert["precision"], cert["merge_lora"], bool(cert.get("compile"))
     fixed = {float(s): float(cert["n0"] + cert["n"]) for s in _all_sigmas(config)}
-    fast = rate_adaptive or RATES[precision]
-    fast_source = "--rate" if rate_adaptive else RATE_SOURCE[precision]
+    path = (f"{precision}" + (", merged LoRA" if merged else "")
+            + (", compiled" if compiled else ""))
     rows = [
-        Protocol(f"fixed n = {cert['n']:,} (Cohen, fp32)", fixed, rate_fixed or RATES["fp32"],
-                 "--rate-fixed" if rate_fixed else RATE_SOURCE["fp32"]),
-        Protocol(f"fixed n = {cert['n']:,}, {precision}", fixed, fast, fast_source),
+        Protocol(f"fixed n = {cert['n']:,} (Cohen, fp32)", fixed, "fp32", override=rate_fixed,
+                 override_flag="--rate-fixed"),
+        Protocol(f"fixed n = {cert['n']:,}, {path}", fixed, precision, merged, compiled, rate_adaptive),
     ]
     if adaptive is not None:
-        rows.append(Protocol(f"adaptive, n_max = {cert['n']:,}, {precision}",
-                             {s: cert["n0"] + a for s, (a, _) in adaptive.items()}, fast, fast_source))
+        rows.append(Protocol(f"adaptive, n_max = {cert['n']:,}, {path}",
+                             {s: cert["n0"] + a for s, (a, _) in adaptive.items()}, precision,
+                             merged, compiled, rate_adaptive))
     return rows
 
 
 def pair_hours(pair: Pair, protocol: Protocol, reference: float) -> float:
-    """GPU-hours of one (run, sigma): its forward passes at the measured rate, scaled by
-    its FLOPs per forward against the measured network's."""
-    rate = protocol.rate * reference / pair.gflop
+    """GPU-hours of one (run, sigma): its forward passes at its path's measured rate,
+    scaled by its FLOPs per forward against the measured network's."""
+    rate = protocol.rate(pair.method)[0] * reference / pair.gflop
     return pair.images * protocol.passes_per_image[pair.sigma] / rate / 3600
+
+
+def shard_minutes_planned(pair: Pair, protocol: Protocol, reference: float) -> float:
+    """Planned minutes of the pair's largest shard (shards interleave images)."""
+    largest = -(-pair.images // pair.shards)
+    return pair_hours(pair, protocol, reference) * 60 * largest / pair.images
 
 
 def cost_table(pairs: list[Pair], protocol_list: list[Protocol], reference: float,
@@ -302,13 +420,14 @@ def cost_table(pairs: list[Pair], protocol_list: list[Protocol], reference: floa
     for protocol in protocol_list:
         passes = sum(p.images * protocol.passes_per_image[p.sigma] for p in pairs)
         hours = sum(pair_hours(p, protocol, reference) for p in pairs)
+        rate, source = protocol.rate("lora")
         rows.append({"protocol": protocol.name, "(run, sigma)": len(pairs),
                      "images": sum(p.images for p in pairs), "forward passes": f"{passes:.3g}",
-                     "samples/s (ViT-B/16 + LoRA)": f"{protocol.rate:,.0f}",
+                     "samples/s (ViT-B/16 + LoRA)": f"{rate:,.0f}",
                      "certify GPU-h": f"{at_least}{hours:,.1f}",
                      "start-up GPU-h": f"{startup_hours:,.1f}",
                      "GPU-hours": f"{at_least}{hours + startup_hours:,.1f}",
-                     "rate": protocol.rate_source})
+                     "rate": source})
     return pd.DataFrame(rows)
 
 
@@ -321,26 +440,191 @@ def run_table(pairs: list[Pair], protocol: Protocol, reference: float) -> pd.Dat
         first = mine[0]
         lower = first.cost_source.startswith("lower bound")
         hours = sum(pair_hours(p, protocol, reference) for p in mine)
+        rate, source = protocol.rate(first.method)
+        longest = max(shard_minutes_planned(p, protocol, reference) for p in mine)
         rows.append({"run": run, "method": first.method,
                      "sigmas": ", ".join(f"{p.sigma:g}" for p in mine),
                      "images": sum(p.images for p in mine),
+                     "shards": ", ".join(str(p.shards) for p in mine),
+                     "longest shard (min)": f"{longest:.1f}",
                      "GFLOP/forward": f"{first.gflop:.3g}",
-                     "samples/s": f"{protocol.rate * reference / first.gflop:,.0f}",
+                     "samples/s": f"{rate * reference / first.gflop:,.0f}",
                      "GPU-h": f"{'>= ' if lower else ''}{hours:,.2f}",
-                     "cost per forward": _cost_source(first, reference)})
+                     "cost per forward": _cost_source(first, reference, rate, source)})
     return pd.DataFrame(rows)
 
 
-def _cost_source(pair: Pair, reference: float) -> str:
+def _cost_source(pair: Pair, reference: float, rate: float, source: str) -> str:
     from pefts.forward_cost import MEASURED_METHOD
 
     if pair.method == MEASURED_METHOD and pair.gflop == reference:
-        return "the measured network (H200)"
-    return f"{pair.cost_source}, x {reference / pair.gflop:.3f} the measured rate"
+        return f"{rate:,.0f}/s {source}"
+    return f"{pair.cost_source}, x {reference / pair.gflop:.3f} of {rate:,.0f}/s {source}"
 
+
+# --- training --------------------------------------------------------------------------
 
 # training images of the datasets whose size is known without the data
 TRAIN_IMAGES = {"cifar10": 50_000, "imagenet": 1_281_167}
+
+# A training step's cost per image, in forwards of the network it runs (docs/cost.md):
+# the forward, then the backward's input gradients (the same matmuls again) and, for
+# weights that train, their gradients (once more). Fine-tuning every weight pays all
+# three; PEFT backpropagates through the frozen base to reach the prompts, adapters or
+# LoRA of its first layers, so it pays the input gradients of every layer and the weight
+# gradients of almost none (its own few and the head's).
+FULL_STEP = 3.0
+PEFT_STEP = 2.0
+PEFT_METHODS = ("lora", "prompt", "adapter")
+UNTRAINED = ("none", "diffusion")
+
+
+@dataclass
+class TrainJob:
+    """One training job of the DAG: what it trains, on how many images, at what cost."""
+
+    job: str  # the rule
+    run: str
+    method: str
+    sigma: str
+    epochs: float
+    images: int  # per epoch, after the validation hold-out
+    gflop_per_image: float  # one training step's FLOPs per image, over its epochs' mean
+    precision: str
+    how: str
+    forwards: float = 0.0  # SPSA: ViT-B/16 forwards in all, priced at the forward rate
+
+    def hours(self, reference: float, rate: float | None = None) -> float:
+        speed = rate or path_rate(self.precision, False, False, self.method)[0]
+        if self.forwards:
+            return self.forwards / speed / 3600
+        return self.epochs * self.images * self.gflop_per_image / (speed * reference) / 3600
+
+
+def _train_images(config: dict[str, Any], classes: int | None) -> int | None:
+    name = config["dataset"]["name"]
+    if name not in TRAIN_IMAGES:
+        return None
+    return round(TRAIN_IMAGES[name] * (classes or NUM_CLASSES[name]) / NUM_CLASSES[name])
+
+
+def _step(config: dict[str, Any], method: str, hparams: dict[str, Any], train: Any
+          ) -> tuple[float, float, str]:
+    """(epochs, GFLOP per image and step averaged over them, how) of a method's training."""
+    from pefts.forward_cost import forward_cost
+    from pefts.methods import get_method
+
+    net = forward_cost(config, method, hparams).gflop
+    if method in PEFT_METHODS:
+        return train.epochs, PEFT_STEP * net, f"{PEFT_STEP:g} x forward (PEFT: input gradients only)"
+    if method in ("denoiser", "sunet"):
+        classifier = forward_cost(config, "none", {}).gflop
+        own = net - classifier
+        stab = get_method(method, **hparams).stability_epochs(train)
+        # MSE epochs: the denoiser alone; stability epochs: the frozen classifier's clean
+        # forward, then its forward and input gradients on the denoised image
+        total = train.epochs * FULL_STEP * own + stab * (FULL_STEP * own + 3 * classifier)
+        epochs = train.epochs + stab
+        return epochs, total / epochs, (f"{train.epochs:g} MSE epochs on the denoiser, {stab:g} "
+                                        "stability epochs through the frozen classifier")
+    return train.epochs, FULL_STEP * net, f"{FULL_STEP:g} x forward (every weight trains)"
+
+
+def training_jobs(config: dict[str, Any], output: str) -> list[TrainJob]:
+    """Every training job of the dry run, priced (the black box: its SPSA queries)."""
+    from pefts.experiments import Study
+    from pefts.training import TrainConfig
+
+    study = Study(config, local_weights=False)
+    exp = config["experiments"]["twobirds"]
+    target = len(exp["target_classes"])
+    base_recipes = {"train_base": (config["base"]["train"], None),
+                    "train_base_source": (exp.get("source_train") or config["base"]["train"],
+                                          len(exp["source_classes"])),
+                    "adapt_base": (exp["adapt_train"], target)}
+    jobs = []
+    for rule, (recipe, classes) in base_recipes.items():
+        for _ in dag_wildcards(output, rule):
+            train = TrainConfig.from_dict(recipe)
+            images = _train_images(config, classes)
+            if images is None:
+                continue
+            epochs, gflop, how = _step(config, "full", {}, train)
+            jobs.append(TrainJob(rule, "base", "full", "", epochs, _kept(images, train), gflop,
+                                 train.precision, how))
+    blackbox = {row["run"]: row for row in blackbox_training(config).to_dict("records")}
+    for wildcards in dag_wildcards(output, "finetune"):
+        run = study.runs[wildcards["runname"]]
+        images = _train_images(config, None if run.setup == "main" else target)
+        train = TrainConfig.from_dict(run.train)
+        if run.method in UNTRAINED or images is None:
+            # still a GPU job, which pays its start-up
+            jobs.append(TrainJob("finetune", wildcards["runname"], run.method, wildcards["sigma"],
+                                 0, 0, 0.0, train.precision,
+                                 "nothing trains" if images else "training set size unknown: "
+                                 "not priced"))
+            continue
+        if run.method == "blackbox":
+            row = blackbox.get(wildcards["runname"])
+            if row is not None:
+                jobs.append(TrainJob("finetune", wildcards["runname"], "blackbox", wildcards["sigma"],
+                                     0, 0, 0, train.precision, "SPSA: 2 x perturbations CLIP "
+                                     "queries and one encoder pass per image and step",
+                                     forwards=row["ViT-B/16 forwards"] / row["sigmas"]))
+            continue
+        epochs, gflop, how = _step(config, run.method, run.hparams, train)
+        jobs.append(TrainJob("finetune", wildcards["runname"], run.method, wildcards["sigma"],
+                             epochs, _kept(images, train), gflop, train.precision, how))
+    return jobs
+
+
+def _kept(images: int, train: Any) -> int:
+    return images - round(images * float(train.val_fraction))
+
+
+def training_table(jobs: list[TrainJob], reference: float, rate: float | None) -> pd.DataFrame:
+    """Per run: training jobs, epochs, images, GFLOP per image and step, GPU-hours."""
+    rows = []
+    for run in dict.fromkeys(j.run for j in jobs):
+        mine = [j for j in jobs if j.run == run]
+        first = mine[0]
+        speed, source = (rate, "--rate") if rate else path_rate(first.precision, False, False,
+                                                                first.method)
+        rows.append({"run": run, "method": first.method, "jobs": len(mine),
+                     "epochs": f"{first.epochs:g}" if not first.forwards else "SPSA",
+                     "images/epoch": f"{first.images:,}" if not first.forwards else "",
+                     "GFLOP/image/step": f"{first.gflop_per_image:.3g}" if not first.forwards else "",
+                     "GPU-h": f"{sum(j.hours(reference, rate) for j in mine):,.2f}",
+                     "model": first.how,
+                     "rate": f"{speed:,.0f}/s {source} ({first.precision})"
+                     if first.forwards or first.gflop_per_image else ""})
+    return pd.DataFrame(rows)
+
+
+def study_table(pairs: list[Pair], protocol: Protocol, jobs: list[TrainJob], reference: float,
+                rate: float | None, startup_s: float, cpu_jobs: int) -> pd.DataFrame:
+    """The whole study per run in GPU-hours: training, certification, start-up, total."""
+    rows = []
+    runs = list(dict.fromkeys([*(j.run for j in jobs), *(p.run for p in pairs)]))
+    for run in runs:
+        trains = [j for j in jobs if j.run == run]
+        certs = [p for p in pairs if p.run == run]
+        train_h = sum(j.hours(reference, rate) for j in trains)
+        cert_h = sum(pair_hours(p, protocol, reference) for p in certs)
+        gpu_jobs = len(trains) + sum(p.shards for p in certs)
+        method = (trains or certs)[0].method if run != "base" else "base classifier"
+        rows.append({"run": run, "method": method, "training GPU-h": train_h,
+                     "certify GPU-h": cert_h, "GPU jobs": gpu_jobs,
+                     "start-up GPU-h": gpu_jobs * startup_s / 3600})
+    frame = pd.DataFrame(rows)
+    frame["GPU-h"] = frame["training GPU-h"] + frame["certify GPU-h"] + frame["start-up GPU-h"]
+    total = {"run": "**total**", "method": f"(+ {cpu_jobs} CPU jobs: data, merges, tables)",
+             **{c: frame[c].sum() for c in ("training GPU-h", "certify GPU-h", "GPU jobs",
+                                              "start-up GPU-h", "GPU-h")}}
+    frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    for column in ("training GPU-h", "certify GPU-h", "start-up GPU-h", "GPU-h"):
+        frame[column] = frame[column].map(lambda h: f"{h:,.2f}")
+    return frame
 
 
 def blackbox_training(config: dict[str, Any], rate: float | None = None) -> pd.DataFrame:
@@ -348,7 +632,7 @@ def blackbox_training(config: dict[str, Any], rate: float | None = None) -> pd.D
     black box 2 x perturbations times on the batch (BlackVIP: 10 CLIP ViT-B/16 forwards
     per image) and runs the coordinator's encoder once (its features are shared by the
     step's queries); the decoder's cost is negligible beside them. Both networks are
-    ViT-B/16s, so the certifier's ViT-B/16 rate at the training precision applies."""
+    ViT-B/16s, so the certifier's plain ViT-B/16 rate at the training precision applies."""
     from pefts.experiments import Study
     from pefts.methods import get_method
 
@@ -371,9 +655,8 @@ def blackbox_training(config: dict[str, Any], rate: float | None = None) -> pd.D
         precision = train.get("precision", "fp32")
         sigmas = len(config["sigmas"])
         forwards = sigmas * steps * batch * (2 * int(h["perturbations"]) + 1)
-        speed = rate or RATES[precision]
+        speed, source = (rate, "--rate") if rate else path_rate(precision, False, False, "blackbox")
         rows.append({"run": name, "sigmas": sigmas, "SPSA steps": steps, "batch": batch,
                      "ViT-B/16 forwards": forwards, "samples/s": speed,
-                     "GPU-hours": round(forwards / speed / 3600, 2),
-                     "rate": "--rate" if rate else RATE_SOURCE[precision]})
+                     "GPU-hours": round(forwards / speed / 3600, 2), "rate": source})
     return pd.DataFrame(rows)

@@ -131,8 +131,32 @@ def merge_shards(paths: Sequence[str | Path], expected: Sequence[int] | None = N
         if extra:
             raise PeftsError(f"image {extra[0]} is not among the selected images "
                              f"({len(extra)} unexpected in all)")
+    # after the images, which name what is wrong more exactly: a layout's missing shard
+    # is what a merge without --data would not see
+    check_shard_set([part.get("shard") for part in shards], paths)
     merged = merged.drop(columns="_source").sort_values("idx").reset_index(drop=True)
     return merged, settings, shards
+
+
+def check_shard_set(labels: Sequence[str | None], paths: Sequence[str | Path]) -> None:
+    """The shards of one layout, each once: K/N for every K < N of one N (shards written
+    before the label was recorded are let through)."""
+    from pefts.certification.selection import parse_shard
+
+    if any(label is None for label in labels):
+        return
+    parsed = [parse_shard(str(label)) for label in labels]
+    counts = sorted({n for _, n in parsed})
+    if len(counts) > 1:
+        first = next(p for p, (_, n) in zip(paths, parsed, strict=True) if n == counts[-1])
+        raise PeftsError(f"the shards mix layouts of {' and '.join(map(str, counts))} shards "
+                         f"({first} is one of {counts[-1]}): merge the shards of one layout")
+    missing = sorted(set(range(counts[0])) - {k for k, _ in parsed})
+    if missing:
+        raise PeftsError(f"shard {missing[0]}/{counts[0]} is missing ({len(missing)} of "
+                         f"{counts[0]} missing): merge every shard of the layout")
+    if len(parsed) != counts[0]:
+        raise PeftsError(f"a shard of {counts[0]} is given twice: merge each shard once")
 
 
 def write_tsv(frame: pd.DataFrame, path: str | Path, settings: dict[str, Any] | None = None,

@@ -131,7 +131,7 @@ BAD_VALUES = [
     ("dataset: {crop: '8'}", "dataset.crop must be a finite int >= 1 (or null), got '8'"),
     ("certify: {n: [1000]}", "certify.n must be a finite int >= 1, got [1000]"),
     # JSON Schema counts 2.0 as an integer; the shard count was a traceback
-    ("certify: {shards: 2.0}", "certify.shards must be a finite int >= 1, got 2.0"),
+    ("certify: {shards: 2.0}", "certify.shards must be a finite int >= 1 or 'auto', got 2.0"),
     ("sigmas: null", "sigmas must be a non-empty list, each item a finite float > 0, got None"),
     ("methods: [none, adaptor]", "unknown method 'adaptor' in methods (did you mean 'adapter'?)"),
     ("certify: {alpha: 1.0e-320}", "config value certify.alpha must be a finite number, got "
@@ -298,7 +298,7 @@ def test_the_dry_run_refuses_exactly_what_the_jobs_option_refuses():
 
 @pytest.mark.parametrize("path, value, needle", [
     (("certify", "n"), 2000.0, "certify.n must be a finite int >= 1, got 2000.0"),
-    (("certify", "shards"), 2.0, "certify.shards must be a finite int >= 1, got 2.0"),
+    (("certify", "shards"), 2.0, "certify.shards must be a finite int >= 1 or 'auto', got 2.0"),
     (("certify", "seed"), -1, "certify.seed must be a finite int in [0, "),
     (("summary", "radii"), [], "summary.radii must be a non-empty list"),
     (("methods",), ["lora", "none", "lora"], "methods repeats 'lora'"),

@@ -9,10 +9,10 @@ from scipy.stats import norm
 
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.errors import PeftsError
-from pefts.experiments import load_config
+from pefts.experiments import Study, load_config
 from pefts.forward_cost import RECORDED, count_forward, forward_key, record
 from pefts.plan import (
-    RATES,
+    PATH_RATES,
     cost_table,
     dag_cost_pairs,
     dag_pairs,
@@ -46,12 +46,16 @@ def test_fixed_n_passes_are_exact_and_hours_follow_each_methods_cost(cifar_all):
     reference = reference_gflop()
     cohen, fixed_bf16, adaptive = protocols(config, {s: (1000.0, "") for s in (0.25, 0.5, 0.75, 1.0)},
                                             None, None)
-    assert cohen.rate == RATES["fp32"] and fixed_bf16.rate == RATES["bf16"]
+    # each on its own path: Cohen's fp32, and the preset's merged LoRA (a plain ViT-B/16)
+    assert cohen.rate("lora")[0] == 1187 and "measured" in cohen.rate("lora")[1]
+    assert fixed_bf16.rate("lora") == PATH_RATES["bf16 plain"]
+    assert fixed_bf16.rate("adapter") == PATH_RATES["bf16"]  # side branches stay unmerged
     by = {(p.run, p.sigma): p for p in pairs}
     lora, prompt, blackbox = by["lora", 0.5], by["prompt", 0.5], by["blackbox", 0.5]
     # the measured network at the measured rate, exactly
-    assert pair_hours(lora, fixed_bf16, reference) == pytest.approx(500 * 100_100 / 7358 / 3600)
-    assert pair_hours(lora, adaptive, reference) == pytest.approx(500 * 1100 / 7358 / 3600)
+    assert pair_hours(lora, fixed_bf16, reference) == pytest.approx(500 * 100_100 / 9292 / 3600)
+    assert pair_hours(lora, adaptive, reference) == pytest.approx(500 * 1100 / 9292 / 3600)
+    assert pair_hours(lora, cohen, reference) == pytest.approx(500 * 100_100 / 1187 / 3600)
     # 100 prompt tokens in every layer: 297 tokens instead of 197, about 1.5x the FLOPs
     assert prompt.gflop / lora.gflop == pytest.approx(1.53, abs=0.02)
     # the black box runs an MAE ViT-B/16 encoder and CLIP's ViT-B/16: about twice the work
@@ -88,7 +92,9 @@ def test_experiments_count_the_pairs_the_dag_has(run_cli):
     # every (run, sigma) the DAG certifies is merged once, whatever its shard count
     assert len(pairs) == jobs["merge_shards"] == jobs["finetune"] == 59
     assert sum(pairs.values()) == jobs["certify_shard"]
-    assert pairs["oneround_lora", "0.25"] == 10 and pairs["lora", "0.25"] == 20
+    # shards sized by their work (certify.shards: auto), as Study.shards says
+    study = Study(config)
+    assert all(count == study.shards(run, sigma) for (run, sigma), count in pairs.items())
     costed = dag_cost_pairs(config, pairs, None)
     assert {p.images for p in costed if p.run.startswith(("oneround", "tworound"))} == {250}
     # the command counts the same: 51 pairs by shard arithmetic, 59 in the DAG
@@ -159,11 +165,13 @@ def test_plan_command_writes_the_cost_table(run_cli, tmp_path):
     assert code == 0, err
     text = out.read_text()
     assert "certify_shard" in stdout and "GPU-hours" in text and "start-up" in text
-    assert "| adaptive, n_max = 100,000, bf16" in text
-    assert "the measured network (H200)" in text and "FLOPs counted by code" in text
+    assert "| adaptive, n_max = 100,000, bf16, merged LoRA" in text
+    assert "9,292/s measured, H200" in text and "FLOPs counted by code" in text
+    assert "Whole study:" in text and "| **total**" in text and "### Training" in text
     code, stdout, err = run_cli("plan", "--configfile", CIFAR, "--startup-s", "0")
-    assert code == 0 and "adaptive" not in stdout.split("protocol", 1)[1].split("run ", 1)[0]
-    assert "not estimated (give --replay" in stdout
+    # without a replay or a stated figure: the default model, named
+    assert code == 0 and "default model: Cohen et al.'s cifar10/resnet110 log" in stdout
+    assert "0.00 start-up" in stdout
     tsv = tmp_path / "r.tsv"
     tsv.write_text("idx\tradius\n0\t0.5\n")
     code, _, err = run_cli("plan", "--configfile", CIFAR, "--replay", str(tsv))
@@ -231,7 +239,9 @@ def test_blackbox_training_hours_count_blackvips_queries(preset, steps):
     sigmas = len(config["sigmas"])
     assert (row["run"], row["sigmas"], row["SPSA steps"], row["batch"]) == ("blackbox", sigmas, steps, 128)
     assert row["ViT-B/16 forwards"] == sigmas * steps * 128 * 11
-    assert row["GPU-hours"] == pytest.approx(row["ViT-B/16 forwards"] / RATES["bf16"] / 3600, abs=0.01)
+    # CLIP and the MAE encoder are plain ViT-B/16s: the plain network's measured rate
+    rate = PATH_RATES["bf16 plain"][0]
+    assert row["GPU-hours"] == pytest.approx(row["ViT-B/16 forwards"] / rate / 3600, abs=0.01)
     # without a step budget, the train epochs count: (1 - val_fraction) of the images
     config["method_params"]["blackbox"]["hparams"]["steps"] = 0
     [row] = blackbox_training(config).to_dict("records")

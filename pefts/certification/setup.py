@@ -13,6 +13,7 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     """Everything certify and predict share: validation first, then loading. ``sound``:
     the test images on the 8-bit grid (``pefts.certification.sound``)."""
     from pefts.certification.selection import parse_shard, selected_indices, shard_indices
+    from pefts.certification.shard_io import check_layout
     from pefts.data import load_split, read_manifest
     from pefts.devices import resolve_device
     from pefts.methods import load_model
@@ -22,6 +23,7 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     if out is not None:  # None: nothing is written (the benchmark)
         refuse_clashes({"--out": out}, [model, base, data])
         refuse_existing(out, force)
+        check_layout(out, n_shards)  # not even --force: a resume never mixes layouts
     manifest = read_manifest(data)
     dataset = load_split(manifest, "test", on_grid=sound)
     indices = shard_indices(selected_indices(len(dataset), skip, max_count), k, n_shards)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,29 @@ from pefts.progress import progress
 from pefts.provenance import write_sidecar
 
 SETTINGS_PREFIX = "# pefts "
+# a shard's files in a layout folder: K-of-N.tsv, its .partial (rows so far) and .json
+SHARD_FILE = re.compile(r"^(\d+)-of-(\d+)\.tsv(\.partial|\.json)?$")
+
+
+def shard_layouts(folder: str | Path) -> set[int]:
+    """The shard counts N of the K-of-N shard files (finished or partial) in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return set()
+    return {int(m[2]) for m in map(SHARD_FILE.match, (f.name for f in folder.iterdir())) if m}
+
+
+def check_layout(out: str | Path, shards: int) -> None:
+    """Refuse to write shard ``out`` of ``shards`` beside shards of another count: the
+    layout on disk is part of the run, and two layouts would certify images twice."""
+    out = Path(out)
+    if not SHARD_FILE.match(out.name):
+        return  # not a layout folder's shard (a single output named freely)
+    other = shard_layouts(out.parent) - {shards}
+    if other:
+        have = max(other)
+        raise PeftsError(f"{out.parent} has shards of a {have}-shard layout, this is one of "
+                         f"{shards}: certify with --shard K/{have}, or remove that folder")
 
 
 def partial_path(out: str | Path) -> Path:

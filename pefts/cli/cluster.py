@@ -53,12 +53,14 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
 @click.option("--replay-sigma", "replay_sigmas", multiple=True, type=POSITIVE,
               help="the sigma each --replay was certified at, in the same order")
 @click.option("--passes-per-image", default=None, type=POSITIVE,
-              help="adaptive estimation samples per image, as a stated figure")
+              help="adaptive estimation samples per image, as a stated figure (default: "
+                   "the replays, else certify.samples_per_image, else the default model)")
 @click.option("--rate", default=None, type=POSITIVE,
-              help="samples/s of ViT-B/16 + LoRA at the config's precision (default: the H200's); "
-                   "every method is scaled from it by its FLOPs")
+              help="samples/s of ViT-B/16 + LoRA on the config's path, also for training "
+                   "(default: the H200's measured figure for each path); every method is "
+                   "scaled from it by its FLOPs")
 @click.option("--rate-fixed", default=None, type=POSITIVE,
-              help="samples/s of Cohen's fp32 protocol (default: an assumed figure)")
+              help="samples/s of Cohen's fp32 protocol (default: the H200's, measured)")
 @click.option("--startup-s", default=None, type=NON_NEGATIVE,
               help="seconds each GPU job pays before its first sample (default: an assumed 60)")
 @click.option("--out-md", default=None, type=click.Path(dir_okay=False),
@@ -66,12 +68,14 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
 @click.option("--append", is_flag=True, help="append to --out-md instead of replacing it")
 def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, passes_per_image,
          rate, rate_fixed, startup_s, out_md, append) -> None:
-    """Jobs per rule, forward passes and GPU-hours of a config, before running it."""
+    """The whole study's GPU-hours before running it: every training job, certification
+    and each GPU job's start-up, per run and in total; jobs per rule from the DAG."""
     from pathlib import Path
 
     from pefts import plan as p
     from pefts.experiments import load_config
     from pefts.files import atomic_write_text
+    from pefts.forward_cost import REFERENCE_GFLOP
 
     config = load_config(configfiles)
     if len(replays) != len(replay_sigmas):
@@ -82,39 +86,54 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     pairs = p.dag_cost_pairs(config, p.dag_pairs(output), test_images)
     adaptive = p.adaptive_per_sigma(config, list(zip(replays, replay_sigmas, strict=True)),
                                     replay_n, passes_per_image)
-    reference = p.reference_gflop()
+    reference = REFERENCE_GFLOP
     protocols = p.protocols(config, adaptive, rate_fixed, rate)
+    # the config's own way: adaptive, or fixed n on its path
+    own = protocols[-1] if config["certify"]["adaptive"] else protocols[1]
     startup = p.STARTUP_S if startup_s is None else startup_s
     gpu_jobs = sum(jobs.get(rule, 0) for rule in p.GPU_RULES)
-    table = p.cost_table(pairs, protocols, reference, gpu_jobs * startup / 3600)
-    runs = p.run_table(pairs, protocols[-1], reference)
+    shards = sum(pair.shards for pair in pairs)
+    table = p.cost_table(pairs, protocols, reference, shards * startup / 3600)
+    runs = p.run_table(pairs, own, reference)
+    training = p.training_jobs(config, output)
+    train_table = p.training_table(training, reference, rate)
+    study = p.study_table(pairs, own, training, reference, rate, startup,
+                          sum(jobs.values()) - gpu_jobs)
     name = " + ".join(configfiles) or "config.yaml"
     used = sorted({pair.sigma for pair in pairs})
-    how = ("; ".join(f"sigma {s:g}: {adaptive[s][0]:,.0f} ({adaptive[s][1]})" for s in used)
-           if adaptive else "not estimated (give --replay TSV --replay-sigma S, or "
-                            "--passes-per-image)")
+    how = "; ".join(f"sigma {s:g}: {adaptive[s][0]:,.0f} ({adaptive[s][1]})" for s in used)
     startup_how = ("--startup-s" if startup_s is not None else "assumed, not measured")
+    totals = study.iloc[-1]
+    cert_h = float(totals["certify GPU-h"].replace(",", ""))
+    cert_start = shards * startup / 3600
+    longest = max((p.shard_minutes_planned(pair, own, reference) for pair in pairs), default=0.0)
+    headline = (f"Whole study: {totals['GPU-h']} H200-hours ({totals['training GPU-h']} training, "
+                f"{totals['certify GPU-h']} certification, {totals['start-up GPU-h']} start-up of "
+                f"{gpu_jobs:,} GPU jobs at {startup:g} s each, {startup_how}). Certification with "
+                f"its start-up: {cert_h + cert_start:,.2f} H200-hours in {shards:,} shards, "
+                f"start-up {100 * cert_start / max(cert_h + cert_start, 1e-12):.1f}% of it; "
+                f"longest shard {longest:.1f} min planned ({own.name}).")
     summary = (f"{len(pairs)} (run, sigma) certified (from the DAG), "
                f"{sum(pair.images for pair in pairs):,} images in all; {sum(jobs.values()):,} jobs, "
-               f"{gpu_jobs:,} of them GPU jobs at {startup:g} s start-up each ({startup_how}). "
-               f"Adaptive estimation samples per image: {how}.")
+               f"{gpu_jobs:,} of them GPU jobs. Adaptive estimation samples per image: {how}.")
     click.echo(f"{name} (target {target}): jobs per rule")
     for rule, count in sorted(jobs.items()):
         click.echo(f"  {rule:24s} {count:6d}")
+    click.echo(headline)
+    click.echo(study.to_string(index=False))
     click.echo(summary)
     click.echo(table.to_string(index=False))
     click.echo(runs.to_string(index=False))
-    training = p.blackbox_training(config, rate)
-    if len(training):
-        click.echo("black-box training (SPSA):")
-        click.echo(training.to_string(index=False))
+    if len(train_table):
+        click.echo("training:")
+        click.echo(train_table.to_string(index=False))
     if out_md:
-        section = (f"## `{name}` (target `{target}`)\n\n{summary}\n\n"
-                   f"{table.to_markdown(index=False)}\n\nPer run ({protocols[-1].name}):\n\n"
+        section = (f"## `{name}` (target `{target}`)\n\n{headline}\n\n"
+                   f"{study.to_markdown(index=False)}\n\n### Certification\n\n{summary}\n\n"
+                   f"{table.to_markdown(index=False)}\n\nPer run ({own.name}):\n\n"
                    f"{runs.to_markdown(index=False)}\n\n")
-        if len(training):
-            section += ("Black-box training (SPSA; 2 x perturbations CLIP queries and one "
-                        f"encoder pass per image and step):\n\n{training.to_markdown(index=False)}\n\n")
+        if len(train_table):
+            section += f"### Training\n\n{train_table.to_markdown(index=False)}\n\n"
         before = Path(out_md).read_text() if append and Path(out_md).exists() else ""
         atomic_write_text(out_md, before + section)
 

@@ -1,7 +1,9 @@
 # Certification is split into interleaved shards by image index; the shard count is
-# part of the path so that changing it never mixes shards of two layouts. Each run has
-# its own selection and shard count (two birds certifies a few classes), capped at its
-# number of images so that no shard is empty (pefts.experiments.Study.shards).
+# part of the path so that changing it never mixes shards of two layouts (and a changed
+# count under shards on disk is refused: common.smk). Each (run, sigma) has its own
+# selection and shard count (two birds certifies a few classes; certify.shards: auto
+# sizes each by its planned work), capped at its number of images so that no shard is
+# empty (pefts.experiments.Study.shards).
 SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", "{k}-of-{shards}.tsv")
 
 # the run that certify.sound_compare certifies again in sound mode, in a folder of its own
@@ -53,8 +55,7 @@ rule certify_shard:
 rule merge_shards:
     input:
         data=lambda w: STUDY.data(w.runname),
-        shards=lambda w: expand(SHARD, runname=w.runname, sigma=w.sigma,
-                                k=range(STUDY.shards(w.runname)), shards=STUDY.shards(w.runname)),
+        shards=lambda w: shard_files(SHARD, w),
     output:
         STUDY.certified(),
     params:
@@ -85,8 +86,7 @@ use rule certify_shard as certify_sound_shard with:
 use rule merge_shards as merge_sound_shards with:
     input:
         data=lambda w: STUDY.data(w.runname),
-        shards=lambda w: expand(SOUND_SHARD, runname=w.runname, sigma=w.sigma,
-                                k=range(STUDY.shards(w.runname)), shards=STUDY.shards(w.runname)),
+        shards=lambda w: shard_files(SOUND_SHARD, w),
     output:
         STUDY.sound_certified(),
     log:

@@ -1,5 +1,6 @@
 # Config validation and the study's runs, paths and grids (pefts.experiments);
 # every rule calls the pefts CLI.
+import functools
 import json
 import os
 import sys
@@ -18,6 +19,11 @@ except PeftsError as err:
 
 
 STUDY = Study(config)
+try:
+    # a (run, sigma) with shards on disk keeps its layout (pefts.experiments)
+    STUDY.check_shard_layouts()
+except PeftsError as err:
+    sys.exit(f"error: {str(err).strip().splitlines()[0]}")
 CERT = config["certify"]
 EXP = config["experiments"]
 DEVICE = config["device"]
@@ -59,6 +65,17 @@ def run_field(key):
         return json.dumps(value) if isinstance(value, dict) else value
 
     return get
+
+
+@functools.cache
+def shard_count(run, sigma):
+    """Shards of the (run, sigma): the configured number, or sized by its planned work."""
+    return STUDY.shards(run, sigma)
+
+
+def shard_files(pattern, w):
+    count = shard_count(w.runname, w.sigma)
+    return expand(pattern, runname=w.runname, sigma=w.sigma, k=range(count), shards=count)
 
 
 def certified(grid):
