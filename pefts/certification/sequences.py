@@ -30,10 +30,13 @@ GROWTH = 1.1
 OFFSET = 11
 # chosen by replaying Cohen's logs (docs/certification.md): fewer early looks leave more
 # of alpha for the counts where most images decide (100 hits of 100 at the first look's
-# share give about 1.15 sigma, so an easy image still stops within a few looks)
+# share give about 1.15 sigma, so an easy image still stops within a few looks). The look
+# at n_max decides only the few images that run that far, each within a hair of a
+# threshold: 5% of alpha there (z 3.89 against fixed n's 3.09 at alpha 0.001) moves
+# fixed n's certified counts by under 1%, and the other 95% speed up every other image
 FIRST = 100
 SPREAD = 1.15
-FINAL_SHARE = 0.3
+FINAL_SHARE = 0.05
 
 
 cp_lower = lower_confidence_bound  # the one Clopper-Pearson bound, fixed-n and per look
