@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pefts.certification.adaptive import FUTILITY_FROM, FUTILITY_MISSES, AdaptivePlan
+from pefts.certification.adaptive import (
+    ABSTAIN_BETA,
+    ABSTAIN_MARGIN,
+    FUTILITY_FROM,
+    FUTILITY_MISSES,
+    AdaptivePlan,
+)
 from pefts.certification.bounds import lower_confidence_bounds
 from pefts.certification.sequences import FINAL_SHARE, spread_looks
 
@@ -58,7 +64,12 @@ def cases() -> list[tuple[str, float]]:
     # bound at the final look sits right at it
     below = [("p at the need of r=0.5", min(1.0, float(plan._needed[2]) + 1e-4)),
              ("p just above 1/2", 0.5 + 1e-4)]
-    return on + at + below
+    # the r = 0 test's edges: just below 1/2 (any certificate over-claims), at the need of
+    # 1/2 at n_max (the futility bound's edge) and at the test's alternative q1
+    zero = [("p just below 1/2", 0.5 - 1e-4),
+            ("p at the need of 1/2", float(plan._abstain_below)),
+            ("p at the r=0 test's q1", float(plan._abstain_below) + ABSTAIN_MARGIN)]
+    return on + at + below + zero
 
 
 @pytest.mark.parametrize("name,p", cases())
@@ -68,9 +79,9 @@ def test_rule_over_claims_at_most_alpha_at_every_look_and_at_its_stop(name, p):
     per_look = anytime_over_claims(p, plan, rng)
     assert per_look[-1] <= tolerance(ALPHA, REPS), (name, p, per_look[-1])
     used, lower, _ = plan.replay(np.full(REPS, p), rng)
-    true_radius = SIGMA * norm.ppf(p)
-    claimed = plan.radii_of(lower)
-    assert np.mean(claimed > true_radius) <= tolerance(ALPHA, REPS), (name, p)
+    # below 1/2 the smoothed classifier abstains: any certificate (lower >= 1/2) over-claims
+    claimed = plan.radii_of(lower) > SIGMA * norm.ppf(p) if p >= 0.5 else lower >= 0.5
+    assert np.mean(claimed) <= tolerance(ALPHA, REPS), (name, p)
     assert used.min() < N_MAX or name.startswith("p just above"), "the rule never stopped early"
 
 
@@ -87,10 +98,39 @@ def test_rule_near_p_one_over_claims_at_most_alpha(name):
     assert np.mean(plan.radii_of(lower) > SIGMA * norm.ppf(p)) <= tolerance(ALPHA, REPS), name
 
 
+def test_r0_test_gives_up_an_image_at_its_alternative_at_most_beta_of_the_time():
+    """The SPRT of 1/2 against q1 abstains an image at p = q1 in at most ABSTAIN_BETA of
+    runs over all looks together (Ville), and one at p = 1/2 long before n_max."""
+    for n_max in (2000, 100_000):
+        plan = AdaptivePlan(SIGMA, 0.001, n_max, (0.0, SIGMA))
+        counts = np.array(plan.looks.counts)
+        rng = np.random.default_rng(n_max)
+        for p in (float(plan._abstain_below) + ABSTAIN_MARGIN, 0.5):
+            hits = np.cumsum(rng.binomial(np.array(plan.looks.chunks), np.full((4000, 1), p)), 1)
+            # 1/2 is what futility_upper returns once the r = 0 test abstains
+            gave_up = (plan.futility_upper(hits, counts) == 0.5).any(1)
+            if p > 0.5:
+                assert gave_up.mean() <= tolerance(ABSTAIN_BETA, 4000), (n_max, gave_up.mean())
+            else:
+                assert gave_up.mean() > 0.9, (n_max, gave_up.mean())
+
+
+def test_futility_waits_scale_with_n_max():
+    """A clear abstainer (three classes at p = 1/3) at a small budget stops at the first
+    look, as it did before the waits existed, instead of waiting for the presets' 300
+    samples; at n_max = 100,000 the waits are the presets' (300 samples, 8 misses)."""
+    small = AdaptivePlan(SIGMA, 0.001, 1000, (0.0, SIGMA))
+    used, _, _ = small.replay(np.full(2000, 1 / 3), np.random.default_rng(0))
+    assert np.median(used) == small.looks.counts[0] == 100
+    large = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, SIGMA))
+    assert (large.futility_from, large.futility_misses) == (FUTILITY_FROM, FUTILITY_MISSES)
+    assert (small.futility_from, small.futility_misses) == (3, 1)
+
+
 def test_futility_waits_for_samples_and_misses():
     """One or two early misses of an image near p = 1 must not rule out a high threshold
     that fixed n reaches: no futility before FUTILITY_FROM samples and FUTILITY_MISSES
-    misses; past both it rules the threshold out."""
+    misses (at n_max = 100,000); past both it rules the threshold out."""
     plan = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, 3 * SIGMA))
     need = plan._needed[1]
     upper = plan.futility_upper
