@@ -19,7 +19,7 @@ from pefts.certification.adaptive import (
     AdaptivePlan,
 )
 from pefts.certification.bounds import lower_confidence_bounds
-from pefts.certification.sequences import FINAL_SHARE, spread_looks
+from pefts.certification.sequences import final_look_share, spread_looks
 
 SIGMA, ALPHA, N_MAX, REPS = 0.5, 0.05, 2000, 20_000
 RADII = (0.0, 0.25, 0.5)
@@ -37,7 +37,14 @@ def test_spread_looks_spend_at_most_alpha(n_max, alpha):
     assert all(a < b for a, b in zip(looks.counts, looks.counts[1:], strict=False))
     assert sum(looks.budgets) <= alpha * (1 + 1e-12) and min(looks.budgets) > 0
     if len(looks.counts) > 1:  # fixed n's look keeps its share of alpha
-        assert looks.budgets[-1] == pytest.approx(alpha * FINAL_SHARE, rel=1e-9)
+        assert looks.budgets[-1] == pytest.approx(alpha * final_look_share(n_max), rel=1e-9)
+
+
+def test_the_look_at_n_max_holds_more_of_alpha_at_small_budgets():
+    # 5% at the presets' 100,000; spread-cp/3's 30% at the default's 2,000 and below
+    assert final_look_share(100_000) == pytest.approx(0.05)
+    assert final_look_share(2000) == final_look_share(29) == 0.3
+    assert 0.05 < final_look_share(10_000) < 0.3
 
 
 def anytime_over_claims(p: float, plan: AdaptivePlan, rng: np.random.Generator) -> np.ndarray:
@@ -116,15 +123,20 @@ def test_r0_test_gives_up_an_image_at_its_alternative_at_most_beta_of_the_time()
 
 
 def test_futility_waits_scale_with_n_max():
-    """A clear abstainer (three classes at p = 1/3) at a small budget stops at the first
-    look, as it did before the waits existed, instead of waiting for the presets' 300
-    samples; at n_max = 100,000 the waits are the presets' (300 samples, 8 misses)."""
+    """At a small budget an image stops at the first look once its decisions are clear,
+    instead of waiting for the presets' 300 samples: a clear abstainer (three classes at
+    p = 1/3), and p = 0.7, which certifies r = 0 and cannot reach r = sigma
+    (Phi(1) = 0.84). At n_max = 100,000 the waits are the presets' (300 samples, 8
+    misses)."""
     small = AdaptivePlan(SIGMA, 0.001, 1000, (0.0, SIGMA))
     used, _, _ = small.replay(np.full(2000, 1 / 3), np.random.default_rng(0))
     assert np.median(used) == small.looks.counts[0] == 100
+    used, lower, _ = small.replay(np.full(2000, 0.7), np.random.default_rng(0))
+    assert np.median(used) <= small.looks.counts[1] == 115  # r = 0 certified by then
+    assert np.mean(lower >= 0.5) > 0.99
     large = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, SIGMA))
     assert (large.futility_from, large.futility_misses) == (FUTILITY_FROM, FUTILITY_MISSES)
-    assert (small.futility_from, small.futility_misses) == (3, 1)
+    assert small.futility_from == 3
 
 
 def test_futility_waits_for_samples_and_misses():
@@ -134,8 +146,9 @@ def test_futility_waits_for_samples_and_misses():
     plan = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, 3 * SIGMA))
     need = plan._needed[1]
     upper = plan.futility_upper
-    assert upper(np.array(FUTILITY_FROM - 21), FUTILITY_FROM - 1) == 1.0  # 20 misses, too soon
-    assert upper(np.array(1000 - FUTILITY_MISSES + 1), 1000) == 1.0  # too few misses
+    # too soon (20 misses) and too few misses: only what the misses seen rule out for sure
+    assert upper(np.array(FUTILITY_FROM - 21), FUTILITY_FROM - 1) == 1 - 20 / 100_000
+    assert upper(np.array(1000 - FUTILITY_MISSES + 1), 1000) == 1 - (FUTILITY_MISSES - 1) / 100_000
     assert upper(np.array(1000 - FUTILITY_MISSES), 1000) < need  # 8 in 1,000: out of reach
     assert upper(np.array(1000 - 10), 1000) < need
 
@@ -166,3 +179,12 @@ def test_replay_is_the_pool_rule_look_by_look():
                 break
         assert (plan.looks.counts[k], bound) == (used[image], pytest.approx(lower[image])), image
     assert len(set(used)) > 5
+
+
+def test_a_threshold_beyond_every_remaining_hit_is_out_of_reach_before_the_waits():
+    """7 misses in 500 samples of n_max = 1,000 (fewer than the 8 the Clopper-Pearson
+    futility bound waits for) leave at most 993 hits at n_max: every threshold that needs
+    more is out of reach for certain."""
+    plan = AdaptivePlan(SIGMA, 0.001, 1000, (0.0, SIGMA))
+    assert plan.futility_upper(np.array(493), 500) == pytest.approx(0.993)
+    assert plan.futility_upper(np.array(500), 500) == 1.0

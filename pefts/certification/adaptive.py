@@ -11,12 +11,15 @@ cannot change the answer that matters.
   at level ``futility`` at each look, its margin shrunk by sqrt(1 - t / n_max) (it bounds
   what fixed n's whole sample would show, and the t samples seen are part of it), not a
   sequence: it decides only when to give up, never what is certified, so when it errs it
-  costs a certificate that n_max samples might have given. It waits for ``FUTILITY_FROM``
-  samples and ``FUTILITY_MISSES`` misses per ``FUTILITY_PER`` samples of n_max (300 and 8
-  at n_max = 100,000; a small budget waits in proportion, so it does not pay for the
-  presets'): before that, one or two early misses of an image near p = 1 read as a rate
-  far below the need of a high threshold that fixed n reaches. One certifying the largest
-  radius has every threshold certified.
+  costs a certificate that n_max samples might have given. It waits for
+  ``FUTILITY_FROM`` samples per ``FUTILITY_PER`` of n_max (300 at n_max = 100,000; a small
+  budget waits in proportion, so it does not pay for the presets') and for
+  ``FUTILITY_MISSES`` misses: before that, one or two early misses of an image near p = 1
+  read as a rate far below the need of a high threshold that fixed n reaches (the misses
+  are not scaled: a threshold near the cap of a small n_max allows only a few, and fewer
+  misses would give it up on one unlucky one). Whatever the waits, a threshold whose need
+  exceeds the hits seen plus the samples left is out of reach for certain. One certifying
+  the largest radius has every threshold certified.
 * Abstention (r = 0): besides that bound, Wald's one-sided sequential probability ratio
   test of p = 1/2 against q1 = (the need of 1/2 at n_max) + ``ABSTAIN_MARGIN``: the image
   abstains once the likelihood ratio of 1/2 over q1 reaches 1 / ``ABSTAIN_BETA``. That
@@ -56,7 +59,7 @@ from pefts.certification.sequences import (
 # chosen by replaying Cohen's logs (docs/certification.md): the loosest level that keeps
 # certified counts within 1% of fixed n's on both grids, with a margin
 FUTILITY = 0.18
-# the waits at n_max = FUTILITY_PER, scaled in proportion to n_max (at least 1 miss)
+# samples to wait for at n_max = FUTILITY_PER, scaled in proportion to n_max; misses as is
 FUTILITY_FROM = 300
 FUTILITY_MISSES = 8
 FUTILITY_PER = 100_000
@@ -90,9 +93,8 @@ class AdaptivePlan:
         self.thresholds = [float(norm.cdf(r / self.sigma)) for r in sorted(set(self.radii))]
         self._needed = np.array([self._needed_p(t) for t in self.thresholds])
         self._abstain_below = self._needed_p(0.5)
-        scale = self.n_max / FUTILITY_PER
-        self.futility_from = math.ceil(FUTILITY_FROM * scale)
-        self.futility_misses = max(1, math.ceil(FUTILITY_MISSES * scale))
+        self.futility_from = math.ceil(FUTILITY_FROM * self.n_max / FUTILITY_PER)
+        self.futility_misses = FUTILITY_MISSES
         # per sample, the log likelihood ratio of p = 1/2 over q1, for a hit and a miss
         q1 = min(self._abstain_below + ABSTAIN_MARGIN, 1.0)
         self._abstain_llr = (math.log(0.5 / q1),
@@ -125,15 +127,17 @@ class AdaptivePlan:
         (the t samples seen are part of n_max's), so the Clopper-Pearson upper bound's
         margin over n_a / t is shrunk by that factor. 1 (never give up on a reachable
         threshold) before ``futility_from`` samples and ``futility_misses`` misses. 1/2
-        (no threshold reachable) once the r = 0 test abstains, whenever that is."""
+        (no threshold reachable) once the r = 0 test abstains, whenever that is; never above
+        the rate of n_max samples that hit every time from now on."""
         upper = 1 - lower_confidence_bounds(t - n_a, t, self.futility)
         rate = n_a / t
         shrunk = rate + (upper - rate) * np.sqrt(np.clip(1 - np.asarray(t) / self.n_max, 0, 1))
         early = (np.asarray(t) < self.futility_from) | (t - n_a < self.futility_misses)
+        shrunk = np.minimum(np.where(early, 1.0, shrunk), (n_a + self.n_max - t) / self.n_max)
         hit, miss = self._abstain_llr
         with np.errstate(invalid="ignore"):  # 0 misses * inf (q1 = 1): no evidence, not nan
             llr = n_a * hit + np.where(t - n_a > 0, (t - n_a) * miss, 0.0)
-        return np.where(llr >= math.log(1 / ABSTAIN_BETA), 0.5, np.where(early, 1.0, shrunk))
+        return np.where(llr >= math.log(1 / ABSTAIN_BETA), 0.5, shrunk)
 
     def settled(self, lower: float, upper: float) -> bool:
         return bool(self.settled_many(np.array([lower]), np.array([upper]))[0])
