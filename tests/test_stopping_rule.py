@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pefts.certification.adaptive import FUTILITY_FROM, FUTILITY_MISSES, AdaptivePlan
+from pefts.certification.adaptive import (
+    ABSTAIN_BETA,
+    ABSTAIN_MARGIN,
+    FUTILITY_FROM,
+    FUTILITY_MISSES,
+    AdaptivePlan,
+)
 from pefts.certification.bounds import lower_confidence_bounds
-from pefts.certification.sequences import FINAL_SHARE, spread_looks
+from pefts.certification.sequences import final_look_share, spread_looks
 
 SIGMA, ALPHA, N_MAX, REPS = 0.5, 0.05, 2000, 20_000
 RADII = (0.0, 0.25, 0.5)
@@ -31,7 +37,14 @@ def test_spread_looks_spend_at_most_alpha(n_max, alpha):
     assert all(a < b for a, b in zip(looks.counts, looks.counts[1:], strict=False))
     assert sum(looks.budgets) <= alpha * (1 + 1e-12) and min(looks.budgets) > 0
     if len(looks.counts) > 1:  # fixed n's look keeps its share of alpha
-        assert looks.budgets[-1] == pytest.approx(alpha * FINAL_SHARE, rel=1e-9)
+        assert looks.budgets[-1] == pytest.approx(alpha * final_look_share(n_max), rel=1e-9)
+
+
+def test_the_look_at_n_max_holds_more_of_alpha_at_small_budgets():
+    # 5% at the presets' 100,000; spread-cp/3's 30% at the default's 2,000 and below
+    assert final_look_share(100_000) == pytest.approx(0.05)
+    assert final_look_share(2000) == final_look_share(29) == 0.3
+    assert 0.05 < final_look_share(10_000) < 0.3
 
 
 def anytime_over_claims(p: float, plan: AdaptivePlan, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +71,12 @@ def cases() -> list[tuple[str, float]]:
     # bound at the final look sits right at it
     below = [("p at the need of r=0.5", min(1.0, float(plan._needed[2]) + 1e-4)),
              ("p just above 1/2", 0.5 + 1e-4)]
-    return on + at + below
+    # the r = 0 test's edges: just below 1/2 (any certificate over-claims), at the need of
+    # 1/2 at n_max (the futility bound's edge) and at the test's alternative q1
+    zero = [("p just below 1/2", 0.5 - 1e-4),
+            ("p at the need of 1/2", float(plan._abstain_below)),
+            ("p at the r=0 test's q1", float(plan._abstain_below) + ABSTAIN_MARGIN)]
+    return on + at + below + zero
 
 
 @pytest.mark.parametrize("name,p", cases())
@@ -68,9 +86,9 @@ def test_rule_over_claims_at_most_alpha_at_every_look_and_at_its_stop(name, p):
     per_look = anytime_over_claims(p, plan, rng)
     assert per_look[-1] <= tolerance(ALPHA, REPS), (name, p, per_look[-1])
     used, lower, _ = plan.replay(np.full(REPS, p), rng)
-    true_radius = SIGMA * norm.ppf(p)
-    claimed = plan.radii_of(lower)
-    assert np.mean(claimed > true_radius) <= tolerance(ALPHA, REPS), (name, p)
+    # below 1/2 the smoothed classifier abstains: any certificate (lower >= 1/2) over-claims
+    claimed = plan.radii_of(lower) > SIGMA * norm.ppf(p) if p >= 0.5 else lower >= 0.5
+    assert np.mean(claimed) <= tolerance(ALPHA, REPS), (name, p)
     assert used.min() < N_MAX or name.startswith("p just above"), "the rule never stopped early"
 
 
@@ -87,15 +105,50 @@ def test_rule_near_p_one_over_claims_at_most_alpha(name):
     assert np.mean(plan.radii_of(lower) > SIGMA * norm.ppf(p)) <= tolerance(ALPHA, REPS), name
 
 
+def test_r0_test_gives_up_an_image_at_its_alternative_at_most_beta_of_the_time():
+    """The SPRT of 1/2 against q1 abstains an image at p = q1 in at most ABSTAIN_BETA of
+    runs over all looks together (Ville), and one at p = 1/2 long before n_max."""
+    for n_max in (2000, 100_000):
+        plan = AdaptivePlan(SIGMA, 0.001, n_max, (0.0, SIGMA))
+        counts = np.array(plan.looks.counts)
+        rng = np.random.default_rng(n_max)
+        for p in (float(plan._abstain_below) + ABSTAIN_MARGIN, 0.5):
+            hits = np.cumsum(rng.binomial(np.array(plan.looks.chunks), np.full((4000, 1), p)), 1)
+            # 1/2 is what futility_upper returns once the r = 0 test abstains
+            gave_up = (plan.futility_upper(hits, counts) == 0.5).any(1)
+            if p > 0.5:
+                assert gave_up.mean() <= tolerance(ABSTAIN_BETA, 4000), (n_max, gave_up.mean())
+            else:
+                assert gave_up.mean() > 0.9, (n_max, gave_up.mean())
+
+
+def test_futility_waits_scale_with_n_max():
+    """At a small budget an image stops at the first look once its decisions are clear,
+    instead of waiting for the presets' 300 samples: a clear abstainer (three classes at
+    p = 1/3), and p = 0.7, which certifies r = 0 and cannot reach r = sigma
+    (Phi(1) = 0.84). At n_max = 100,000 the waits are the presets' (300 samples, 8
+    misses)."""
+    small = AdaptivePlan(SIGMA, 0.001, 1000, (0.0, SIGMA))
+    used, _, _ = small.replay(np.full(2000, 1 / 3), np.random.default_rng(0))
+    assert np.median(used) == small.looks.counts[0] == 100
+    used, lower, _ = small.replay(np.full(2000, 0.7), np.random.default_rng(0))
+    assert np.median(used) <= small.looks.counts[1] == 115  # r = 0 certified by then
+    assert np.mean(lower >= 0.5) > 0.99
+    large = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, SIGMA))
+    assert (large.futility_from, large.futility_misses) == (FUTILITY_FROM, FUTILITY_MISSES)
+    assert small.futility_from == 3
+
+
 def test_futility_waits_for_samples_and_misses():
     """One or two early misses of an image near p = 1 must not rule out a high threshold
     that fixed n reaches: no futility before FUTILITY_FROM samples and FUTILITY_MISSES
-    misses; past both it rules the threshold out."""
+    misses (at n_max = 100,000); past both it rules the threshold out."""
     plan = AdaptivePlan(SIGMA, 0.001, 100_000, (0.0, 3 * SIGMA))
     need = plan._needed[1]
     upper = plan.futility_upper
-    assert upper(np.array(FUTILITY_FROM - 21), FUTILITY_FROM - 1) == 1.0  # 20 misses, too soon
-    assert upper(np.array(1000 - FUTILITY_MISSES + 1), 1000) == 1.0  # too few misses
+    # too soon (20 misses) and too few misses: only what the misses seen rule out for sure
+    assert upper(np.array(FUTILITY_FROM - 21), FUTILITY_FROM - 1) == 1 - 20 / 100_000
+    assert upper(np.array(1000 - FUTILITY_MISSES + 1), 1000) == 1 - (FUTILITY_MISSES - 1) / 100_000
     assert upper(np.array(1000 - FUTILITY_MISSES), 1000) < need  # 8 in 1,000: out of reach
     assert upper(np.array(1000 - 10), 1000) < need
 
@@ -126,3 +179,12 @@ def test_replay_is_the_pool_rule_look_by_look():
                 break
         assert (plan.looks.counts[k], bound) == (used[image], pytest.approx(lower[image])), image
     assert len(set(used)) > 5
+
+
+def test_a_threshold_beyond_every_remaining_hit_is_out_of_reach_before_the_waits():
+    """7 misses in 500 samples of n_max = 1,000 (fewer than the 8 the Clopper-Pearson
+    futility bound waits for) leave at most 993 hits at n_max: every threshold that needs
+    more is out of reach for certain."""
+    plan = AdaptivePlan(SIGMA, 0.001, 1000, (0.0, SIGMA))
+    assert plan.futility_upper(np.array(493), 500) == pytest.approx(0.993)
+    assert plan.futility_upper(np.array(500), 500) == 1.0

@@ -11,11 +11,27 @@ cannot change the answer that matters.
   at level ``futility`` at each look, its margin shrunk by sqrt(1 - t / n_max) (it bounds
   what fixed n's whole sample would show, and the t samples seen are part of it), not a
   sequence: it decides only when to give up, never what is certified, so when it errs it
-  costs a certificate that n_max samples might have given. It waits for ``FUTILITY_FROM``
-  samples and ``FUTILITY_MISSES`` misses: before that, one or two early misses of an image
-  near p = 1 read as a rate far below the need of a high threshold that fixed n reaches.
-  An image that clearly abstains is the case r = 0; one certifying the largest radius
-  has every threshold certified.
+  costs a certificate that n_max samples might have given. It waits for
+  ``FUTILITY_FROM`` samples per ``FUTILITY_PER`` of n_max (300 at n_max = 100,000; a small
+  budget waits in proportion, so it does not pay for the presets') and for
+  ``FUTILITY_MISSES`` misses: before that, one or two early misses of an image near p = 1
+  read as a rate far below the need of a high threshold that fixed n reaches (the misses
+  are not scaled: a threshold near the cap of a small n_max allows only a few, and fewer
+  misses would give it up on one unlucky one). Whatever the waits, a threshold whose need
+  exceeds the hits seen plus the samples left is out of reach for certain. One certifying
+  the largest radius has every threshold certified.
+* Abstention (r = 0): besides that bound, Wald's one-sided sequential probability ratio
+  test of p = 1/2 against q1 = (the need of 1/2 at n_max) + ``ABSTAIN_MARGIN``: the image
+  abstains once the likelihood ratio of 1/2 over q1 reaches 1 / ``ABSTAIN_BETA``. That
+  ratio is a nonnegative supermartingale under every p >= q1, so by Ville's inequality an
+  image with p >= q1 is given up at r = 0 with probability at most ``ABSTAIN_BETA`` over
+  all looks together. It needs no wait (misses, not hits, drive it) and catches images
+  at p = 1/2, which no bound can show to be below 1/2, once they are clearly short of q1.
+
+What spends alpha: only the lower bound, the confidence sequence's looks, whose budgets
+sum to alpha. Both futility tests only stop an image, which then reports the valid lower
+bound it has; an error of theirs costs a certificate, never a false one, so they spend no
+alpha (``ABSTAIN_BETA`` and ``FUTILITY`` bound lost certificates, not over-claims).
 * Tolerance mode (``rtol``): stop once the radius certified now is within a relative
   tolerance of the radius n_max samples would give if p were as large as U.
 * Always: stop at n_max.
@@ -26,6 +42,7 @@ look, the replay (``replay``) for many simulated images and every look at once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,11 +59,18 @@ from pefts.certification.sequences import (
 # chosen by replaying Cohen's logs (docs/certification.md): the loosest level that keeps
 # certified counts within 1% of fixed n's on both grids, with a margin
 FUTILITY = 0.18
+# samples to wait for at n_max = FUTILITY_PER, scaled in proportion to n_max; misses as is
 FUTILITY_FROM = 300
 FUTILITY_MISSES = 8
+FUTILITY_PER = 100_000
+# the r = 0 test (chosen by the same replay): images at least 0.01 above the need of 1/2
+# are lost at r = 0 at most 5% of the time; the band below (about 6 of fixed n's standard
+# errors at n_max = 100,000) holds under 1% of Cohen's images
+ABSTAIN_MARGIN = 0.01
+ABSTAIN_BETA = 0.05
 # recorded in every adaptive run's settings: a change of looks, budgets or futility is a
 # new version, so a resume or merge never mixes rows of two rules
-STOPPING_RULE = "spread-cp/3"
+STOPPING_RULE = "spread-cp/4"
 
 
 @dataclass
@@ -69,6 +93,12 @@ class AdaptivePlan:
         self.thresholds = [float(norm.cdf(r / self.sigma)) for r in sorted(set(self.radii))]
         self._needed = np.array([self._needed_p(t) for t in self.thresholds])
         self._abstain_below = self._needed_p(0.5)
+        self.futility_from = math.ceil(FUTILITY_FROM * self.n_max / FUTILITY_PER)
+        self.futility_misses = FUTILITY_MISSES
+        # per sample, the log likelihood ratio of p = 1/2 over q1, for a hit and a miss
+        q1 = min(self._abstain_below + ABSTAIN_MARGIN, 1.0)
+        self._abstain_llr = (math.log(0.5 / q1),
+                             math.inf if q1 >= 1 else math.log(0.5 / (1 - q1)))
 
     @property
     def rule(self) -> str:
@@ -96,12 +126,18 @@ class AdaptivePlan:
         show, at level ``futility``. Its sd is the estimate's times sqrt(1 - t / n_max)
         (the t samples seen are part of n_max's), so the Clopper-Pearson upper bound's
         margin over n_a / t is shrunk by that factor. 1 (never give up on a reachable
-        threshold) before ``FUTILITY_FROM`` samples and ``FUTILITY_MISSES`` misses."""
+        threshold) before ``futility_from`` samples and ``futility_misses`` misses. 1/2
+        (no threshold reachable) once the r = 0 test abstains, whenever that is; never above
+        the rate of n_max samples that hit every time from now on."""
         upper = 1 - lower_confidence_bounds(t - n_a, t, self.futility)
         rate = n_a / t
         shrunk = rate + (upper - rate) * np.sqrt(np.clip(1 - np.asarray(t) / self.n_max, 0, 1))
-        early = (np.asarray(t) < FUTILITY_FROM) | (t - n_a < FUTILITY_MISSES)
-        return np.where(early, 1.0, shrunk)
+        early = (np.asarray(t) < self.futility_from) | (t - n_a < self.futility_misses)
+        shrunk = np.minimum(np.where(early, 1.0, shrunk), (n_a + self.n_max - t) / self.n_max)
+        hit, miss = self._abstain_llr
+        with np.errstate(invalid="ignore"):  # 0 misses * inf (q1 = 1): no evidence, not nan
+            llr = n_a * hit + np.where(t - n_a > 0, (t - n_a) * miss, 0.0)
+        return np.where(llr >= math.log(1 / ABSTAIN_BETA), 0.5, shrunk)
 
     def settled(self, lower: float, upper: float) -> bool:
         return bool(self.settled_many(np.array([lower]), np.array([upper]))[0])
