@@ -38,7 +38,7 @@ def test_the_presets_coordinator_trains_blackvips_9920_parameters(preset, coordi
     assert (h["grid"], h["trigger"], list(h["widths"])) == (7, 800, [64, 64, 32, 32, 16])
     assert h["encoder"] == "vit_base_patch16_224.mae"
     trained = coordinator.learnable()
-    assert sum(p.numel() for p in trained) == 9_920  # BlackVIP's Table 2: 9.9K (Fu & Wang's Table 2 has no black-box count)
+    assert sum(p.numel() for p in trained) == 9_920  # BlackVIP's Table 2: 9.9K (not Fu & Wang's)
     assert coordinator.trigger.numel() == 800
     assert sum(p.numel() for p in coordinator.decoder.parameters()) == 9_120
     trigger = coordinator.trigger.detach()
