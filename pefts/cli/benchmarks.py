@@ -191,4 +191,57 @@ def benchmark_replay(logs, grids, sigma, n, n0, alpha, abstain_p, reps, seed, ou
     write_page(out_md, printed)
 
 
-COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay]
+@click.command("benchmark-startup")
+@click.option("--configfile", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="a preset: its base network, methods, precision and LoRA merge")
+@click.option("--methods", default=None,
+              help="comma-separated methods of the preset (default: all of them)")
+@click.option("--compile", "compiled", default="",
+              help="comma-separated methods also timed compiled (torch.compile)")
+@click.option("--batch", default=None, type=AT_LEAST_ONE,
+              help="samples of the first batch (default: the preset's certify.batch)")
+@click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads per job")
+@click.option("--folder", default=None, type=click.Path(file_okay=False),
+              help="where the random-weight models are written (default: a temporary folder)")
+@click.option("--out", default=None, type=TSV_OUT,
+              help="also write a TSV (what `pefts plan` reads: pefts.startup_benchmark.read_startup)")
+@page_option
+@device_option
+def benchmark_startup(configfile, methods, compiled, batch, threads, folder, out, out_md,
+                      device) -> None:
+    """Seconds from a job's process start to its first certified sample, per method, in
+    a fresh process each, split into imports, hashing, reading, building, merging,
+    compiling and the first batch; cold (a run's first job) and warm (its later shards)."""
+    import tempfile
+
+    import yaml
+
+    from pefts.artifacts import atomic_write_text
+    from pefts.benchmark import device_name
+    from pefts.devices import resolve_device
+    from pefts.startup_benchmark import measure, preset_cases, summary, to_markdown
+
+    with open(configfile) as handle:
+        config = yaml.safe_load(handle)
+    if not isinstance(config, dict) or not {"base", "methods"} <= set(config):
+        raise PeftsError(f"{configfile} is not a preset (it needs base and methods)")
+    chosen = [m for m in (methods or "").split(",") if m] or None
+    subject, cases, preset_batch = preset_cases(config, chosen, [m for m in compiled.split(",") if m])
+    batch = batch or preset_batch
+    torch_device = resolve_device(device)
+    with tempfile.TemporaryDirectory(prefix="pefts-startup-") as scratch:
+        table = measure(subject, cases, Path(folder or scratch), batch, threads,
+                        str(torch_device))
+    if out:
+        atomic_write_text(out, table.to_csv(sep="\t", index=False))
+    printed = "\n".join([
+        f"device: {device_name(torch_device)}; torch threads per job: {threads or 'default'}; "
+        f"{Path(configfile).name}: {subject.arch} (random weights) on 3x{subject.image_size}x"
+        f"{subject.image_size}, {', '.join(sorted({c.path for c in cases}))}; first batch "
+        f"{batch} samples of one image; seconds", "",
+        to_markdown(table), summary(table)])
+    click.echo(printed, nl=False)
+    write_page(out_md, printed)
+
+
+COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay, benchmark_startup]
