@@ -211,12 +211,13 @@ def child(argument: str) -> None:
     job = json.loads(argument)
     t0 = job["t0"]
     # the imports `pefts certify` makes before it reads a file
-    import pefts.cli  # noqa: F401  (the entry point: every command module)
+    import torch
+
     import pefts.certification.rows  # noqa: F401
     import pefts.certification.setup  # noqa: F401
+    import pefts.cli  # noqa: F401  (the entry point: every command module)
     import pefts.data  # noqa: F401
     import pefts.methods
-    import torch
     from pefts.certification.fastpath import compiled, executed
     from pefts.certification.smoothing import Smooth
 
@@ -234,9 +235,10 @@ def child(argument: str) -> None:
                 spent[phase] += time.perf_counter() - start
         return timed
 
+    import safetensors.torch
+
     import pefts.artifacts
     import pefts.verified
-    import safetensors.torch
 
     pefts.verified.file_digest = timing("hash", pefts.verified.file_digest)
     pefts.artifacts.load_file = timing("read", pefts.artifacts.load_file)
