@@ -144,3 +144,23 @@ class EpochClock:
 
     def restart(self) -> None:
         self.start, self.samples = time.perf_counter(), 0
+
+
+def run_table(rows: list[dict[str, str]]) -> Any:
+    """A curve's rows as a table with ``epoch_run``: epochs counted over all of the
+    run's stages (the denoiser's stability phase continues after its MSE phase)."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for column in table.columns:
+        if column != "validation":
+            table[column] = pd.to_numeric(table[column], errors="coerce")
+    table = table.sort_values(["stage", "step"]).reset_index(drop=True)
+    offset, run_epochs = 0.0, []
+    for _, stage in table.groupby("stage", sort=True):
+        run_epochs.extend(offset + stage["epoch"])
+        offset += float(stage["epoch"].max())
+    table["epoch_run"] = run_epochs
+    return table

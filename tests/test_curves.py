@@ -149,3 +149,34 @@ def test_an_interrupted_run_keeps_its_curve_until_resumed(tmp_path):
             curves.recording(out, fresh=checkpoint.saved is None):
         optimise(model, Augmented(), CFG, CFG.epochs, loss, "cpu", "test")
     assert [r["step"] for r in rows(out)] == ["4"]
+
+
+def test_the_report_draws_a_figure_per_method_and_names_runs_without_a_curve(tmp_path, run_cli):
+    """Two sigmas of one method (one with two stages, as a denoiser), a method that
+    trains nothing, and the base: a figure each, the untrained run named in a note."""
+    trained = [tmp_path / f"s{i}" / "model.safetensors" for i in (1, 2)]
+    for i, model in enumerate(trained):
+        model.parent.mkdir()
+        curve = curves.Curve(curves.curve_path(model), True, None)
+        for _ in range(i + 1):
+            curve.begin_stage()
+            for step in (4, 8):
+                curve.add(step / 4, step, {"train_loss": 1 / step, "train_accuracy": 0.5},
+                          0.1, 100.0)
+    untrained = tmp_path / "none" / "model.safetensors"
+    base = tmp_path / "base" / "base.safetensors"
+    base.parent.mkdir()
+    curves.Curve(curves.curve_path(base), True, lambda: 0.7).add(1.0, 3, {"train_loss": 2.0}, 0.01, 5.0)
+    table = curves.run_table(curves.read_curve(curves.curve_path(trained[1])))
+    assert list(table["epoch_run"]) == [1.0, 2.0, 3.0, 4.0]  # the second stage continues
+    code, out, err = run_cli("plot-curves", "--run", "lora", "0.25", trained[0],
+                             "--run", "lora", "0.5", trained[1], "--run", "none", "0.25",
+                             untrained, "--base", base,
+                             "--out", tmp_path / "figures" / "curves_{run}.png")
+    assert code == 0, err
+    for label, lines in (("lora", 2), ("none", 0), ("base", 1)):
+        assert (tmp_path / "figures" / f"curves_{label}.png").stat().st_size > 0
+        assert f"{label}: {lines} curve(s)" in out
+    code, _, err = run_cli("plot-curves", "--run", "lora", "0.25", trained[0], "--run", "none",
+                           "0.25", untrained, "--out", tmp_path / "one.png")
+    assert code != 0 and "--out must contain {run}" in err

@@ -201,14 +201,17 @@ def benchmark_replay(logs, grids, sigma, n, n0, alpha, abstain_p, reps, seed, ou
 @click.option("--batch", default=None, type=AT_LEAST_ONE,
               help="samples of the first batch (default: the preset's certify.batch)")
 @click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads per job")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="instead of the preset's certify.precision (a CPU without bf16 units "
+                   "emulates it, minutes per batch)")
 @click.option("--folder", default=None, type=click.Path(file_okay=False),
               help="where the random-weight models are written (default: a temporary folder)")
 @click.option("--out", default=None, type=TSV_OUT,
               help="also write a TSV (what `pefts plan` reads: pefts.startup_benchmark.read_startup)")
 @page_option
 @device_option
-def benchmark_startup(configfile, methods, compiled, batch, threads, folder, out, out_md,
-                      device) -> None:
+def benchmark_startup(configfile, methods, compiled, batch, threads, precision, folder, out,
+                      out_md, device) -> None:
     """Seconds from a job's process start to its first certified sample, per method, in
     a fresh process each, split into imports, hashing, reading, building, merging,
     compiling and the first batch; cold (a run's first job) and warm (its later shards)."""
@@ -225,6 +228,8 @@ def benchmark_startup(configfile, methods, compiled, batch, threads, folder, out
         config = yaml.safe_load(handle)
     if not isinstance(config, dict) or not {"base", "methods"} <= set(config):
         raise PeftsError(f"{configfile} is not a preset (it needs base and methods)")
+    if precision:
+        config.setdefault("certify", {})["precision"] = precision
     chosen = [m for m in (methods or "").split(",") if m] or None
     subject, cases, preset_batch = preset_cases(config, chosen, [m for m in compiled.split(",") if m])
     batch = batch or preset_batch
