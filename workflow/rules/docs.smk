@@ -113,7 +113,7 @@ rule docs_benchmark_replay:
 # CPU says nothing of a GPU's
 rule docs_benchmark_startup:
     input:
-        "configs/cifar10-vitb16.yaml",
+        in_repo("configs/cifar10-vitb16.yaml"),
     output:
         page="docs/measurements/startup-cpu.md",
         tsv="docs/measurements/startup-cpu.tsv",
