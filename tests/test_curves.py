@@ -180,3 +180,26 @@ def test_the_report_draws_a_figure_per_method_and_names_runs_without_a_curve(tmp
     code, _, err = run_cli("plot-curves", "--run", "lora", "0.25", trained[0], "--run", "none",
                            "0.25", untrained, "--out", tmp_path / "one.png")
     assert code != 0 and "--out must contain {run}" in err
+
+
+@pytest.mark.parametrize("method, hparams", [
+    ("lora", {"rank": 2}),
+    ("denoiser", {"depth": 2, "channels": 4, "objective": "mse+stability", "stability_epochs": 1}),
+    ("blackbox", {"encoder": "conv", "query": "base", "perturbations": 1, "steps": 0}),
+])
+def test_every_training_job_writes_its_curve_beside_its_weights(method, hparams, digits,
+                                                                 tiny_base, tmp_path):
+    """The jobs as the pipeline runs them (pefts.runs.finetune): a row per epoch of each
+    stage (the denoiser's two, SPSA's steps), the held-out accuracy measured; the base's
+    training (tiny_base) wrote its own."""
+    from pefts.runs import finetune
+
+    out = tmp_path / "model.safetensors"
+    finetune(digits, tiny_base, out, method, 0.5, hparams,
+             {"epochs": 2, "batch_size": 512, "lr": 1e-3}, device="cpu", eval_max=50)
+    table = rows(out)
+    stages = {"denoiser": ["0", "0", "1"]}.get(method, ["0", "0"])
+    assert [r["stage"] for r in table] == stages
+    assert all(0 <= float(r["val_accuracy"]) <= 1 and float(r["samples_per_s"]) > 0
+               and float(r["lr"]) > 0 and r["loss"] for r in table)
+    assert [r["step"] for r in rows(tiny_base)]  # the base's curve (clean: sigma 0)
