@@ -201,7 +201,9 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PeftsError("nothing to train: the model has no trainable parameters")
-    checkpoint = checkpoints.active()
+    checkpoint, curve = checkpoints.active(), curves.active()
+    if curve is not None:  # a stage finished before a kill is a stage of its curve too
+        curve.begin_stage()
     done, saved = checkpoint.begin_stage() if checkpoint else (None, None)
     if done is not None:
         return done  # finished before the kill; the weights come from a later stage
@@ -221,9 +223,6 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
         seen, sums = saved["seen"], dict(saved["sums"])
     bar = progress(total=total, initial=saved["step"] if saved else 0, desc=desc, unit="step",
                    leave=False)
-    curve = curves.active()
-    if curve is not None:
-        curve.begin_stage()
     clock, per_epoch = curves.EpochClock(), math.ceil(len(data) / cfg.batch_size)
     for x, y, at in resumable_batches(data, cfg, total, saved, stream):
         if at.batch == 1:

@@ -203,3 +203,30 @@ def test_every_training_job_writes_its_curve_beside_its_weights(method, hparams,
     assert all(0 <= float(r["val_accuracy"]) <= 1 and float(r["samples_per_s"]) > 0
                and float(r["lr"]) > 0 and r["loss"] for r in table)
     assert [r["step"] for r in rows(tiny_base)]  # the base's curve (clean: sigma 0)
+
+
+def test_a_two_stage_run_resumed_in_its_second_stage_keeps_both(tmp_path):
+    """The denoiser's way: MSE, then stability; killed in the second, the first stage's
+    rows stay those of stage 0 and the second's are not written over them."""
+    def two_stages(out, crash_at=None):
+        model = tiny_model()
+        calls = [0]
+
+        def loss(x, y):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                raise RuntimeError("crash")
+            return nn.functional.cross_entropy(model(x), y), {"train_loss": 1.0 * len(y)}
+
+        with checkpointing(out, "s", 0.0) as checkpoint, \
+                curves.recording(out, fresh=checkpoint.saved is None):
+            optimise(model, Augmented(), CFG, CFG.epochs, loss, "cpu", "one")
+            optimise(model, Augmented(), CFG, 1, loss, "cpu", "two", stream="two")
+
+    two_stages(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="crash"):
+        two_stages(tmp_path / "m", crash_at=12 + 2)  # in the second stage
+    two_stages(tmp_path / "m")
+    keys = [(r["stage"], r["step"]) for r in rows(tmp_path / "m")]
+    assert keys == [("0", "4"), ("0", "8"), ("0", "12"), ("1", "4")]
+    assert keys == [(r["stage"], r["step"]) for r in rows(tmp_path / "whole")]
