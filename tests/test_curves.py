@@ -221,12 +221,13 @@ def test_a_two_stage_run_resumed_in_its_second_stage_keeps_both(tmp_path):
         with checkpointing(out, "s", 0.0) as checkpoint, \
                 curves.recording(out, fresh=checkpoint.saved is None):
             optimise(model, Augmented(), CFG, CFG.epochs, loss, "cpu", "one")
-            optimise(model, Augmented(), CFG, 1, loss, "cpu", "two", stream="two")
+            optimise(model, Augmented(), CFG, 2, loss, "cpu", "two", stream="two")
 
     two_stages(tmp_path / "whole")
     with pytest.raises(RuntimeError, match="crash"):
-        two_stages(tmp_path / "m", crash_at=12 + 2)  # in the second stage
+        # after the second stage's first epoch end: its checkpoint says the first finished
+        two_stages(tmp_path / "m", crash_at=12 + 6)
     two_stages(tmp_path / "m")
     keys = [(r["stage"], r["step"]) for r in rows(tmp_path / "m")]
-    assert keys == [("0", "4"), ("0", "8"), ("0", "12"), ("1", "4")]
+    assert keys == [("0", "4"), ("0", "8"), ("0", "12"), ("1", "4"), ("1", "8")]
     assert keys == [(r["stage"], r["step"]) for r in rows(tmp_path / "whole")]
