@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,15 +100,14 @@ def preset_cases(config: dict[str, Any], methods: list[str] | None,
     if unknown:
         raise PeftsError(f"--methods/--compile: {', '.join(unknown)} not in the preset's methods "
                          f"({', '.join(config['methods'])})")
-    cases = []
-    for method in chosen + [m for m in compiled if m not in chosen]:
+    def case(method: str, compile_net: bool) -> Case:
         hparams = dict((config.get("method_params", {}).get(method) or {}).get("hparams") or {})
-        path = dict(precision=certify.get("precision", "fp32"),
-                    merge_lora=bool(certify.get("merge_lora")) and method == "lora")
-        if method in chosen:
-            cases.append(Case(method, hparams, **path))
-        if method in compiled:
-            cases.append(Case(method, hparams, **path, compile_net=True))
+        return Case(method, hparams, precision=certify.get("precision", "fp32"),
+                    merge_lora=bool(certify.get("merge_lora")) and method == "lora",
+                    compile_net=compile_net)
+
+    # the compiled cases last: on a CPU a compilation takes minutes
+    cases = [case(m, False) for m in chosen] + [case(m, True) for m in dict.fromkeys(compiled)]
     return subject, cases, int(certify.get("batch", 500))
 
 
@@ -162,18 +162,27 @@ def write_models(subject: Subject, cases: list[Case], folder: Path) -> dict[str,
     folder.mkdir(parents=True, exist_ok=True)
     classes = [str(c) for c in range(NUM_CLASSES)]
     base_file = folder / "base.safetensors"
-    torch.manual_seed(0)
     spec = BaseSpec(**subject.spec())
-    save_artifact(base_file, build_classifier(spec).state_dict(),
-                  {"kind": "base", "spec": spec.to_dict(), "classes": classes})
+    # a folder of an earlier run keeps its models (random weights all the same), unless
+    # its base is of another network
+    kept = base_file.with_suffix(".json")
+    if not (kept.is_file() and json.loads(kept.read_text()).get("spec") == spec.to_dict()):
+        for old in folder.glob("*.safetensors"):
+            old.unlink()
+        torch.manual_seed(0)
+        save_artifact(base_file, build_classifier(spec).state_dict(),
+                      {"kind": "base", "spec": spec.to_dict(), "classes": classes})
     files = {}
     for case in cases:
+        out = folder / f"{case.method}.safetensors"
         if case.method in files:
+            continue
+        if out.is_file() and out.with_suffix(".json").is_file():  # written by an earlier run
+            files[case.method] = (str(out), str(base_file))
             continue
         method = get_method(case.method, **stand_ins(case.method, case.hparams, folder))
         torch.manual_seed(0)
         model = build_model(method, load_base(base_file), classes, classes)
-        out = folder / f"{case.method}.safetensors"
         save_artifact(out, method.trainable_state(model), {
             "kind": "finetuned", "method": case.method, "hparams": method.hparams,
             "sigma": 0.25, "classes": classes, "class_names": classes,
@@ -297,8 +306,11 @@ def run_child(job: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 def measure(subject: Subject, cases: list[Case], folder: Path, batch: int,
-            threads: int | None = None, device: str = "cpu") -> Any:
-    """One row per (case, start): the phases in seconds, side by side cold and warm."""
+            threads: int | None = None, device: str = "cpu",
+            measured: Callable[[Any], None] | None = None) -> Any:
+    """One row per (case, start): the phases in seconds, side by side cold and warm;
+    ``measured`` gets the table so far after each row (nothing measured is lost when a
+    long run is stopped)."""
     import pandas as pd
 
     files = write_models(subject, cases, folder)
@@ -320,6 +332,8 @@ def measure(subject: Subject, cases: list[Case], folder: Path, batch: int,
                          **{f"{p}_s": phases[p] for p in PHASES},
                          "other_s": max(0.0, result["total"] - sum(phases.values())),
                          "total_s": result["total"]})
+            if measured is not None:
+                measured(pd.DataFrame(rows, columns=list(COLUMNS)))
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -331,6 +345,8 @@ def summary(table: Any) -> str:
     """The cut, per path: warm over cold totals, and where the cold seconds go."""
     lines = []
     for (method, path), rows in table.groupby(["method", "path"], sort=False):
+        if len(rows) < len(STARTS):
+            continue
         cold, warm = (rows.set_index("start").loc[s] for s in STARTS)
         biggest = max(PHASES, key=lambda p: cold[f"{p}_s"])
         lines.append(f"{method} ({path}): {cold['total_s']:.1f} s cold, {warm['total_s']:.1f} s "

@@ -121,8 +121,8 @@ def test_the_benchmark_times_each_method_in_a_fresh_process(tmp_path, run_cli):
     assert list(table.columns) == list(COLUMNS)
     assert list(zip(table.method, table.path, table.start, strict=True)) == [
         ("none", "fp32", "cold"), ("none", "fp32", "warm"),
-        ("none", "fp32, compiled", "cold"), ("none", "fp32, compiled", "warm"),
-        ("lora", "fp32, merged", "cold"), ("lora", "fp32, merged", "warm")]
+        ("lora", "fp32, merged", "cold"), ("lora", "fp32, merged", "warm"),
+        ("none", "fp32, compiled", "cold"), ("none", "fp32, compiled", "warm")]
     assert (table[[f"{p}_s" for p in PHASES]] >= 0).all().all()
     assert (table.total_s >= table[[f"{p}_s" for p in PHASES]].sum(axis=1) - 1e-6).all()
     assert (table.imports_s > 0.5).all()  # torch alone: a fresh process each

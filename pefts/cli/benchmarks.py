@@ -234,19 +234,26 @@ def benchmark_startup(configfile, methods, compiled, batch, threads, precision, 
     subject, cases, preset_batch = preset_cases(config, chosen, [m for m in compiled.split(",") if m])
     batch = batch or preset_batch
     torch_device = resolve_device(device)
+    header = (f"device: {device_name(torch_device)}; torch threads per job: "
+              f"{threads or 'default'}; {Path(configfile).name}: {subject.arch} (random "
+              f"weights) on 3x{subject.image_size}x{subject.image_size}, "
+              f"{', '.join(sorted({c.path for c in cases}))}; first batch {batch} samples of "
+              "one image; seconds")
+
+    def written(table, final: bool = False) -> str:
+        """The TSV and the page so far: a stopped run leaves what it measured."""
+        if out:
+            atomic_write_text(out, table.to_csv(sep="\t", index=False))
+        partial = "" if final else (f"partial: {len(table)} of {2 * len(cases)} rows "
+                                    "measured so far\n\n")
+        printed = "\n".join([header, "", partial + to_markdown(table), summary(table)])
+        write_page(out_md, printed)
+        return printed
+
     with tempfile.TemporaryDirectory(prefix="pefts-startup-") as scratch:
         table = measure(subject, cases, Path(folder or scratch), batch, threads,
-                        str(torch_device))
-    if out:
-        atomic_write_text(out, table.to_csv(sep="\t", index=False))
-    printed = "\n".join([
-        f"device: {device_name(torch_device)}; torch threads per job: {threads or 'default'}; "
-        f"{Path(configfile).name}: {subject.arch} (random weights) on 3x{subject.image_size}x"
-        f"{subject.image_size}, {', '.join(sorted({c.path for c in cases}))}; first batch "
-        f"{batch} samples of one image; seconds", "",
-        to_markdown(table), summary(table)])
-    click.echo(printed, nl=False)
-    write_page(out_md, printed)
+                        str(torch_device), measured=written)
+    click.echo(written(table, final=True), nl=False)
 
 
 COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay, benchmark_startup]
