@@ -177,10 +177,12 @@ def write_models(subject: Subject, cases: list[Case], folder: Path) -> dict[str,
         out = folder / f"{case.method}.safetensors"
         if case.method in files:
             continue
-        if out.is_file() and out.with_suffix(".json").is_file():  # written by an earlier run
-            files[case.method] = (str(out), str(base_file))
-            continue
         method = get_method(case.method, **stand_ins(case.method, case.hparams, folder))
+        kept = out.with_suffix(".json")
+        if out.is_file() and kept.is_file() \
+                and json.loads(kept.read_text()).get("hparams") == method.hparams:
+            files[case.method] = (str(out), str(base_file))  # written by an earlier run
+            continue
         torch.manual_seed(0)
         model = build_model(method, load_base(base_file), classes, classes)
         save_artifact(out, method.trainable_state(model), {
