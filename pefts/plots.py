@@ -94,3 +94,39 @@ def plot_against_sigma(table: pd.DataFrame, columns: Sequence[str], title: str,
         ax.set_ylabel(column if column == "ACR" else f"certified accuracy ({column})")
     fig.suptitle(title)
     save(fig, out, note)
+
+
+# a training curve's panels: (column, axis label); validation beside training accuracy
+CURVE_PANELS = (("loss", "training loss (noisy inputs)"),
+                (("train_accuracy", "val_accuracy"), "noisy accuracy"),
+                ("lr", "learning rate (SPSA: step size)"),
+                ("samples_per_s", "training samples/s"))
+
+
+def plot_training_curves(curves: Sequence[tuple[str, pd.DataFrame]], title: str,
+                         out: str | Path, note: str | None = None) -> None:
+    """One panel per quantity against the epoch, one line per labelled run (a stage of
+    a two-stage run, the denoisers' MSE then stability, continues the same line); solid
+    training, dashed validation accuracy. Runs without a curve are named in the note."""
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.2 * len(CURVE_PANELS), 3.6))
+    for ax, (columns, label) in zip(axes, CURVE_PANELS, strict=True):
+        for index, (name, table) in enumerate(curves):
+            colour = f"C{index % 10}"
+            for column, style in zip((columns,) if isinstance(columns, str) else columns,
+                                     ("-", "--"), strict=False):
+                values = pd.to_numeric(table.get(column), errors="coerce")
+                if values is None or values.isna().all():
+                    continue
+                suffix = " (validation)" if column == "val_accuracy" else ""
+                ax.plot(table["epoch_run"], values, style, color=colour, marker=".",
+                        label=f"{name}{suffix}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if curves:
+        axes[1].legend(fontsize=7)
+    else:
+        axes[0].text(0.5, 0.5, "no run of this figure trains", ha="center", va="center",
+                     transform=axes[0].transAxes)
+    fig.suptitle(title)
+    save(fig, out, note)

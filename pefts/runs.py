@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from pefts import curves
 from pefts.artifacts import load_meta, save_artifact
 from pefts.checkpoints import checkpointing, discard, fingerprint
 from pefts.data import class_names, load_split, read_manifest
@@ -102,6 +103,18 @@ def run_fingerprint(manifest: dict[str, Any], cfg: TrainConfig, **start: Any) ->
     return fingerprint(data=manifest["_sha256"], train=train, **start)
 
 
+def training_curve(out: str | Path, checkpoint: Any, model: torch.nn.Module,
+                   val: torch.utils.data.Dataset, sigma: float, device: torch.device,
+                   eval_max: int) -> Any:
+    """The run's curve beside its weights (pefts.curves), each epoch's validation accuracy
+    measured as the run's final one is (at most ``eval_max`` held-out images); kept
+    across a resume of its checkpoint."""
+    evaluate = (curves.evaluating(model, lambda: held_out_accuracy(model, val, sigma, device,
+                                                                    eval_max))
+                if len(val) else None)
+    return curves.recording(out, fresh=checkpoint.saved is None, evaluate=evaluate)
+
+
 def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: TrainConfig, out: str | Path,
                        device: torch.device, eval_max: int, extra: dict[str, Any],
                        start: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +122,8 @@ def fit_clean_and_save(model: PixelClassifier, manifest: dict[str, Any], cfg: Tr
     train, val = split_validation(load_split(manifest, "train"), cfg)
     if cfg.epochs > 0:
         with checkpointing(out, run_fingerprint(manifest, cfg, **start),
-                           cfg.checkpoint_minutes):
+                           cfg.checkpoint_minutes) as checkpoint, \
+                training_curve(out, checkpoint, model, val, 0.0, device, eval_max):
             metrics = train_noisy(model, train, 0.0, cfg, device, desc="base")
     metrics["clean_val_accuracy"] = held_out_accuracy(model, val, 0.0, device, eval_max)
     test = eval_subset(load_split(manifest, "test"), eval_max)
@@ -148,7 +162,8 @@ def finetune(manifest_path: str | Path, base_weights: str | Path, out: str | Pat
     if method.trains:
         run = run_fingerprint(manifest, cfg, base=base_sha256,
                               method=method_name, hparams=method.hparams, sigma=sigma)
-        with checkpointing(out, run, cfg.checkpoint_minutes):
+        with checkpointing(out, run, cfg.checkpoint_minutes) as checkpoint, \
+                training_curve(out, checkpoint, model, val, sigma, device, eval_max):
             metrics = method.fit(model, train, sigma, cfg, device)
     metrics["noisy_val_accuracy"] = held_out_accuracy(model, val, sigma, device, eval_max)
     test = eval_subset(load_split(manifest, "test"), eval_max)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from pefts import checkpoints
+from pefts import checkpoints, curves
 from pefts.errors import PeftsError
 from pefts.hparams import BOOL, Choice, Float, Int, check_values
 from pefts.progress import progress
@@ -201,7 +201,9 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PeftsError("nothing to train: the model has no trainable parameters")
-    checkpoint = checkpoints.active()
+    checkpoint, curve = checkpoints.active(), curves.active()
+    if curve is not None:  # a stage finished before a kill is a stage of its curve too
+        curve.begin_stage()
     done, saved = checkpoint.begin_stage() if checkpoint else (None, None)
     if done is not None:
         return done  # finished before the kill; the weights come from a later stage
@@ -226,6 +228,7 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
         seen, sums = saved["seen"], dict(saved["sums"])
     bar = progress(total=total, initial=saved["step"] if saved else 0, desc=desc, unit="step",
                    leave=False)
+    clock, per_epoch = curves.EpochClock(), math.ceil(len(data) / cfg.batch_size)
     for x, y, at in resumable_batches(data, cfg, total, saved, stream):
         if at.batch == 1:
             seen, sums = 0, {}  # statistics cover the last (possibly partial) epoch only
@@ -235,13 +238,20 @@ def optimise(model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: float,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         scheduler.step()
         seen += len(x)
+        clock.count(len(x))
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.update(1)
         # refresh=False: the bar redraws on its own schedule, not at every step
         bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+        if curve is not None and (at.epoch_end or at.run_end):
+            # before the checkpoint: a kill between the two recomputes the row, replacing it
+            curve.add(at.step / per_epoch, at.step, {k: v / seen for k, v in sums.items()},
+                      lr, clock.rate())
+            clock.restart()
         if at.save_due(checkpoint):
             checkpoint.save({"model": checkpoints.trainable_tensors(model),
                              "optimizer": optimizer.state_dict(),

@@ -6,23 +6,66 @@ fetched file whose sha256 is no longer the one `pefts fetch-weights` recorded be
 and a file whose sha256 differs from the one a trained model recorded for it. It returns
 the sha256, which the caller records in the metadata of what it trains.
 
-Hashing a 350 MB file costs about a second, so each file is hashed once per process
-(cached by path, size, mtime and inode). Free of torch: the Snakefile imports pefts.weights.
+Hashing a 350 MB file costs about a second, and every job of a run (each certification
+shard) verifies the same base, so each file is hashed once per process (cached by path,
+size, mtime and inode) and, for a large file, once at all: its digest is kept in a
+sidecar ``<file>.sha256`` keyed by size, mtime_ns and inode, and recomputed when any of
+them changed (``cached_digest``). Free of torch: the Snakefile imports pefts.weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import file_digest
+from pefts.files import atomic_write_text, file_digest
 
 FETCH_HINT = "`pefts fetch-weights --configfile <your config>` (on a host with internet)"
 
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+# files smaller than this are hashed every time: milliseconds, and no sidecar litter
+SIDECAR_MIN_BYTES = 8 << 20
+SIDECAR_SUFFIX = ".sha256"
+# a file modified less than this before its hash began may change again within the same
+# mtime tick (filesystems keep mtime to a few ms); its digest is not kept (git's "racy" rule)
+RACY_NS = 2_000_000_000
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(f"{os.fspath(path)}{SIDECAR_SUFFIX}")
+
+
+def _stat_key(stat: os.stat_result) -> dict[str, int]:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
+def cached_digest(path: Path, stat: os.stat_result) -> str:
+    """sha256 of the file ``path``, read from its sidecar when size, mtime and inode are
+    those the sidecar recorded, else computed (and recorded for a large file)."""
+    sidecar = sidecar_path(path)
+    key = _stat_key(stat)
+    if stat.st_size >= SIDECAR_MIN_BYTES:
+        try:
+            kept = json.loads(sidecar.read_text())
+            if isinstance(kept, dict) and {k: kept.get(k) for k in key} == key \
+                    and isinstance(kept.get("sha256"), str) and len(kept["sha256"]) == 64:
+                return kept["sha256"]
+        except (OSError, ValueError):  # none yet, unreadable or corrupt: hash the file
+            pass
+    started = time.time_ns()
+    digest = file_digest(path)
+    if stat.st_size >= SIDECAR_MIN_BYTES and stat.st_mtime_ns < started - RACY_NS \
+            and _stat_key(path.stat()) == key:  # unchanged while it was read
+        try:
+            atomic_write_text(sidecar, json.dumps({**key, "sha256": digest}) + "\n")
+        except OSError:  # a read-only folder: the digest is still right, only not kept
+            pass
+    return digest
 
 
 def sha256(path: str | Path) -> str:
@@ -33,13 +76,15 @@ def sha256(path: str | Path) -> str:
     root = Path(path)
     if root.is_dir():
         digest = hashlib.sha256()
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        # sidecars are the cache, not the model: a folder hashes the same with or without
+        for file in sorted(p for p in root.rglob("*")
+                           if p.is_file() and not p.name.endswith(SIDECAR_SUFFIX)):
             digest.update(f"{file.relative_to(root)}\0{sha256(file)}\n".encode())
         return digest.hexdigest()
     stat = root.stat()
     key = (os.path.realpath(root), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if key not in _DIGESTS:
-        _DIGESTS[key] = file_digest(root)
+        _DIGESTS[key] = cached_digest(root, stat)
     return _DIGESTS[key]
 
 

@@ -7,6 +7,9 @@ autocast, which keeps the smoothing distribution exactly Gaussian.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -52,13 +55,43 @@ def merge_lora(net: nn.Module) -> int:
     return merged
 
 
+# Inductor's on-disk cache (FX graphs, generated kernels, Triton binaries) is this folder
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def use_compile_cache(folder: str | Path) -> Path:
+    """Make torch.compile keep and reuse its compiled artifacts in ``folder`` (created).
+
+    Every shard of a run compiles the same graph; by default Inductor caches it under the
+    node's /tmp, which a shard on another node of a cluster never sees. In the run's
+    folder (a shared filesystem) the first shard compiles and the others load: Dynamo
+    still traces, but code generation and the C++/Triton builds are skipped. The cache
+    is keyed by graph, torch version and device, so a stale or foreign entry is never
+    used, only recompiled. Set before the first compilation of the process."""
+    path = Path(folder).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PeftsError(f"compile cache folder {folder} cannot be created ({err.strerror})") from None
+    os.environ[CACHE_ENV] = str(path)
+    return path
+
+
 def executed(net: nn.Module, precision: str = "fp32", channels_last: bool = False,
-             compile_net: bool = False, merge: bool = False) -> nn.Module:
-    """The network with the fast-path options applied, in eval mode."""
+             compile_net: bool = False, merge: bool = False,
+             compile_cache: str | Path | None = None) -> nn.Module:
+    """The network with the fast-path options applied, in eval mode; compiled with its
+    artifacts cached in ``compile_cache`` when given (``use_compile_cache``)."""
     net = net.eval()
     if merge:
         merge_lora(net)
     model: nn.Module = Executed(net, precision, channels_last).eval()
-    if compile_net:
-        model = torch.compile(model, dynamic=True)
-    return model
+    return compiled(model, compile_cache) if compile_net else model
+
+
+def compiled(model: nn.Module, compile_cache: str | Path | None = None) -> nn.Module:
+    """``model`` compiled (lazily: the first call compiles), its artifacts kept in
+    ``compile_cache`` when given."""
+    if compile_cache is not None:
+        use_compile_cache(compile_cache)
+    return torch.compile(model, dynamic=True)

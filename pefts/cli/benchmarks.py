@@ -228,4 +228,71 @@ def benchmark_precision(images, sigma, n, n0, alpha, radii, flip_samples, batch,
     write_page(out_md, printed)
 
 
-COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay, benchmark_precision]
+
+@click.command("benchmark-startup")
+@click.option("--configfile", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="a preset: its base network, methods, precision and LoRA merge")
+@click.option("--methods", default=None,
+              help="comma-separated methods of the preset (default: all of them)")
+@click.option("--compile", "compiled", default="",
+              help="comma-separated methods also timed compiled (torch.compile)")
+@click.option("--batch", default=None, type=AT_LEAST_ONE,
+              help="samples of the first batch (default: the preset's certify.batch)")
+@click.option("--threads", default=None, type=AT_LEAST_ONE, help="torch CPU threads per job")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="instead of the preset's certify.precision (a CPU without bf16 units "
+                   "emulates it, minutes per batch)")
+@click.option("--folder", default=None, type=click.Path(file_okay=False),
+              help="where the random-weight models are written (default: a temporary folder)")
+@click.option("--out", default=None, type=TSV_OUT,
+              help="also write a TSV (what `pefts plan` reads: pefts.startup_benchmark.read_startup)")
+@page_option
+@device_option
+def benchmark_startup(configfile, methods, compiled, batch, threads, precision, folder, out,
+                      out_md, device) -> None:
+    """Seconds from a job's process start to its first certified sample, per method, in
+    a fresh process each, split into imports, hashing, reading, building, merging,
+    compiling and the first batch; cold (a run's first job) and warm (its later shards)."""
+    import tempfile
+
+    import yaml
+
+    from pefts.artifacts import atomic_write_text
+    from pefts.benchmark import device_name
+    from pefts.devices import resolve_device
+    from pefts.startup_benchmark import measure, preset_cases, summary, to_markdown
+
+    with open(configfile) as handle:
+        config = yaml.safe_load(handle)
+    if not isinstance(config, dict) or not {"base", "methods"} <= set(config):
+        raise PeftsError(f"{configfile} is not a preset (it needs base and methods)")
+    if precision:
+        config.setdefault("certify", {})["precision"] = precision
+    chosen = [m for m in (methods or "").split(",") if m] or None
+    subject, cases, preset_batch = preset_cases(config, chosen, [m for m in compiled.split(",") if m])
+    batch = batch or preset_batch
+    torch_device = resolve_device(device)
+    header = (f"device: {device_name(torch_device)}; torch threads per job: "
+              f"{threads or 'default'}; {Path(configfile).name}: {subject.arch} (random "
+              f"weights) on 3x{subject.image_size}x{subject.image_size}, "
+              f"{', '.join(sorted({c.path for c in cases}))}; first batch {batch} samples of "
+              "one image; seconds")
+
+    def written(table, final: bool = False) -> str:
+        """The TSV and the page so far: a stopped run leaves what it measured."""
+        if out:
+            atomic_write_text(out, table.to_csv(sep="\t", index=False))
+        partial = "" if final else (f"partial: {len(table)} of {2 * len(cases)} rows "
+                                    "measured so far\n\n")
+        printed = "\n".join([header, "", partial + to_markdown(table), summary(table)])
+        write_page(out_md, printed)
+        return printed
+
+    with tempfile.TemporaryDirectory(prefix="pefts-startup-") as scratch:
+        table = measure(subject, cases, Path(folder or scratch), batch, threads,
+                        str(torch_device), measured=written)
+    click.echo(written(table, final=True), nl=False)
+
+
+COMMANDS = [benchmark, benchmark_adaptive, benchmark_replay, benchmark_precision,
+            benchmark_startup]

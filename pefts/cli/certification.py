@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from pefts.certification.setup import shard_setup
@@ -92,6 +94,11 @@ def check_modes_options(ctx: click.Context, adaptive: bool, adaptive_only: tuple
                              "for every image): add --adaptive or drop it")
 
 
+def default_compile_cache(out: str) -> Path:
+    """Beside the shard's output: the shards of one (run, sigma) share their folder."""
+    return Path(out).resolve().parent / "compile-cache"
+
+
 @click.command()
 @sampling_options
 @click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
@@ -100,9 +107,12 @@ def check_modes_options(ctx: click.Context, adaptive: bool, adaptive_only: tuple
 @click.option("--sound", is_flag=True,
               help="sound in floating point (Voracek & Hein): 8-bit images, noise from the "
                    "Gaussian discretised to 1/255 drawn exactly, that distribution's certificate")
+@click.option("--compile-cache", default=None, type=click.Path(file_okay=False),
+              help="with --compile: Inductor's cache folder, shared by the run's shards so "
+                   "one compiles and the others load (default: compile-cache beside --out)")
 def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
             device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
-            compile_net, merge_lora, sound) -> None:
+            compile_net, merge_lora, sound, compile_cache) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
     check_modes_options(click.get_current_context(), adaptive, ("n_max", "radii", "rtol"))
     from pefts.certification.adaptive import AdaptivePlan
@@ -131,7 +141,9 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
             "merge_lora": merge_lora}
     if fast != {"precision": "fp32", "channels_last": False, "compile": False, "merge_lora": False}:
         settings.update(fast)  # only when used, so resuming an older run still matches
-    net = executed(net, precision, channels_last, compile_net, merge_lora)
+    if compile_cache is None:
+        compile_cache = default_compile_cache(out)
+    net = executed(net, precision, channels_last, compile_net, merge_lora, compile_cache)
     if adaptive:
         plan = AdaptivePlan(sigma, alpha, n_max or n, grid, rtol)
         settings.update(adaptive=True, n_max=plan.n_max, radii=list(grid), rtol=rtol,

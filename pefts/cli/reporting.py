@@ -271,5 +271,42 @@ def compare_sound(standard, sound, radii, out_tsv, out_md) -> None:
     click.echo(write_table(table, out_tsv, out_md, comparison_markdown(table, standard)), nl=False)
 
 
+@click.command("plot-curves")
+@click.option("--run", "runs", multiple=True, type=RUN,
+              help="LABEL SIGMA model.safetensors (repeat): its curve is model.curve.tsv")
+@click.option("--base", "bases", multiple=True, type=click.Path(dir_okay=False),
+              help="a base classifier's weights (repeat): their curves in the figure of run 'base'")
+@click.option("--out", "pattern", required=True,
+              help="PNG path with {run}: one figure per label, one line per sigma")
+def plot_curves(runs, bases, pattern) -> None:
+    """Training curves (pefts.curves) of fine-tuned models: loss, noisy training and
+    validation accuracy, learning rate and samples/s against the epoch."""
+    from pefts.curves import curve_path, read_curve, run_table
+    from pefts.files import refuse_clashes
+    from pefts.plots import plot_training_curves
+
+    labels = list(dict.fromkeys(label for label, _, _ in runs)) + (["base"] if bases else [])
+    if "{run}" not in pattern and len(labels) > 1:
+        raise PeftsError("--out must contain {run} when the runs have several labels, "
+                         "e.g. results/figures/training_curves_{run}.png")
+    refuse_clashes({f"--out ({label})": pattern.replace("{run}", label) for label in labels},
+                   [*(m for _, _, m in runs), *bases])
+    for label in labels:
+        drawn, missing = [], []
+        lines = ([(f"sigma {sigma:g}", model) for run, sigma, model in runs if run == label]
+                 if label != "base" or not bases else [(Path(b).parent.name or b, b) for b in bases])
+        for name, model in lines:
+            rows = read_curve(curve_path(model))
+            if rows:
+                drawn.append((name, run_table(rows)))
+            else:
+                missing.append(name)
+        note = (f"no curve (nothing trained, or trained by an older pefts): {', '.join(missing)}"
+                if missing else None)
+        out = pattern.replace("{run}", label)
+        plot_training_curves(drawn, f"training curves: {label}", out, note)
+        click.echo(f"{label}: {len(drawn)} curve(s) -> {out}")
+
+
 COMMANDS = [summarize, plot, plot_vs_sigma, noise_accuracy, parameters, docs_page,
-            compare_paper, compare_sound]
+            compare_paper, compare_sound, plot_curves]

@@ -10,6 +10,7 @@ prompt is a deterministic function of the one noisy input.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from pefts import checkpoints
+from pefts import checkpoints, curves
 from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
 from pefts.blackbox.coordinator import Frame
 from pefts.errors import PeftsError
@@ -180,6 +181,10 @@ class BlackBoxPrompt(Method):
         # BlackVIP's trainer: the decoder in training mode (BatchNorm on the batch's
         # statistics, running statistics updated by every perturbed query)
         coordinator.train()
+        curve = curves.active()
+        if curve is not None:
+            curve.begin_stage()
+        clock, per_epoch = curves.EpochClock(), math.ceil(len(data) / cfg.batch_size)
         for x, y, at in resumable_batches(data, cfg, total, saved):
             if at.batch == 1:
                 seen, correct, loss_sum = 0, 0.0, 0.0  # the last epoch's statistics only
@@ -201,10 +206,18 @@ class BlackBoxPrompt(Method):
             with torch.no_grad():
                 loss_sum += optimiser.step(loss) * len(y)
             seen += len(y)
+            clock.count(len(y))
             correct += sum(hits) / len(hits)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                             queries=query.images - start_images, refresh=False)
+            if curve is not None and (at.epoch_end or at.run_end):
+                # lr: the step size a_k of the step just taken
+                curve.add(at.step / per_epoch, at.step,
+                          {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                           "queries": query.images - start_images},
+                          optimiser.config.step_size(optimiser.k), clock.rate())
+                clock.restart()
             if at.save_due(checkpoint):
                 checkpoint.save({
                     "theta": optimiser.theta, "velocity": optimiser.velocity, "k": optimiser.k,

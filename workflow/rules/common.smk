@@ -105,6 +105,9 @@ def main_outputs():
         path("summary", "parameters.tsv"),
         *[path("figures", f"certified_sigma{s}.png") for s in STUDY.sigmas],
         path("figures", "accuracy_vs_parameters.png"),
+        # pefts.curves: each trained run's curve, one figure per method and one of the base
+        *[path("figures", f"training_curves_{r}.png")
+          for r in [*dict.fromkeys(r for r, _ in STUDY.main_grid()), "base"]],
         # a preset that reproduces the paper also puts its numbers beside the paper's
         *([path("summary", "paper_comparison.tsv")] if config["summary"]["paper"] else []),
         # certify.sound_compare: one run in the sound mode beside the standard mode

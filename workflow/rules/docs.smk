@@ -119,10 +119,32 @@ rule docs_benchmark_precision:
         "pefts benchmark-precision --out-md {output} > {log} 2>&1"
 
 
+# a job's start-up by phase, per method of the CIFAR-10 preset at its real size (random
+# ViT-B/16 weights, nothing fetched), each in a fresh process, cold and warm; the TSV is
+# what `pefts plan` can read (pefts.startup_benchmark.read_startup). fp32: this CPU has
+# no bf16 units (bf16 is emulated there, minutes a batch); batch 2: the first batch on a
+# CPU says nothing of a GPU's
+rule docs_benchmark_startup:
+    input:
+        in_repo("configs/cifar10-vitb16.yaml"),
+    output:
+        page="docs/measurements/startup-cpu.md",
+        tsv="docs/measurements/startup-cpu.tsv",
+    threads: 1
+    conda:
+        ENV
+    log:
+        path("logs", "docs_benchmark_startup.log"),
+    shell:
+        "pefts benchmark-startup --configfile {input} --compile lora --precision fp32 --batch 2"
+        " --threads 1 --device cpu --out {output.tsv} --out-md {output.page} > {log} 2>&1"
+
+
 rule docs_benchmarks:
     input:
         "docs/measurements/throughput-cpu.md",
         "docs/measurements/diffusion-precision.md",
+        "docs/measurements/startup-cpu.md",
         expand("docs/measurements/replay-cohen-grid-{grid}-abstain{p}.md",
                grid=["sigma", "presets"], p=["0.5", "0.3"]),
         [f"docs/measurements/adaptive-lora-sigma{s}.md" for s in STUDY.sigmas],

@@ -3,6 +3,7 @@
 MAIN = STUDY.main_grid()
 TWOBIRDS = STUDY.twobirds_grid()
 NOISE = STUDY.noise_grid()
+CURVE_RUNS = [*dict.fromkeys(r for r, _ in MAIN), "base"]
 SOUND = STUDY.sound_grid()
 # the runs some row of the paper is set beside (`none` is in none: the paper's RS rows are
 # other papers' noise-trained models)
@@ -20,6 +21,7 @@ localrules:
     ablation_report,
     noise_learning_report,
     sound_comparison,
+    training_curves,
 
 
 rule summarize:
@@ -92,6 +94,26 @@ rule parameters:
     shell:
         "pefts parameters {params.runs} --summary {input.summary} --out-tsv {output.tsv} "
         "--out-md {output.md} --figure {output.figure} > {log} 2>&1"
+
+
+# every trained run's curve (pefts.curves: model.curve.tsv beside its weights, written
+# by the training job but not declared, so a killed job keeps its rows for the resume)
+rule training_curves:
+    input:
+        models=models(MAIN),
+        bases=sorted({STUDY.base(r) for r, _ in MAIN}),
+    output:
+        [figure(f"training_curves_{m}.png", "training curves") for m in CURVE_RUNS],
+    params:
+        runs=lambda w, input: STUDY.run_args(MAIN, list(input.models)),
+        bases=lambda w, input: " ".join(f"--base {b}" for b in input.bases),
+        pattern=lambda w: path("figures", "training_curves_{run}.png"),
+    conda:
+        ENV
+    log:
+        path("logs", "training_curves.log"),
+    shell:
+        "pefts plot-curves {params.runs} {params.bases} --out {params.pattern:q} > {log} 2>&1"
 
 
 rule paper_comparison:
