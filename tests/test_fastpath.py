@@ -1,6 +1,6 @@
 """The fast path gives the same predictions (docs/fastpath.md): each method's tiny model
 with perturbed trained parts, on a fixed batch of noisy inputs, eager against compiled
-(bf16 both) and fp32 against bf16. Compiling on a CPU takes minutes: slow tier."""
+(bf16 both) and fp32 against bf16. Compiling on a CPU takes a minute a model: slow tier."""
 
 from __future__ import annotations
 
@@ -43,18 +43,34 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a == b).float().mean())
 
 
+# compiled: the hand-written wrappers (deep prompts, adapters, merged LoRA); a compile costs
+# a minute of CPU, and the plain timm ViT (none, full) and the denoisers' convolutions
+# have no code of ours between Dynamo and the library's modules
+COMPILED = ["lora", "prompt", "adapter"]
+
+
+def test_bf16_predicts_as_eager_fp32():
+    x = noisy_batch()
+    for method in METHODS:
+        model = perturbed(method)
+        fp32, fp32_logits = predictions(executed(model, "fp32"), x)
+        bf16, bf16_logits = predictions(executed(model, "bf16", merge=method == "lora"), x)
+        # bf16 keeps 8 bits of mantissa: logits within a few hundredths, predictions equal
+        # but for near-ties
+        scale = 1.0 + float(fp32_logits.abs().max())
+        assert float((bf16_logits - fp32_logits).abs().max()) < 0.05 * scale, method
+        assert agreement(bf16, fp32) >= 0.95, method
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-def test_compiled_and_bf16_predict_as_eager_fp32(method, tmp_path):
+@pytest.mark.parametrize("method", COMPILED)
+def test_compiled_predicts_as_eager_bf16(method, tmp_path):
     x = noisy_batch()
     model = perturbed(method)
     fp32, fp32_logits = predictions(executed(model, "fp32"), x)
     bf16, bf16_logits = predictions(executed(model, "bf16", merge=method == "lora"), x)
     fast, fast_logits = predictions(
         executed(model, "bf16", compile_net=True, compile_cache=tmp_path / "cc"), x)
-    # bf16 keeps 8 bits of mantissa: logits within a few hundredths, predictions equal
-    # but for near-ties
     scale = 1.0 + float(fp32_logits.abs().max())
-    assert float((bf16_logits - fp32_logits).abs().max()) < 0.05 * scale
     assert float((fast_logits - bf16_logits).abs().max()) < 0.05 * scale
-    assert agreement(bf16, fp32) >= 0.95 and agreement(fast, bf16) >= 0.95
+    assert agreement(fast, bf16) >= 0.95
