@@ -196,6 +196,39 @@ def summarize(runs: Sequence[tuple[str, float, pd.DataFrame]], radii: Sequence[f
     return pd.DataFrame(rows)
 
 
+def check_summary(table: pd.DataFrame, path: str | Path) -> None:
+    """`summarize`'s table as read back from a file: sigma finite and positive, every
+    certified accuracy and abstention rate a fraction in [0, 1] (NaN only for a run of no
+    images), ACR and seconds finite and >= 0; the first bad cell is named with its line."""
+    missing = {"method", "sigma"} - set(table.columns)
+    if missing:
+        raise PeftsError(f"{path} lacks column(s) {', '.join(sorted(missing))} "
+                         "(expected `pefts summarize`' TSV)")
+    empty = (pd.to_numeric(table["images"], errors="coerce") == 0
+             if "images" in table.columns else pd.Series(False, index=table.index))
+    checks = [("sigma", 0.0, np.inf, False)]
+    checks += [(c, 0.0, 1.0, True) for c in table.columns if c.startswith("r=") or c == "abstain"]
+    checks += [(c, 0.0, np.inf, True) for c in ("ACR", "sec/img") if c in table.columns]
+    for column, low, high, nan_when_empty in checks:
+        values = pd.to_numeric(table[column], errors="coerce")
+        fine = np.isfinite(values) & (values >= low) & (values <= high)
+        if column == "sigma":
+            fine &= values > 0
+        if nan_when_empty:
+            fine |= values.isna() & empty & table[column].isna()
+        if not fine.all():
+            row = int((~fine).to_numpy().argmax())
+            raise PeftsError(f"{path}, line {row + 2}: {column} {_shown(table[column].iloc[row])} is "
+                             f"not a number in [{low:g}, {high:g}]"
+                             f"{' above 0' if column == 'sigma' else ''} (expected `pefts "
+                             "summarize`' TSV)")
+
+
+def _shown(value: Any) -> str:
+    """A cell as it stood in the file (numpy's scalars print as np.float64(...))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def with_certification(table: pd.DataFrame, certs: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The summary with how each row's run was certified, as plain extra columns (a
     TSV reader sees them like any other; nothing hides in comments)."""
