@@ -605,7 +605,9 @@ def study_table(pairs: list[Pair], protocol: Protocol, jobs: list[TrainJob], ref
                 rate: float | None, startup_s: float, cpu_jobs: int) -> pd.DataFrame:
     """The whole study per run in GPU-hours: training, certification, start-up, total."""
     rows = []
-    runs = list(dict.fromkeys([*(j.run for j in jobs), *(p.run for p in pairs)]))
+    # the base first, then by name: the dry run lists jobs in no fixed order, and a
+    # regenerated page must not reorder its rows
+    runs = sorted({*(j.run for j in jobs), *(p.run for p in pairs)}, key=lambda r: (r != "base", r))
     for run in runs:
         trains = [j for j in jobs if j.run == run]
         certs = [p for p in pairs if p.run == run]
