@@ -585,7 +585,7 @@ def _kept(images: int, train: Any) -> int:
 def training_table(jobs: list[TrainJob], reference: float, rate: float | None) -> pd.DataFrame:
     """Per run: training jobs, epochs, images, GFLOP per image and step, GPU-hours."""
     rows = []
-    for run in dict.fromkeys(j.run for j in jobs):
+    for run in _run_order(j.run for j in jobs):
         mine = [j for j in jobs if j.run == run]
         first = mine[0]
         speed, source = (rate, "--rate") if rate else path_rate(first.precision, False, False,
@@ -601,13 +601,17 @@ def training_table(jobs: list[TrainJob], reference: float, rate: float | None) -
     return pd.DataFrame(rows)
 
 
+def _run_order(runs) -> list[str]:
+    """The base first, then by name: the dry run lists jobs in no fixed order, and a
+    regenerated page must not reorder its rows."""
+    return sorted(set(runs), key=lambda r: (r != "base", r))
+
+
 def study_table(pairs: list[Pair], protocol: Protocol, jobs: list[TrainJob], reference: float,
                 rate: float | None, startup_s: float, cpu_jobs: int) -> pd.DataFrame:
     """The whole study per run in GPU-hours: training, certification, start-up, total."""
     rows = []
-    # the base first, then by name: the dry run lists jobs in no fixed order, and a
-    # regenerated page must not reorder its rows
-    runs = sorted({*(j.run for j in jobs), *(p.run for p in pairs)}, key=lambda r: (r != "base", r))
+    runs = _run_order([*(j.run for j in jobs), *(p.run for p in pairs)])
     for run in runs:
         trains = [j for j in jobs if j.run == run]
         certs = [p for p in pairs if p.run == run]

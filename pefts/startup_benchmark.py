@@ -377,9 +377,15 @@ def read_startup(path: str | Path) -> dict[tuple[str, str], float]:
     missing = {"method", "start", "total_s"} - set(table.columns)
     if missing:
         raise PeftsError(f"start-up measurements {path} lack columns {', '.join(sorted(missing))}")
+    seconds = pd.to_numeric(table["total_s"], errors="coerce")
+    bad = ~(seconds.notna() & (seconds >= 0) & (seconds < float("inf")))
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise PeftsError(f"start-up measurements {path}, line {row + 2}: total_s "
+                         f"{table['total_s'].iloc[row]!r} is not a number of seconds >= 0")
     found: dict[tuple[str, str], float] = {}
-    for row in table.itertuples():
-        found.setdefault((row.method, row.start), float(row.total_s))
+    for method, start, total in zip(table["method"], table["start"], seconds, strict=True):
+        found.setdefault((method, start), float(total))
     return found
 
 
@@ -390,3 +396,17 @@ def job_seconds(startup: dict[tuple[str, str], float], method: str, shards: int)
     if (method, "cold") not in startup:
         raise PeftsError(f"no start-up measured for method {method!r}")
     return startup[(method, "cold")] + (shards - 1) * startup[(method, "warm")]
+
+
+def measured_startup(path: str | Path, methods: list[str]) -> tuple[float, str]:
+    """One figure per GPU job for `pefts plan`: the mean first-job (cold) start-up of the
+    config's methods measured in ``path``, and the words naming it. Cold, not warm: a
+    run's later shards start faster, so this errs on the side of the bill."""
+    startup = read_startup(path)
+    cold = {m: startup[(m, "cold")] for m in methods if (m, "cold") in startup}
+    if not cold:
+        raise PeftsError(f"start-up measurements {path} hold none of the config's methods "
+                         f"({', '.join(methods)})")
+    seconds = sum(cold.values()) / len(cold)
+    return seconds, (f"measured: mean first-job start-up of {len(cold)} of the config's "
+                     f"{len(methods)} methods in {path}")

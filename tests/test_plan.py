@@ -261,3 +261,24 @@ def test_two_replay_logs_for_one_sigma_are_refused(run_cli, tmp_path):
     code, _, err = run_cli("plan", "--configfile", CIFAR, "--replay", logs[0], "--replay-sigma",
                            "0.5", "--replay", logs[1], "--replay-sigma", "0.5")
     assert code == 1 and err.count("\n") == 1 and "two --replay logs for sigma 0.5" in err, err
+
+
+def test_plan_prices_start_up_from_a_measured_table(run_cli, tmp_path):
+    """--startup-tsv: each GPU job pays the mean cold start-up of the config's methods in
+    the benchmark's TSV, and the headline names that file instead of the assumption."""
+    tsv = tmp_path / "startup.tsv"
+    rows = [("lora", "cold", 30.0), ("lora", "warm", 5.0), ("none", "cold", 10.0),
+            ("elsewhere", "cold", 900.0)]
+    pd.DataFrame(rows, columns=["method", "start", "total_s"]).to_csv(tsv, sep="\t", index=False)
+    code, out, err = run_cli("plan", "--configfile", CIFAR, "--passes-per-image", "4667",
+                             "--startup-tsv", tsv)
+    assert code == 0, err
+    headline = next(line for line in out.splitlines() if line.startswith("Whole study"))
+    jobs = int(headline.split(" GPU jobs at ")[0].rsplit(" ", 1)[1])
+    assert " GPU jobs at 20 s each, measured: mean first-job start-up of 2 of " in headline
+    assert f"{jobs * 20 / 3600:.2f} start-up" in headline and str(tsv) in headline
+    tsv.write_text("method\tstart\ttotal_s\nlora\tcold\tnan\n")
+    code, _, err = run_cli("plan", "--configfile", CIFAR, "--startup-tsv", tsv)
+    assert code == 1 and "line 2: total_s" in err and err.count("\n") == 1
+    code, _, err = run_cli("plan", "--configfile", CIFAR, "--startup-tsv", tsv, "--startup-s", "5")
+    assert code == 1 and "not both" in err

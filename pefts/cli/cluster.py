@@ -63,11 +63,14 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
               help="samples/s of Cohen's fp32 protocol (default: the H200's, measured)")
 @click.option("--startup-s", default=None, type=NON_NEGATIVE,
               help="seconds each GPU job pays before its first sample (default: an assumed 60)")
+@click.option("--startup-tsv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="seconds each GPU job pays, measured: `pefts benchmark-startup --out` "
+                   "on the machine the study runs on (each method's first job, cold)")
 @click.option("--out-md", default=None, type=click.Path(dir_okay=False),
               help="write the table as a Markdown section")
 @click.option("--append", is_flag=True, help="append to --out-md instead of replacing it")
 def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, passes_per_image,
-         rate, rate_fixed, startup_s, out_md, append) -> None:
+         rate, rate_fixed, startup_s, startup_tsv, out_md, append) -> None:
     """The whole study's GPU-hours before running it: every training job, certification
     and each GPU job's start-up, per run and in total; jobs per rule from the DAG."""
     from pathlib import Path
@@ -90,7 +93,14 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     protocols = p.protocols(config, adaptive, rate_fixed, rate)
     # the config's own way: adaptive, or fixed n on its path
     own = protocols[-1] if config["certify"]["adaptive"] else protocols[1]
+    if startup_s is not None and startup_tsv:
+        raise PeftsError("give --startup-s or --startup-tsv, not both")
     startup = p.STARTUP_S if startup_s is None else startup_s
+    startup_how = "--startup-s" if startup_s is not None else "assumed, not measured"
+    if startup_tsv:
+        from pefts.startup_benchmark import measured_startup
+
+        startup, startup_how = measured_startup(startup_tsv, config["methods"])
     gpu_jobs = sum(jobs.get(rule, 0) for rule in p.GPU_RULES)
     shards = sum(pair.shards for pair in pairs)
     table = p.cost_table(pairs, protocols, reference, shards * startup / 3600)
@@ -102,7 +112,6 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     name = " + ".join(configfiles) or "config.yaml"
     used = sorted({pair.sigma for pair in pairs})
     how = "; ".join(f"sigma {s:g}: {adaptive[s][0]:,.0f} ({adaptive[s][1]})" for s in used)
-    startup_how = ("--startup-s" if startup_s is not None else "assumed, not measured")
     totals = study.iloc[-1]
     cert_h = float(totals["certify GPU-h"].replace(",", ""))
     cert_start = shards * startup / 3600
