@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import beta
 
 from pefts.certification.adaptive import AdaptivePlan
-from pefts.certification.sequences import FINAL_SHARE, spread_looks
+from pefts.certification.sequences import final_look_share, spread_looks
 
 
 @pytest.mark.parametrize("t,misses", [(50_000, 10_000), (90_000, 2_000)])
@@ -33,11 +33,13 @@ def test_futility_margin_shrinks_by_the_square_root_of_the_share_left(t, misses)
 
 @pytest.mark.parametrize("n_max,alpha", [(2_000, 0.001), (100_000, 0.001)])
 def test_look_budgets_follow_the_square_root_of_the_count(n_max, alpha):
-    """The last look holds FINAL_SHARE of alpha; the others split the rest in proportion
-    to the square root of their counts."""
+    """The last look holds its share of alpha (final_look_share: FINAL_SHARE at 100,000,
+    more for smaller budgets); the others split the rest in proportion to the square root
+    of their counts."""
     looks = spread_looks(n_max, alpha)
+    share = final_look_share(n_max)
     counts, budgets = np.array(looks.counts[:-1], float), np.array(looks.budgets[:-1])
     assert len(counts) >= 3
     assert budgets / np.sqrt(counts) == pytest.approx(
-        np.full(len(counts), alpha * (1 - FINAL_SHARE) / np.sqrt(counts).sum()), rel=1e-9)
-    assert looks.budgets[-1] == pytest.approx(alpha * FINAL_SHARE, rel=1e-9)
+        np.full(len(counts), alpha * (1 - share) / np.sqrt(counts).sum()), rel=1e-9)
+    assert looks.budgets[-1] == pytest.approx(alpha * share, rel=1e-9)
