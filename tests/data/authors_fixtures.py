@@ -1,5 +1,5 @@
 """Numbers produced by the authors' own code, for the tests that hold ours to it
-(tests/test_authors_fixtures.py): Carlini et al.'s diffusion denoised smoothing
+(tests/test_authors_code.py): Carlini et al.'s diffusion denoised smoothing
 (ethz-spylab/diffusion_denoised_smoothing: cifar10/DRM.py, cifar10/certify.py and the
 improved-diffusion / guided-diffusion copies beside them) and BlackVIP's coordinator
 (changdaeoh/BlackVIP: trainers/visual_prompters.py) run through Hugging Face
