@@ -44,10 +44,10 @@ def parameter_table(models: Sequence[tuple[str, float, str | Path]]) -> pd.DataF
 def read_parameter_table(path: str | Path) -> pd.DataFrame:
     """`pefts parameters`' TSV, its counts checked: a whole number >= 0 per method (a
     count typed as "81,418" is refused, naming its line, not divided by)."""
-    from pefts.cli.reporting import read_summary
     from pefts.errors import PeftsError
+    from pefts.results import read_written_table
 
-    table = read_summary(str(path), "pefts parameters")
+    table = read_written_table(path, "pefts parameters")
     missing = {"method", "trainable"} - set(table.columns)
     if missing:
         raise PeftsError(f"{path} lacks column(s) {', '.join(sorted(missing))} "

@@ -196,6 +196,21 @@ def summarize(runs: Sequence[tuple[str, float, pd.DataFrame]], radii: Sequence[f
     return pd.DataFrame(rows)
 
 
+def read_written_table(path: str | Path, writer: str = "pefts summarize") -> pd.DataFrame:
+    """A TSV another command wrote; `pefts summarize`'s own has its numbers checked
+    (``check_summary``) before anything is drawn from them."""
+    if not Path(path).is_file():
+        raise PeftsError(f"{path} does not exist (run `{writer}` first)")
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise PeftsError(f"{path} is not a table written by `{writer}`: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if writer == "pefts summarize":
+        check_summary(table, path)
+    return table
+
+
 def check_summary(table: pd.DataFrame, path: str | Path) -> None:
     """`summarize`'s table as read back from a file: sigma finite and positive, every
     certified accuracy and abstention rate a fraction in [0, 1] (NaN only for a run of no

@@ -121,22 +121,10 @@ def plot_vs_sigma(summary, columns, title, out) -> None:
 
 
 def read_summary(path: str, writer: str = "pefts summarize"):
-    """A TSV another command wrote; `pefts summarize`'s own has its numbers checked
-    (``pefts.results.check_summary``) before anything is drawn from them."""
-    import pandas as pd
+    """A TSV another command wrote (``pefts.results.read_written_table``)."""
+    from pefts.results import read_written_table
 
-    from pefts.results import check_summary
-
-    if not Path(path).is_file():
-        raise PeftsError(f"{path} does not exist (run `{writer}` first)")
-    try:
-        table = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise PeftsError(f"{path} is not a table written by `{writer}`: "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if writer == "pefts summarize":
-        check_summary(table, path)
-    return table
+    return read_written_table(path, writer)
 
 
 @click.command("noise-accuracy")
