@@ -11,6 +11,30 @@ import pytest
 from pefts.data import prepare
 from pefts.runs import finetune, train_base
 
+# pytest-xdist (pyproject's `-n auto`) runs one worker per core: each worker and the
+# processes it starts get their share of the cores, not all of them (torch's default),
+# which would oversubscribe the machine and spin
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests first, the real-size preset runs (the longest, about ten minutes each on
+    two cores) before them: pytest-xdist hands the collected order out to its workers, so
+    the long runs start while every worker is free instead of ending the run on one."""
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 2
+        return 0 if "realsize" in item.path.name else 1
+
+    items.sort(key=rank)
+
+
 TINY_SPEC = {
     "arch": "vit_tiny_patch16_224",
     "input_size": 8,

@@ -29,6 +29,12 @@ BATCH = 2  # images per training step and per certification batch
 CERTIFY_N, CERTIFY_ALPHA = 12, 0.05
 
 
+def certified_images(gpu: bool) -> int:
+    """Images certified per run: two on a GPU; one on a CPU, where the ImageNet diffusion
+    row alone costs 4.5 minutes an image (a 553M UNet and BEiT-L/16 at 512, 14 samples)."""
+    return 2 if gpu else 1
+
+
 def vitb16_weights(path: Path) -> Path:
     """A real-size ViT-B/16 with random weights (no download), as safetensors."""
     import timm
@@ -109,10 +115,12 @@ def fixture_env(checksums: Path | None) -> dict[str, str]:
     return {"PEFTS_TEST_CIFAR10_MD5": str(checksums), "PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
-def shrink_train(train: dict[str, Any], num_train: int) -> dict[str, Any]:
-    """One optimiser step of ``BATCH`` images (no step at all where the preset has none)."""
+def shrink_train(train: dict[str, Any], num_train: int, gpu: bool = False) -> dict[str, Any]:
+    """One optimiser step of ``BATCH`` images (no step at all where the preset has none),
+    on a CPU in fp32 (see ``overlay``)."""
     epochs = 0 if train.get("epochs", 1) == 0 else BATCH / num_train
-    return {"epochs": epochs, "batch_size": BATCH, "num_workers": 0}
+    return {"epochs": epochs, "batch_size": BATCH, "num_workers": 0,
+            **({} if gpu else {"precision": "fp32"})}
 
 
 def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
@@ -126,7 +134,7 @@ def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
     method_params = {}
     for method in sorted(methods):
         params = preset.get("method_params", {}).get(method, {})
-        train = shrink_train(params.get("train", {}), num_train)
+        train = shrink_train(params.get("train", {}), num_train, gpu)
         # a second training phase counted in epochs (the denoiser's stability phase)
         extra = {k: train["epochs"] for k, v in params.get("hparams", {}).items()
                  if k.endswith("_epochs") and v}
@@ -141,22 +149,27 @@ def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
         "gpus_per_job": preset["gpus_per_job"] if gpu else 0,
         "dataset": {"root": str(root), "download": False},
         "base": {"pretrained_file": str(weights),
-                 "train": shrink_train(preset["base"]["train"], num_train)},
+                 "train": shrink_train(preset["base"]["train"], num_train, gpu)},
         "sigmas": [sigma],
         "method_params": method_params,
         # n and alpha that CAN certify (the all-hit bound 0.05 ** (1/12) = 0.78 > 1/2): a
         # random ViT-B/16 predicts one class under most noise, so some image certifies.
         # One look at n (fixed n), so each row's bound is Cohen's CP bound of its counts;
-        # the preset's bf16 and merged LoRA stay, and fixed n runs through the same pool
-        # as adaptive certification (test_adaptive covers its looks)
+        # the preset's merged LoRA stays, and fixed n runs through the same pool as
+        # adaptive certification (test_adaptive covers its looks). On a CPU in fp32: a CPU
+        # without bf16 matrix units runs bf16 convolutions on a reference path, 24.7 min
+        # an image for the ImageNet DnCNN at 224 px against seconds in fp32; the preset's
+        # bf16 is checked against fp32 per method in tests/test_fastpath.py, and on a GPU
+        # (PEFTS_REALSIZE_GPU=1) this test keeps it
         "certify": {"n0": 2, "n": CERTIFY_N, "alpha": CERTIFY_ALPHA, "batch": 4, "skip": 1,
-                    "max": 2, "shards": 1, "adaptive": False},
+                    "max": certified_images(gpu), "shards": 1, "adaptive": False,
+                    **({} if gpu else {"precision": "fp32"})},
         "experiments": {
             "twobirds": {"sigmas": [sigma],
-                         "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train),
+                         "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train, gpu),
                          "source_train": shrink_train(exp["twobirds"].get("source_train")
-                                                      or preset["base"]["train"], num_train),
-                         "certify": {"skip": 1, "max": 2, "shards": 1}},
+                                                      or preset["base"]["train"], num_train, gpu),
+                         "certify": {"skip": 1, "max": certified_images(gpu), "shards": 1}},
             "ablation": {"sigma": sigma, "prompt_length": exp["ablation"]["prompt_length"][:2],
                          "lora_rank": exp["ablation"]["lora_rank"][:2]},
             "noise_learning": {"sigmas": [sigma]},

@@ -71,7 +71,19 @@ def test_measurement_pages_name_the_command_that_wrote_them():
     for page in pages:
         first = page.read_text().splitlines()[0]
         # the one page no command here could rewrite says so in its title
-        assert first.startswith("Written by `pefts ") or "not regenerated" in first, page.name
+        assert (first.startswith(("Written by `pefts ", "Written by `python -m tests.tier_times "))
+                or "not regenerated" in first), page.name
+
+
+def test_tier_times_reads_pytests_summary_and_counts_assertions(tmp_path):
+    from tests.tier_times import SUMMARY, assert_count
+
+    line = "==== 1118 passed, 49 deselected, 3 warnings in 171.52s (0:02:51) ===="
+    found = SUMMARY.search(line)
+    assert found["counts"] == "1118 passed, 49 deselected, 3 warnings" and found["seconds"] == "171.52"
+    write(tmp_path / "test_a.py", "def test_a():\n    assert 1\n    for i in range(3):\n        assert i < 3\n")
+    write(tmp_path / "helper.py", "assert True\n")
+    assert assert_count(tmp_path) == 3
 
 
 def test_docs_targets_build_their_dag(tmp_path):

@@ -1,0 +1,110 @@
+"""Times the two test tiers from a fresh clone of the committed tree and writes what it
+measured to a page (docs/measurements/test-times.md):
+
+    python -m tests.tier_times --out-md docs/measurements/test-times.md
+
+Each tier runs as `python -m pytest` with the project's own options (pyproject's
+`-n auto`) in the current environment, against the clone's code (PYTHONPATH), so the
+figures are those of the README's commands less the install. The page also counts the
+tests each tier collected and the `assert` statements of the test files, so a faster
+suite that lost tests or assertions shows it."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIERS = {"quick": ["-m", "not slow"], "whole": []}
+SUMMARY = re.compile(r"=+ (?P<counts>.*?) in (?P<seconds>[\d.]+)s")
+
+
+def assert_count(tests: Path) -> int:
+    """`assert` statements in the test files (a parametrised test's run many times)."""
+    return sum(isinstance(node, ast.Assert)
+               for path in sorted(tests.rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(), str(path))))
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def run_tier(clone: Path, args: list[str]) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(clone), os.environ.get("PYTHONPATH")]))}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=clone, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    found = [m for m in SUMMARY.finditer(proc.stdout)]
+    if not found:
+        sys.exit(f"tier_times: pytest printed no summary line (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    summary = found[-1]
+    return {"counts": summary["counts"], "pytest": minutes(float(summary["seconds"])),
+            "wall": minutes(wall), "exit": str(proc.returncode)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-md", type=Path, help="write the page here (else print it)")
+    parser.add_argument("--tier", choices=list(TIERS), action="append",
+                        help="time only this tier (repeatable; default: both)")
+    opts = parser.parse_args(argv)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    load = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pefts-tiers-") as tmp:
+        clone = Path(tmp) / "pefts"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+        for tier in opts.tier or list(TIERS):
+            command = " ".join(["pytest", *(f'"{a}"' if " " in a else a for a in TIERS[tier])])
+            result = run_tier(clone, TIERS[tier])
+            rows.append(f"| {tier} | `{command}` | {result['counts']} | {result['pytest']} | "
+                        f"{result['wall']} | {result['exit']} |")
+            print(rows[-1], flush=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    page = "\n".join([
+        f"Written by `python -m tests.tier_times --out-md docs/measurements/test-times.md` on"
+        f" {datetime.date.today().isoformat()} (commit {commit}); rerun it to regenerate this page.",
+        "",
+        "# How long the tests take",
+        "",
+        "Each tier run from a fresh clone of the committed tree, in the current environment"
+        " (the install is not counted), with the project's own pytest options (one"
+        " pytest-xdist worker per core).",
+        "",
+        f"{cpu_name()}, {cores} cores, load average {load:.2f} at the start; Python"
+        f" {platform.python_version()}.",
+        "",
+        "| tier | command | pytest's count | pytest's time | wall time | exit |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"The test files hold {assert_count(ROOT / 'tests'):,} `assert` statements.",
+        "",
+    ])
+    if opts.out_md:
+        opts.out_md.write_text(page)
+    else:
+        print(page)
+
+
+if __name__ == "__main__":
+    main()
