@@ -26,7 +26,7 @@ from scipy.stats import norm
 
 from pefts.certification.selection import selected_indices
 from pefts.errors import PeftsError
-from pefts.experiments import NUM_CLASSES, TEST_IMAGES_PER_CLASS
+from pefts.experiments import NUM_CLASSES, TEST_IMAGES_PER_CLASS, UNCOMPILED_METHODS
 
 # test images of the datasets whose size is known without the data (digits' per-class
 # figure is only a lower bound, so digits needs --test-images)
@@ -50,14 +50,19 @@ SIDE_BRANCHES = ("lora", "adapter")
 
 
 def path_rate(precision: str, merged: bool, compiled: bool, method: str) -> tuple[float, str]:
-    """samples/s of ViT-B/16 on the path a method's certification takes, and its source."""
+    """samples/s of ViT-B/16 on the path a method's certification takes, and its source.
+
+    ``compiled`` (``certify.compile``) speeds up only what was measured compiled: a
+    network without side branches that the certifier compiles. Side branches (adapters,
+    unmerged LoRA) are compiled too but keep their eager rate (their compiled rate is
+    not measured); the black box and diffusion are not compiled (``UNCOMPILED_METHODS``)."""
     if precision == "fp32":
         return PATH_RATES["fp32"]
     label = "" if precision == "bf16" else f" (assumed equal for {precision})"
-    if compiled:
-        key = "bf16 compiled"
-    elif method in SIDE_BRANCHES and not (method == "lora" and merged):
+    if method in SIDE_BRANCHES and not (method == "lora" and merged):
         key = "bf16"
+    elif compiled and method not in UNCOMPILED_METHODS:
+        key = "bf16 compiled"
     else:
         key = "bf16 plain"
     rate, source = PATH_RATES[key]
@@ -305,6 +310,30 @@ def auto_shards(config: dict[str, Any], method: str, hparams: dict[str, Any], si
     for jobs of about ``certify.shard_minutes``."""
     minutes = float(config["certify"].get("shard_minutes") or SHARD_MINUTES)
     return shard_count(images, certify_seconds(config, method, hparams, sigma, images), minutes)
+
+
+def pack_sigmas(minutes: dict[str, float], limit: float) -> list[tuple[str, ...]]:
+    """Groups of a run's single-shard sigmas, each certified by one job one after another
+    (``certify.shards: auto``), whose planned minutes together are at most ``limit``:
+    first fit in decreasing order of minutes, so few jobs. A sigma that does not fit
+    with any other stays alone. Each group in increasing sigma, the groups by their
+    first sigma (a fixed order: the DAG does not move between runs of Snakemake)."""
+    if not limit > 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    groups: list[list[str]] = []
+    totals: list[float] = []
+    for sigma in sorted(minutes, key=lambda s: (-minutes[s], float(s))):
+        if not (np.isfinite(minutes[sigma]) and minutes[sigma] >= 0):
+            raise ValueError(f"minutes of sigma {sigma} must be a finite number >= 0, "
+                             f"got {minutes[sigma]}")
+        fits = next((i for i, total in enumerate(totals) if total + minutes[sigma] <= limit), None)
+        if fits is None:
+            groups.append([sigma])
+            totals.append(minutes[sigma])
+        else:
+            groups[fits].append(sigma)
+            totals[fits] += minutes[sigma]
+    return sorted((tuple(sorted(g, key=float)) for g in groups), key=lambda g: float(g[0]))
 
 
 @dataclass
