@@ -238,7 +238,7 @@ def test_a_killed_packed_job_resumes_each_sigma_from_its_rows(run_cli, digits, t
     code, err = certify_packed(run_cli, tiny_base, digits, jobs("killed"), "--force")
     assert code == 0, err
     assert second == [0, 13 - 5]  # nothing again of the first sigma, the rest of the second
-    for (_, _, whole), (_, _, resumed) in zip(jobs("whole"), jobs("killed")):
+    for (_, _, whole), (_, _, resumed) in zip(jobs("whole"), jobs("killed"), strict=True):
         pd.testing.assert_frame_equal(rows_and_settings(resumed)[0], rows_and_settings(whole)[0])
         assert rows_and_settings(resumed)[1] == rows_and_settings(whole)[1]
         assert not partial_path(resumed).exists()
