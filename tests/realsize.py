@@ -149,8 +149,9 @@ def overlay(preset: dict[str, Any], *, weights: Path, root: Path, results: Path,
         # One look at n (fixed n), so each row's bound is Cohen's CP bound of its counts;
         # the preset's bf16 and merged LoRA stay, and fixed n runs through the same pool
         # as adaptive certification (test_adaptive covers its looks)
+        # compiling ViT-B/16 on a 2-core CPU takes minutes: the preset's compile on a GPU only
         "certify": {"n0": 2, "n": CERTIFY_N, "alpha": CERTIFY_ALPHA, "batch": 4, "skip": 1,
-                    "max": 2, "shards": 1, "adaptive": False},
+                    "max": 2, "shards": 1, "adaptive": False, **({} if gpu else {"compile": False})},
         "experiments": {
             "twobirds": {"sigmas": [sigma],
                          "adapt_train": shrink_train(exp["twobirds"]["adapt_train"], num_train),

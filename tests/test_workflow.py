@@ -49,10 +49,15 @@ def test_dry_run_builds_the_full_dag(configfile, tmp_path):
     counts = job_counts(result.stdout)
     grid = len(config["methods"]) * len(config["sigmas"])
     assert counts["finetune"] == grid
-    # shards per (run, sigma): a number, or the presets' auto sized by each one's work
+    # shards per (run, sigma): a number, or the presets' auto sized by each one's work,
+    # which packs a run's one-shard sigmas into jobs of certify_packed_* rules
     study = Study(load_config([configfile] if configfile else []))
-    assert counts["certify_shard"] == sum(study.shards(m, sigma_label(s)) for m in config["methods"]
-                                          for s in config["sigmas"])
+    grid_pairs = [(m, sigma_label(s)) for m in config["methods"] for s in config["sigmas"]]
+    alone = [(m, s) for m, s in grid_pairs if study.pack_of(m, s) is None]
+    assert counts.get("certify_shard", 0) == sum(study.shards(m, s) for m, s in alone)
+    packs = {(m, study.pack_of(m, s)) for m, s in grid_pairs} - {(m, None) for m, _ in grid_pairs}
+    assert sum(n for rule, n in counts.items() if rule.startswith("certify_packed_")) == len(packs)
+    assert bool(packs) == (configfile is not None)  # the default's shards: 1 packs nothing
     assert counts["merge_shards"] == grid
     # certify.sound_compare (the default's LoRA; the presets leave it off): one run again
     compared = 1 if config["certify"].get("sound_compare") else 0
