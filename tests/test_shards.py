@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pandas as pd
@@ -259,6 +260,46 @@ def test_a_packed_partial_resumes_under_a_single_certify(run_cli, digits, tiny_b
                            *COMMON, "--out", out, "--force")
     assert code == 0, err
     assert calls == [13 - 4]
+
+
+@pytest.mark.slow
+def test_a_compiled_packed_job_certifies_each_model_on_its_own_weights(
+        digits, tiny_base, tmp_path):
+    """--compile in a packed job: the first model compiles, the next (the same
+    architecture, other weights) runs the same compiled code on its own weights; each
+    sigma's rows are those of its own compiled certify in a process of its own."""
+    from pefts.runs import finetune
+
+    full = {}
+    for sigma in ("0.25", "0.5"):  # one run's two sigmas: one architecture, two sets of weights
+        full[sigma] = tmp_path / f"full{sigma}" / "model.safetensors"
+        finetune(digits, tiny_base, full[sigma], "full", float(sigma), {},
+                 {"epochs": 1, "batch_size": 128}, device="cpu")
+    common = ["--base", str(tiny_base), "--data", str(digits), *PACK_COMMON, "--precision",
+              "bf16", "--compile", "--compile-cache", str(tmp_path / "cache")]
+    alone = {}
+    for sigma, model in full.items():
+        out = tmp_path / "alone" / f"{sigma}.tsv"
+        killing.run([sys.executable, "-m", "pefts", "certify", "--model", str(model),
+                     "--sigma", sigma, *common], out)
+        alone[sigma] = rows_and_settings(out)
+    packed = {s: tmp_path / "packed" / f"{s}.tsv" for s in alone}
+    done = subprocess.run([sys.executable, "-m", "pefts", "certify-packed", "--job", "0.25",
+                           str(full["0.25"]), str(packed["0.25"]), "--job", "0.5",
+                           str(full["0.5"]), str(packed["0.5"]), *common],
+                          capture_output=True, text=True,
+                          env={**killing.ENV, "TORCH_LOGS": "recompiles"})
+    assert done.returncode == 0, done.stderr
+    # the second model reused the first's code: it recompiled only for new batch sizes
+    # (which a process of its own does too), never for its module or parameters
+    reasons = [line.split("- ", 1)[1] for line in done.stderr.splitlines()
+               if "[__recompiles]" in line and "- " in line]
+    assert not [r for r in reasons if "self" in r.split(" # ")[0]], reasons
+    for sigma, out in packed.items():
+        rows, settings = rows_and_settings(out)
+        pd.testing.assert_frame_equal(rows, alone[sigma][0])
+        assert settings == alone[sigma][1] and settings["compile"] is True
+    assert alone["0.25"][1]["model"] != alone["0.5"][1]["model"]
 
 
 def test_a_packed_job_refuses_one_output_twice(run_cli, digits, tiny_base, none_model, tmp_path):

@@ -96,10 +96,3 @@ def compiled(model: nn.Module, compile_cache: str | Path | None = None) -> nn.Mo
         use_compile_cache(compile_cache)
     return torch.compile(model, dynamic=True)
 
-
-def fresh_compile() -> None:
-    """Forget this process's compiled graphs before compiling another model (the next
-    sigma of a packed job): each model compiles as in a process of its own, its code
-    loaded from the cache on disk, and no model runs eager for having hit Dynamo's
-    limit of recompilations of one function."""
-    torch._dynamo.reset()

@@ -216,7 +216,6 @@ def certify_packed(jobs, base, data, n, alpha, batch, skip, max_count, seed, sha
     the data loads once and the process starts once. Each --job writes what `pefts
     certify` with the same options writes (rows, settings, resume): an interrupted run
     resumes each from its finished rows, a finished one costs nothing."""
-    from pefts.certification.fastpath import fresh_compile
     from pefts.certification.selection import parse_shard
     from pefts.certification.setup import check_output, load_test_split, model_setup
     from pefts.certification.shard_io import finish_partials
@@ -235,9 +234,9 @@ def certify_packed(jobs, base, data, n, alpha, batch, skip, max_count, seed, sha
         compile_cache = default_compile_cache(jobs[0][2])
     manifest, dataset, indices = load_test_split(data, skip, max_count, shard, sound)
     torch_device = resolve_device(device)
-    for i, (sigma, model, out) in enumerate(jobs):
-        if compile_net and i:
-            fresh_compile()  # the next model compiles afresh (from the cache on disk)
+    # with --compile, the first model compiles; the next ones, of the same architecture,
+    # run the same compiled code on their own weights (Dynamo's guards hold: no recompile)
+    for sigma, model, out in jobs:
         net, settings = model_setup(model, base, manifest, skip, max_count, shard, torch_device,
                                     sigma, sound)
         certify_shard(net, manifest, dataset, indices, torch_device, settings, out=out,
