@@ -165,24 +165,34 @@ class Study:
         architecture, so the first job compiles and the others load."""
         return self.path("certify", self.folders.get(run, run), "compile-cache")
 
-    def certified_sigmas(self) -> dict[str, list[str]]:
-        """Every sigma each distinct run is certified at by any target of the config (the
-        main comparison and every experiment), in increasing order. Packing is decided on
-        all of them, so every target sees the same jobs and files."""
-        grids = [*self.main_grid(), *self.noise_grid(), *self.twobirds_grid(),
-                 *self.ablation_grid("prompt_length"), *self.ablation_grid("lora_rank")]
-        found: dict[str, set[str]] = {}
-        for run, sigma in grids:
-            found.setdefault(self.folders.get(run, run), set()).add(sigma)
-        return {run: sorted(sigmas, key=float) for run, sigmas in sorted(found.items())}
+    def certified_sigmas(self) -> dict[tuple[str, str], list[str]]:
+        """(run, grid) -> the sigmas the grid certifies the distinct run at, in increasing
+        order, each (run, sigma) under the first grid that has it: the main comparison,
+        then the noise-learning, two-birds and ablation experiments. Packing within these
+        groups keeps every target's jobs to its own (run, sigma) pairs, or the main
+        comparison's (an ablation sharing the main LoRA run reuses its jobs), and every
+        target sees the same jobs and files."""
+        grids = {"main": self.main_grid(), "noise_learning": self.noise_grid(),
+                 "twobirds": self.twobirds_grid(),
+                 "ablation": [*self.ablation_grid("prompt_length"), *self.ablation_grid("lora_rank")]}
+        seen: set[tuple[str, str]] = set()
+        found: dict[tuple[str, str], list[str]] = {}
+        for grid, pairs in grids.items():
+            for run, sigma in pairs:
+                pair = (self.folders.get(run, run), sigma)
+                if pair not in seen:
+                    seen.add(pair)
+                    found.setdefault((pair[0], grid), []).append(sigma)
+        return {key: sorted(sigmas, key=float) for key, sigmas in sorted(found.items())}
 
     def packs(self) -> list[tuple[str, tuple[str, ...]]]:
         """(run, sigmas) certified by one job each, one sigma after another
-        (``certify.shards: auto``): the run's sigmas that fit one shard, grouped so that
-        each group's planned minutes together fit ``certify.shard_minutes``
-        (pefts.plan.pack_sigmas). Groups of one sigma are left out: those are plain
-        one-shard jobs. A packed sigma's output is the very file its one shard would be
-        (``shards/0-of-1.tsv``, same settings and rows), so packing is no layout."""
+        (``certify.shards: auto``): the sigmas of a run that fit one shard, within one
+        grid (``certified_sigmas``), grouped so that each group's planned minutes together
+        fit ``certify.shard_minutes`` (pefts.plan.pack_sigmas). Groups of one sigma are
+        left out: those are plain one-shard jobs. A packed sigma's output is the very
+        file its one shard would be (``shards/0-of-1.tsv``, same settings and rows), so
+        packing is no layout."""
         if not hasattr(self, "_packs"):
             self._packs = self._find_packs()
         return self._packs
@@ -192,7 +202,7 @@ class Study:
 
         limit = float(self.config["certify"].get("shard_minutes") or SHARD_MINUTES)
         found = []
-        for run, sigmas in self.certified_sigmas().items():
+        for (run, _), sigmas in self.certified_sigmas().items():
             if len(sigmas) < 2 or self.certify_settings(run)["shards"] != "auto":
                 continue  # nothing to pack with (an ablation's run has one sigma)
             spec, images = self.runs[run], self.certified_images(run)
@@ -200,7 +210,7 @@ class Study:
             minutes = {s: certify_seconds(self.config, spec.method, spec.hparams, float(s),
                                           images) / 60 for s in single}
             found += [(run, group) for group in pack_sigmas(minutes, limit) if len(group) > 1]
-        return found
+        return sorted(found)
 
     def pack_of(self, run: str, sigma: str) -> tuple[str, ...] | None:
         """The sigmas packed with (run, sigma) into one job, itself included; None when it

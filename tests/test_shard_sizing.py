@@ -87,6 +87,13 @@ def test_only_sigmas_that_fit_one_job_together_are_packed():
     config["certify"]["shards"] = 1
     config["experiments"]["twobirds"]["certify"]["shards"] = 1
     assert Study(config).packs() == []
+    # each grid packs its own sigmas: the default's main comparison (0.25, 0.5) apart
+    # from noise learning's other two, so the main target certifies only its own
+    config = load_config([])
+    config["certify"]["shards"] = "auto"
+    study = Study(config)
+    assert study.pack_of("lora", "0.5") == ("0.25", "0.5")
+    assert study.pack_of("lora", "1") == ("0.75", "1")
 
 
 @pytest.fixture(scope="module", params=PRESETS)
