@@ -30,6 +30,12 @@ from pefts.weights import (
 # capped at the number of certified images before any data is prepared
 TEST_IMAGES_PER_CLASS = {"cifar10": 1000, "imagenet": 50, "digits": 43}
 NUM_CLASSES = {"cifar10": 10, "imagenet": 1000, "digits": 10}
+# methods certify.compile leaves eager: their networks (open_clip's CLIP and timm's MAE
+# encoder behind the black box's query interface, which counts its calls; the diffusion
+# UNet, whose timestep is read from a buffer per call) were never compiled and checked
+# against eager (docs/fastpath.md), so the certifier does not compile them and the plan
+# prices them at their eager rate
+UNCOMPILED_METHODS = ("blackbox", "diffusion")
 
 
 
@@ -147,6 +153,70 @@ class Study:
             spec = self.runs[run]
             return auto_shards(self.config, spec.method, spec.hparams, float(sigma), images)
         return max(1, min(shards, images)) if images is not None else shards
+
+    def compiles(self, run: str) -> bool:
+        """Whether the run's certification compiles its network (``certify.compile``,
+        for every method but ``UNCOMPILED_METHODS``)."""
+        return bool(self.config["certify"].get("compile")) and (
+            self.runs[run].method not in UNCOMPILED_METHODS)
+
+    def compile_cache(self, run: str = "{runname}") -> str:
+        """Inductor's cache of a run, shared by all its sigmas and shards: one network
+        architecture, so the first job compiles and the others load."""
+        return self.path("certify", self.folders.get(run, run), "compile-cache")
+
+    def certified_sigmas(self) -> dict[tuple[str, str], list[str]]:
+        """(run, grid) -> the sigmas the grid certifies the distinct run at, in increasing
+        order, each (run, sigma) under the first grid that has it: the main comparison,
+        then the noise-learning, two-birds and ablation experiments. Packing within these
+        groups keeps every target's jobs to its own (run, sigma) pairs, or the main
+        comparison's (an ablation sharing the main LoRA run reuses its jobs), and every
+        target sees the same jobs and files."""
+        grids = {"main": self.main_grid(), "noise_learning": self.noise_grid(),
+                 "twobirds": self.twobirds_grid(),
+                 "ablation": [*self.ablation_grid("prompt_length"), *self.ablation_grid("lora_rank")]}
+        seen: set[tuple[str, str]] = set()
+        found: dict[tuple[str, str], list[str]] = {}
+        for grid, pairs in grids.items():
+            for run, sigma in pairs:
+                pair = (self.folders.get(run, run), sigma)
+                if pair not in seen:
+                    seen.add(pair)
+                    found.setdefault((pair[0], grid), []).append(sigma)
+        return {key: sorted(sigmas, key=float) for key, sigmas in sorted(found.items())}
+
+    def packs(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(run, sigmas) certified by one job each, one sigma after another
+        (``certify.shards: auto``): the sigmas of a run that fit one shard, within one
+        grid (``certified_sigmas``), grouped so that each group's planned minutes together
+        fit ``certify.shard_minutes`` (pefts.plan.pack_sigmas). Groups of one sigma are
+        left out: those are plain one-shard jobs. A packed sigma's output is the very
+        file its one shard would be (``shards/0-of-1.tsv``, same settings and rows), so
+        packing is no layout."""
+        if not hasattr(self, "_packs"):
+            self._packs = self._find_packs()
+        return self._packs
+
+    def _find_packs(self) -> list[tuple[str, tuple[str, ...]]]:
+        from pefts.plan import SHARD_MINUTES, certify_seconds, pack_sigmas
+
+        limit = float(self.config["certify"].get("shard_minutes") or SHARD_MINUTES)
+        found = []
+        for (run, _), sigmas in self.certified_sigmas().items():
+            if len(sigmas) < 2 or self.certify_settings(run)["shards"] != "auto":
+                continue  # nothing to pack with (an ablation's run has one sigma)
+            spec, images = self.runs[run], self.certified_images(run)
+            single = [s for s in sigmas if self.shards(run, s) == 1]
+            minutes = {s: certify_seconds(self.config, spec.method, spec.hparams, float(s),
+                                          images) / 60 for s in single}
+            found += [(run, group) for group in pack_sigmas(minutes, limit) if len(group) > 1]
+        return sorted(found)
+
+    def pack_of(self, run: str, sigma: str) -> tuple[str, ...] | None:
+        """The sigmas packed with (run, sigma) into one job, itself included; None when it
+        is certified by its own shard jobs."""
+        run = self.folders.get(run, run)
+        return next((group for r, group in self.packs() if r == run and sigma in group), None)
 
     def check_shard_layouts(self) -> None:
         """A shard layout on disk is part of the run: refuse, in one line naming the fix,

@@ -149,7 +149,9 @@ def _cost_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
             "clip_file", "encoder_file", "clip_pretrained", "a", "c", "p", "gamma", "o",
             "momentum", "perturbations", "steps", "eps", "lr", "classifier_file"}
     kept = {k: v for k, v in hparams.items() if k not in drop}
-    if method == "diffusion" and kept.get("weights"):
+    if method == "diffusion" and kept.get("release"):
+        kept.pop("weights", None)  # a release names its UNet; weights is its fetched copy
+    elif method == "diffusion" and kept.get("weights"):
         kept["weights"] = Path(str(kept["weights"])).name
     return kept
 
@@ -216,7 +218,12 @@ def forward_cost(config: dict[str, Any], method: str, hparams: dict[str, Any]) -
     key = forward_key(config, method, hparams)
     if key in RECORDED:
         return ForwardCost(RECORDED[key], "FLOPs counted by code")
-    return count_forward(config, method, hparams)
+    if key not in _COUNTED:  # counted once per process (the Snakefile asks per sigma)
+        _COUNTED[key] = count_forward(config, method, hparams)
+    return _COUNTED[key]
+
+
+_COUNTED: dict[str, ForwardCost] = {}
 
 
 def count_forward(config: dict[str, Any], method: str, hparams: dict[str, Any]) -> ForwardCost:

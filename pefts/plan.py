@@ -26,7 +26,7 @@ from scipy.stats import norm
 
 from pefts.certification.selection import selected_indices
 from pefts.errors import PeftsError
-from pefts.experiments import NUM_CLASSES, TEST_IMAGES_PER_CLASS
+from pefts.experiments import NUM_CLASSES, TEST_IMAGES_PER_CLASS, UNCOMPILED_METHODS
 
 # test images of the datasets whose size is known without the data (digits' per-class
 # figure is only a lower bound, so digits needs --test-images)
@@ -50,14 +50,19 @@ SIDE_BRANCHES = ("lora", "adapter")
 
 
 def path_rate(precision: str, merged: bool, compiled: bool, method: str) -> tuple[float, str]:
-    """samples/s of ViT-B/16 on the path a method's certification takes, and its source."""
+    """samples/s of ViT-B/16 on the path a method's certification takes, and its source.
+
+    ``compiled`` (``certify.compile``) speeds up only what was measured compiled: a
+    network without side branches that the certifier compiles. Side branches (adapters,
+    unmerged LoRA) are compiled too but keep their eager rate (their compiled rate is
+    not measured); the black box and diffusion are not compiled (``UNCOMPILED_METHODS``)."""
     if precision == "fp32":
         return PATH_RATES["fp32"]
     label = "" if precision == "bf16" else f" (assumed equal for {precision})"
-    if compiled:
-        key = "bf16 compiled"
-    elif method in SIDE_BRANCHES and not (method == "lora" and merged):
+    if method in SIDE_BRANCHES and not (method == "lora" and merged):
         key = "bf16"
+    elif compiled and method not in UNCOMPILED_METHODS:
+        key = "bf16 compiled"
     else:
         key = "bf16 plain"
     rate, source = PATH_RATES[key]
@@ -85,8 +90,22 @@ def job_counts(configfiles: tuple[str, ...], target: str) -> dict[str, int]:
     return rule_counts(dry_run(configfiles, target))
 
 
+# each pack of sigmas has a rule of its own, certify_packed_<run>_<i> (certify.smk): a
+# rule's outputs are fixed in number. Counted together under this name.
+PACKED_RULE = "certify_packed"
+
+
+def rule_family(rule: str) -> str:
+    """The rule as the plan counts it: every pack's rule as certify_packed."""
+    return PACKED_RULE if rule.startswith(f"{PACKED_RULE}_") else rule
+
+
 def rule_counts(output: str) -> dict[str, int]:
-    return {rule: count for rule, count in job_stats(output).items() if rule != "total"}
+    counts: dict[str, int] = {}
+    for rule, count in job_stats(output).items():
+        if rule != "total":
+            counts[rule_family(rule)] = counts.get(rule_family(rule), 0) + count
+    return counts
 
 
 def dag_wildcards(output: str, rule: str) -> list[dict[str, str]]:
@@ -100,15 +119,41 @@ def dag_wildcards(output: str, rule: str) -> list[dict[str, str]]:
 
 
 def dag_pairs(output: str) -> dict[tuple[str, str], int]:
-    """(run, sigma) -> certification shards, from the certify_shard jobs a dry run lists:
-    what the DAG will run, whatever grid arithmetic would say."""
+    """(run, sigma) -> certification shards, from the certify_shard jobs a dry run lists
+    and the sigmas its packed jobs certify (one shard each): what the DAG will run,
+    whatever grid arithmetic would say."""
     pairs: dict[tuple[str, str], int] = {}
     for wildcards in dag_wildcards(output, "certify_shard"):
         if not wildcards:
             raise PeftsError("snakemake's dry run lists a certify_shard job without wildcards")
         key = (wildcards["runname"], wildcards["sigma"])
         pairs[key] = pairs.get(key, 0) + 1
+    for run, sigmas in dag_packs(output):
+        for sigma in sigmas:
+            if (run, sigma) in pairs:
+                raise PeftsError(f"snakemake's dry run certifies ({run}, sigma {sigma}) twice")
+            pairs[run, sigma] = 1
     return pairs
+
+
+# a packed job's output: the one shard of each of its sigmas (certify.smk)
+PACKED_OUTPUT = re.compile(r"/certify/([^/]+)/sigma([^/]+)/shards/0-of-1\.tsv$")
+
+
+def dag_packs(output: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(run, sigmas) of each packed job a dry run lists (certify_packed_* rules), read
+    from the shard files it writes."""
+    packs = []
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        if not block.startswith(f"rule {PACKED_RULE}_"):
+            continue
+        found = re.search(r"^\s*output: (.*)$", block, re.M)
+        matches = [PACKED_OUTPUT.search(f) for f in found[1].split(", ")] if found else [None]
+        if not all(matches) or len({m[1] for m in matches}) != 1:
+            raise PeftsError(f"snakemake's dry run lists a packed job whose outputs are not one "
+                             f"run's shards: {block.splitlines()[0]}")
+        packs.append((matches[0][1], tuple(m[2] for m in matches)))
+    return packs
 
 
 def job_stats(output: str) -> dict[str, int]:
@@ -180,7 +225,7 @@ def replay_samples(p_hats: np.ndarray, plan: Any, seed: int = 0) -> np.ndarray:
 # data and the model. Not measured: an assumption, stated in the output (--startup-s)
 STARTUP_S = 60.0
 GPU_RULES = ("train_base", "train_base_source", "adapt_base", "finetune", "certify_shard",
-             "certify_sound_shard")
+             PACKED_RULE, "certify_sound_shard")
 
 # jobs of about this many minutes when certify.shards is auto (docs/cost.md: at the
 # assumed 60 s start-up a full shard spends 2% of its time starting, and it fits the
@@ -307,6 +352,30 @@ def auto_shards(config: dict[str, Any], method: str, hparams: dict[str, Any], si
     return shard_count(images, certify_seconds(config, method, hparams, sigma, images), minutes)
 
 
+def pack_sigmas(minutes: dict[str, float], limit: float) -> list[tuple[str, ...]]:
+    """Groups of a run's single-shard sigmas, each certified by one job one after another
+    (``certify.shards: auto``), whose planned minutes together are at most ``limit``:
+    first fit in decreasing order of minutes, so few jobs. A sigma that does not fit
+    with any other stays alone. Each group in increasing sigma, the groups by their
+    first sigma (a fixed order: the DAG does not move between runs of Snakemake)."""
+    if not limit > 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    groups: list[list[str]] = []
+    totals: list[float] = []
+    for sigma in sorted(minutes, key=lambda s: (-minutes[s], float(s))):
+        if not (np.isfinite(minutes[sigma]) and minutes[sigma] >= 0):
+            raise ValueError(f"minutes of sigma {sigma} must be a finite number >= 0, "
+                             f"got {minutes[sigma]}")
+        fits = next((i for i, total in enumerate(totals) if total + minutes[sigma] <= limit), None)
+        if fits is None:
+            groups.append([sigma])
+            totals.append(minutes[sigma])
+        else:
+            groups[fits].append(sigma)
+            totals[fits] += minutes[sigma]
+    return sorted((tuple(sorted(g, key=float)) for g in groups), key=lambda g: float(g[0]))
+
+
 @dataclass
 class Pair:
     """One (run, sigma) the DAG certifies, with what one forward pass of it costs."""
@@ -318,10 +387,18 @@ class Pair:
     shards: int
     gflop: float
     cost_source: str
+    pack: tuple[float, ...] = ()  # the sigmas one job certifies with this one (none: alone)
+
+
+def certify_job_count(pairs: list[Pair]) -> int:
+    """GPU jobs that certify ``pairs``: each shard of a pair alone, each pack once."""
+    return (sum(p.shards for p in pairs if not p.pack)
+            + len({(p.run, p.pack) for p in pairs if p.pack}))
 
 
 def dag_cost_pairs(config: dict[str, Any], pairs: dict[tuple[str, str], int],
-                   test_images: int | None) -> list[Pair]:
+                   test_images: int | None,
+                   packs: list[tuple[str, tuple[str, ...]]] = ()) -> list[Pair]:
     from pefts.experiments import Study
     from pefts.forward_cost import forward_cost
 
@@ -343,8 +420,10 @@ def dag_cost_pairs(config: dict[str, Any], pairs: dict[tuple[str, str], int],
             images = len(selected_indices(test_images, cert["skip"], cert["max"]))
         if run not in costs:
             costs[run] = forward_cost(config, spec.method, spec.hparams)
+        pack = next((tuple(map(float, group)) for r, group in packs
+                     if r == run and sigma in group), ())
         result.append(Pair(run, spec.method, float(sigma), images, shards, costs[run].gflop,
-                           costs[run].source))
+                           costs[run].source, pack))
     return result
 
 
@@ -412,6 +491,18 @@ def shard_minutes_planned(pair: Pair, protocol: Protocol, reference: float) -> f
     return pair_hours(pair, protocol, reference) * 60 * largest / pair.images
 
 
+def longest_job_minutes(pairs: list[Pair], protocol: Protocol, reference: float) -> float:
+    """Planned minutes of the longest certification job: a pair's largest shard, or a
+    pack's sigmas one after another."""
+    longest = [shard_minutes_planned(p, protocol, reference) for p in pairs if not p.pack]
+    packs: dict[tuple[str, tuple[float, ...]], float] = {}
+    for p in pairs:
+        if p.pack:
+            key = (p.run, p.pack)
+            packs[key] = packs.get(key, 0.0) + pair_hours(p, protocol, reference) * 60
+    return max([*longest, *packs.values()], default=0.0)
+
+
 def cost_table(pairs: list[Pair], protocol_list: list[Protocol], reference: float,
                startup_hours: float) -> pd.DataFrame:
     rows = []
@@ -441,17 +532,24 @@ def run_table(pairs: list[Pair], protocol: Protocol, reference: float) -> pd.Dat
         lower = first.cost_source.startswith("lower bound")
         hours = sum(pair_hours(p, protocol, reference) for p in mine)
         rate, source = protocol.rate(first.method)
-        longest = max(shard_minutes_planned(p, protocol, reference) for p in mine)
         rows.append({"run": run, "method": first.method,
                      "sigmas": ", ".join(f"{p.sigma:g}" for p in mine),
                      "images": sum(p.images for p in mine),
                      "shards": ", ".join(str(p.shards) for p in mine),
-                     "longest shard (min)": f"{longest:.1f}",
+                     "jobs": _jobs_label(mine),
+                     "longest job (min)": f"{longest_job_minutes(mine, protocol, reference):.1f}",
                      "GFLOP/forward": f"{first.gflop:.3g}",
                      "samples/s": f"{rate * reference / first.gflop:,.0f}",
                      "GPU-h": f"{'>= ' if lower else ''}{hours:,.2f}",
                      "cost per forward": _cost_source(first, reference, rate, source)})
     return pd.DataFrame(rows)
+
+
+def _jobs_label(pairs: list[Pair]) -> str:
+    """A run's certification jobs, with its packs: "1 (4 sigmas packed)"."""
+    packs = list(dict.fromkeys(p.pack for p in pairs if p.pack))
+    named = ", ".join(f"{len(pack)} sigmas packed" for pack in packs)
+    return f"{certify_job_count(pairs)}" + (f" ({named})" if packs else "")
 
 
 def _cost_source(pair: Pair, reference: float, rate: float, source: str) -> str:
@@ -617,7 +715,7 @@ def study_table(pairs: list[Pair], protocol: Protocol, jobs: list[TrainJob], ref
         certs = [p for p in pairs if p.run == run]
         train_h = sum(j.hours(reference, rate) for j in trains)
         cert_h = sum(pair_hours(p, protocol, reference) for p in certs)
-        gpu_jobs = len(trains) + sum(p.shards for p in certs)
+        gpu_jobs = len(trains) + certify_job_count(certs)
         method = (trains or certs)[0].method if run != "base" else "base classifier"
         rows.append({"run": run, "method": method, "training GPU-h": train_h,
                      "certify GPU-h": cert_h, "GPU jobs": gpu_jobs,

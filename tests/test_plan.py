@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from pefts.plan import (
     PATH_RATES,
     cost_table,
     dag_cost_pairs,
+    dag_packs,
     dag_pairs,
     dry_run,
     hit_rates,
@@ -34,7 +37,7 @@ def cifar_all():
     """The CIFAR-10 preset, its dry run of `all` and the (run, sigma) pairs it certifies."""
     config = load_config([CIFAR])
     output = dry_run((CIFAR,), "all")
-    return config, output, dag_cost_pairs(config, dag_pairs(output), None)
+    return config, output, dag_cost_pairs(config, dag_pairs(output), None, dag_packs(output))
 
 
 def test_fixed_n_passes_are_exact_and_hours_follow_each_methods_cost(cifar_all):
@@ -46,15 +49,18 @@ def test_fixed_n_passes_are_exact_and_hours_follow_each_methods_cost(cifar_all):
     reference = reference_gflop()
     cohen, fixed_bf16, adaptive = protocols(config, {s: (1000.0, "") for s in (0.25, 0.5, 0.75, 1.0)},
                                             None, None)
-    # each on its own path: Cohen's fp32, and the preset's merged LoRA (a plain ViT-B/16)
+    # each on its own path: Cohen's fp32, and the preset's merged and compiled LoRA
     assert cohen.rate("lora")[0] == 1187 and "measured" in cohen.rate("lora")[1]
-    assert fixed_bf16.rate("lora") == PATH_RATES["bf16 plain"]
+    assert fixed_bf16.rate("lora") == PATH_RATES["bf16 compiled"]
+    assert fixed_bf16.rate("none") == PATH_RATES["bf16 compiled"]
     assert fixed_bf16.rate("adapter") == PATH_RATES["bf16"]  # side branches stay unmerged
+    # the certifier does not compile these: their eager rate
+    assert fixed_bf16.rate("blackbox") == fixed_bf16.rate("diffusion") == PATH_RATES["bf16 plain"]
     by = {(p.run, p.sigma): p for p in pairs}
     lora, prompt, blackbox = by["lora", 0.5], by["prompt", 0.5], by["blackbox", 0.5]
     # the measured network at the measured rate, exactly
-    assert pair_hours(lora, fixed_bf16, reference) == pytest.approx(500 * 100_100 / 9292 / 3600)
-    assert pair_hours(lora, adaptive, reference) == pytest.approx(500 * 1100 / 9292 / 3600)
+    assert pair_hours(lora, fixed_bf16, reference) == pytest.approx(500 * 100_100 / 10695 / 3600)
+    assert pair_hours(lora, adaptive, reference) == pytest.approx(500 * 1100 / 10695 / 3600)
     assert pair_hours(lora, cohen, reference) == pytest.approx(500 * 100_100 / 1187 / 3600)
     # 100 prompt tokens in every layer: 297 tokens instead of 197, about 1.5x the FLOPs
     assert prompt.gflop / lora.gflop == pytest.approx(1.53, abs=0.02)
@@ -88,14 +94,17 @@ def test_every_recorded_forward_cost_is_recounted():
 def test_experiments_count_the_pairs_the_dag_has(run_cli):
     config = load_config([CIFAR])
     output = dry_run((CIFAR,), "experiments")
-    jobs, pairs = rule_counts(output), dag_pairs(output)
+    jobs, pairs, packs = rule_counts(output), dag_pairs(output), dag_packs(output)
     # every (run, sigma) the DAG certifies is merged once, whatever its shard count
     assert len(pairs) == jobs["merge_shards"] == jobs["finetune"] == 59
-    assert sum(pairs.values()) == jobs["certify_shard"]
-    # shards sized by their work (certify.shards: auto), as Study.shards says
+    # shards sized by their work (certify.shards: auto), as Study.shards says; the sigmas
+    # of a run that fit one shard packed into jobs as Study.packs says, one rule each
     study = Study(config)
     assert all(count == study.shards(run, sigma) for (run, sigma), count in pairs.items())
-    costed = dag_cost_pairs(config, pairs, None)
+    assert sorted(packs) == study.packs() and jobs["certify_packed"] == len(packs) == 13
+    packed = {(run, sigma) for run, sigmas in packs for sigma in sigmas}
+    assert sum(n for pair, n in pairs.items() if pair not in packed) == jobs["certify_shard"]
+    costed = dag_cost_pairs(config, pairs, None, packs)
     assert {p.images for p in costed if p.run.startswith(("oneround", "tworound"))} == {250}
     # the command counts the same: 51 pairs by shard arithmetic, 59 in the DAG
     code, stdout, err = run_cli("plan", "--configfile", CIFAR, "--target", "experiments",
@@ -164,9 +173,12 @@ def test_plan_command_writes_the_cost_table(run_cli, tmp_path):
                                 "--out-md", str(out))
     assert code == 0, err
     text = out.read_text()
-    assert "certify_shard" in stdout and "GPU-hours" in text and "start-up" in text
-    assert "| adaptive, n_max = 100,000, bf16, merged LoRA" in text
-    assert "9,292/s measured, H200" in text and "FLOPs counted by code" in text
+    assert "certify_packed" in stdout and "GPU-hours" in text and "start-up" in text
+    # one job per run: the 36 (run, sigma) of the main comparison in 9 jobs
+    assert "in 9 jobs (9 of them packing 36 sigmas several to a job)" in stdout
+    assert "| adaptive, n_max = 100,000, bf16, merged LoRA, compiled" in text
+    assert "10,695/s measured, H200" in text and "FLOPs counted by code" in text
+    assert "9,292/s measured, H200" in text  # the black box and diffusion: not compiled
     assert "Whole study:" in text and "| **total**" in text and "### Training" in text
     code, stdout, err = run_cli("plan", "--configfile", CIFAR, "--startup-s", "0")
     # without a replay or a stated figure: the default model, named
@@ -282,3 +294,19 @@ def test_plan_prices_start_up_from_a_measured_table(run_cli, tmp_path):
     assert code == 1 and "line 2: total_s" in err and err.count("\n") == 1
     code, _, err = run_cli("plan", "--configfile", CIFAR, "--startup-tsv", tsv, "--startup-s", "5")
     assert code == 1 and "not both" in err
+
+
+def test_the_cifar10_certification_fits_four_h200_hours():
+    """Issue 30: docs/cost.md (written by `pefts plan` with Cohen's replays) prices the
+    CIFAR-10 preset's certification, start-up included, at most 4 H200-hours, start-up at
+    most 10% of it, at the assumed 60 s per GPU job."""
+    from pathlib import Path
+
+    cost = (Path(__file__).resolve().parents[1] / "docs/cost.md").read_text()
+    section = cost.split("## `configs/cifar10-vitb16.yaml` (target `all`)")[1]
+    found = re.search(r"at 60 s each, assumed, not measured\)\. Certification with its "
+                      r"start-up: ([\d.]+) H200-hours in (\d+) jobs .*, start-up ([\d.]+)% of it",
+                      section)
+    assert found, section[:600]
+    hours, jobs, share = float(found[1]), int(found[2]), float(found[3])
+    assert hours <= 4 and share <= 10 and jobs < 36  # fewer jobs than (run, sigma) pairs

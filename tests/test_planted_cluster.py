@@ -15,7 +15,7 @@ import pytest
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.devices import bind_gpu, task_gpus
 from pefts.experiments import load_config
-from pefts.plan import GPU_RULES, adaptive_per_sigma, protocols, replay_samples
+from pefts.plan import GPU_RULES, PACKED_RULE, adaptive_per_sigma, protocols, replay_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +43,17 @@ def workflow_gpu_rules() -> set[str]:
     resources), those made by ``use rule A as B`` from one of them included unless they
     set resources of their own without a GPU."""
     text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
-    blocks = re.split(r"\n(?=rule \w+:|use rule )", text)
+    blocks = re.split(r"\n(?=rule \w+:|use rule |for )", text)
     gpu, derived = set(), []
     for block in blocks:
         asks = re.search(r"^\s+gpu\s*=", block, re.M) is not None
         if found := re.match(r"rule (\w+):", block):
             if asks:
                 gpu.add(found[1])
+        elif block.startswith("for "):
+            # rules made in a loop, one per pack: named by a function, counted by family
+            if asks and re.search(r"^\s+rule:\n\s+name:\n\s+packed_rule\(", block, re.M):
+                gpu.add(PACKED_RULE)
         elif found := re.match(r"use rule (\w+) as (\w+)", block):
             derived.append((found[1], found[2], asks, re.search(r"^\s+resources:", block, re.M)))
     for _ in derived:  # a rule derived from a derived one: repeat until nothing changes
@@ -63,7 +67,7 @@ def test_the_plan_counts_every_rule_that_asks_for_a_gpu():
     """Every GPU job pays the start-up; a GPU rule left out of GPU_RULES goes unpriced
     (certify_shard: most of the study's GPU jobs)."""
     found = workflow_gpu_rules()
-    assert {"train_base", "finetune", "certify_shard", "certify_sound_shard"} <= found
+    assert {"train_base", "finetune", "certify_shard", PACKED_RULE, "certify_sound_shard"} <= found
     assert set(GPU_RULES) == found
 
 

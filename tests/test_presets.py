@@ -17,7 +17,9 @@ PRESETS = ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"]
 
 
 def commands(*args: str) -> list[dict[str, str]]:
-    """The `pefts` commands of a dry run, each as {"command": ..., option: value}."""
+    """The `pefts` commands of a dry run, each as {"command": ..., option: value}. A
+    `certify-packed` job is read as the `certify` calls it stands for, one per --job
+    SIGMA MODEL OUT (with "packed" set)."""
     result = snakemake("-n", "-p", "--cores", "1", *args)
     assert result.returncode == 0, result.stderr + result.stdout
     jobs = []
@@ -26,11 +28,20 @@ def commands(*args: str) -> list[dict[str, str]]:
         if line.startswith("pefts "):
             words = shlex.split(line.split(" 2>", 1)[0].split(" > ", 1)[0])
             job = {"command": words[1], "words": words}
+            triples = []
             for i, word in enumerate(words):
-                if word.startswith("--"):
+                if word == "--job":
+                    triples.append(words[i + 1:i + 4])
+                elif word.startswith("--"):
                     nxt = words[i + 1] if i + 1 < len(words) else ""
                     job[word[2:]] = "" if nxt.startswith("--") else nxt
-            jobs.append(job)
+            if job["command"] == "certify-packed":
+                assert len(triples) >= 2, line  # a pack of one is a plain shard job
+                jobs += [{**job, "command": "certify", "packed": "", "sigma": sigma,
+                          "model": model, "out": out, "shard": job.get("shard", "0/1")}
+                         for sigma, model, out in triples]
+            else:
+                jobs.append(job)
     return jobs
 
 
@@ -160,6 +171,13 @@ def test_presets_take_the_fast_path(configfile, tmp_path):
         assert (job["n"], job["precision"]) == ("100000", "bf16"), job
         radii = yaml.safe_load((ROOT / configfile).read_text())["summary"]["radii"]
         assert [float(r) for r in job["grid"].split(",")] == radii  # the preset's own grid
+        # compiled but for the black box and diffusion, with the run's own cache
+        run = job["model"].split("/finetune/")[1].split("/")[0]
+        assert ("compile" in job) == (run not in ("blackbox", "diffusion")), job
+        if "compile" in job:
+            assert job["compile-cache"] == f"{tmp_path}/r/certify/{run}/compile-cache"
+    # a run's sigmas that fit one job together are certified by one process
+    assert {"packed"} <= {key for job in jobs for key in job}
 
 
 def test_fixed_n_option_reproduces_cohens_protocol(tmp_path, digits, none_model, tiny_base):

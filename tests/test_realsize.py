@@ -153,3 +153,15 @@ def check_paper_comparison(results: Path, preset: dict, summary: pd.DataFrame,
             assert ours == params.loc[method, "trainable"]
         else:
             assert pd.isna(ours)
+
+
+@pytest.mark.parametrize("preset_file", list(PRESETS))
+def test_the_overlay_compiles_only_on_a_gpu(preset_file, tmp_path):
+    """The presets compile their certifier (certify.compile); on a 2-core CPU compiling
+    ViT-B/16 takes minutes, so the overlay turns it off there and leaves it on a GPU."""
+    preset = yaml.safe_load((ROOT / preset_file).read_text())
+    assert preset["certify"]["compile"] is True
+    shrunk = {gpu: realsize.overlay(preset, weights=tmp_path / "w", root=tmp_path, results=tmp_path,
+                                    num_train=10, gpu=gpu) for gpu in (False, True)}
+    assert shrunk[False]["certify"]["compile"] is False
+    assert "compile" not in shrunk[True]["certify"]  # the preset's

@@ -18,8 +18,10 @@ from pefts.plan import (
     PATH_RATES,
     SHARD_MINUTES,
     certify_seconds,
+    dag_packs,
     dag_pairs,
     dry_run,
+    pack_sigmas,
     path_rate,
     shard_count,
     training_jobs,
@@ -48,29 +50,86 @@ def test_shard_count_takes_the_fewest_shards_that_fit():
             shard_count(*bad)
 
 
+def test_sigmas_pack_by_their_planned_minutes():
+    # the fewest jobs of at most 45 minutes, first fit by decreasing minutes
+    assert pack_sigmas({"0.25": 10, "0.5": 10, "0.75": 10, "1": 10}, 45) == [
+        ("0.25", "0.5", "0.75", "1")]
+    assert pack_sigmas({"0.25": 30, "0.5": 20, "1": 14}, 45) == [("0.25", "1"), ("0.5",)]
+    # sigmas that do not fit together stay separate, one job each
+    assert pack_sigmas({"0.25": 30, "0.5": 20, "1": 40}, 45) == [("0.25",), ("0.5",), ("1",)]
+    assert pack_sigmas({"0.5": 45, "1": 0.01}, 45) == [("0.5",), ("1",)]
+    assert pack_sigmas({"0.5": 22.5, "1": 22.5}, 45) == [("0.5", "1")]  # exactly one job's
+    assert pack_sigmas({"1": 60}, 45) == [("1",)]  # more than a job alone: still one
+    assert pack_sigmas({}, 45) == []
+    for bad in [({"1": -1}, 45), ({"1": float("nan")}, 45), ({"1": 1}, 0)]:
+        with pytest.raises(ValueError):
+            pack_sigmas(*bad)
+
+
+def test_only_sigmas_that_fit_one_job_together_are_packed():
+    config = load_config(["configs/cifar10-vitb16.yaml"])
+    study = Study(config)
+    # 500 images a sigma, 6 to 11 minutes each: a run's four sigmas in one job
+    assert study.pack_of("lora", "0.5") == ("0.25", "0.5", "0.75", "1")
+    assert study.pack_of("lora_rank2", "0.5") == ("0.25", "0.5", "0.75", "1")  # the same run
+    assert study.pack_of("lora_rank4", "0.5") is None  # an ablation run has one sigma
+    # every image to n_max: each sigma alone is many shards, nothing packs
+    config["certify"]["samples_per_image"] = 100_000
+    assert Study(config).packs() == []
+    # a shorter job: the four sigmas of the black box (about 10 minutes each) no longer fit
+    # one job, and split into jobs that do
+    config = load_config(["configs/cifar10-vitb16.yaml"])
+    config["certify"]["shard_minutes"] = 25
+    study = Study(config)
+    groups = [g for r, g in study.packs() if r == "blackbox"]
+    assert len(groups) == 2 and sorted(s for g in groups for s in g) == ["0.25", "0.5", "0.75", "1"]
+    # a number of shards is the user's layout: nothing packs
+    config["certify"]["shards"] = 1
+    config["experiments"]["twobirds"]["certify"]["shards"] = 1
+    assert Study(config).packs() == []
+    # each grid packs its own sigmas: the default's main comparison (0.25, 0.5) apart
+    # from noise learning's other two, so the main target certifies only its own
+    config = load_config([])
+    config["certify"]["shards"] = "auto"
+    study = Study(config)
+    assert study.pack_of("lora", "0.5") == ("0.25", "0.5")
+    assert study.pack_of("lora", "1") == ("0.75", "1")
+
+
 @pytest.fixture(scope="module", params=PRESETS)
 def preset_dag(request):
-    """A preset and the (run, sigma) -> shards of its `experiments` dry run (every run)."""
+    """A preset, the (run, sigma) -> shards of its `experiments` dry run (every run) and
+    the packed jobs it lists."""
     config = load_config([request.param])
-    return config, dag_pairs(dry_run((request.param,), "experiments"))
+    output = dry_run((request.param,), "experiments")
+    return config, dag_pairs(output), dag_packs(output)
 
 
-def test_every_certify_shard_of_a_preset_plans_within_the_target(preset_dag):
-    config, pairs = preset_dag
+def test_every_certify_job_of_a_preset_plans_within_the_target(preset_dag):
+    config, pairs, packs = preset_dag
     study = Study(config)
     target = config["certify"]["shard_minutes"]
     assert config["certify"]["shards"] == "auto"
     longest = 0.0
+    minutes = {}
     for (run, sigma), shards in pairs.items():
         spec, images = study.runs[run], study.certified_images(run)
         seconds = certify_seconds(config, spec.method, spec.hparams, float(sigma), images)
         # the DAG has as many certify_shard jobs as the plan's function asks for
         assert shards == shard_count(images, seconds, target), (run, sigma)
-        minutes = seconds / 60 * -(-images // shards) / images  # its largest shard
-        assert minutes <= target, (run, sigma, shards, minutes)
-        longest = max(longest, minutes)
+        minutes[run, sigma] = seconds / 60 * -(-images // shards) / images  # its largest shard
+        assert minutes[run, sigma] <= target, (run, sigma, shards, minutes)
+        longest = max(longest, minutes[run, sigma])
     # the sizes are the work's: no (run, sigma) runs in more shards than it needs
     assert longest > target / 10
+    # packed jobs: the DAG's are the package's, each of one-shard sigmas, within the target
+    assert sorted(packs) == study.packs() and packs
+    for run, sigmas in packs:
+        assert all(pairs[run, s] == 1 for s in sigmas)
+        job = sum(minutes[run, s] for s in sigmas)
+        assert job <= target, (run, sigmas, job)
+        longest = max(longest, job)
+    assert longest > target / 2  # jobs of about the target, not many small ones
 
 
 def test_imagenet_diffusion_is_cut_by_its_work_and_cheap_runs_are_not():
@@ -147,6 +206,13 @@ def test_each_path_has_its_measured_rate():
     assert path_rate("bf16", True, False, "lora")[0] == 9292  # merged: a plain ViT-B/16
     assert path_rate("bf16", True, False, "adapter")[0] == 7358  # adapters do not merge
     assert path_rate("bf16", True, True, "lora")[0] == 10695  # merged and compiled
+    assert path_rate("bf16", True, True, "prompt")[0] == 10695  # a plain ViT, compiled
+    # compiled but not measured so: side branches keep their eager rate
+    assert path_rate("bf16", True, True, "adapter")[0] == 7358
+    assert path_rate("bf16", False, True, "lora")[0] == 7358
+    # not compiled by the certifier (pefts.experiments.UNCOMPILED_METHODS)
+    assert path_rate("bf16", True, True, "blackbox")[0] == path_rate("bf16", True, True,
+                                                                   "diffusion")[0] == 9292
     assert all("measured" in source for _, source in PATH_RATES.values())
 
 

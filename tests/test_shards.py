@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
 from pefts.certification.rows import CERTIFY_COLUMNS, per_image
+from pefts.certification.rows import certify_rows as REAL_CERTIFY_ROWS
 from pefts.certification.selection import parse_shard, selected_indices, shard_indices
 from pefts.certification.shard_io import partial_path, run_shard
 from pefts.errors import PeftsError
@@ -132,6 +134,179 @@ def test_merge_sorts_and_keeps_full_precision(tmp_path):
     assert [p["shard"] for p in parts] == ["0/2", "1/2"]
     assert merged["idx"].tolist() == [0, 4]
     assert merged["radius"].iloc[1] == 0.12345678901234568
+
+
+@pytest.fixture(scope="module")
+def none_quarter(digits, tiny_base, tmp_path_factory):
+    """The untuned model at sigma 0.25: a second sigma of the same run."""
+    from pefts.runs import finetune
+
+    out = tmp_path_factory.mktemp("none_quarter") / "model.safetensors"
+    finetune(digits, tiny_base, out, "none", 0.25, {}, {}, device="cpu")
+    return out
+
+
+PACK_COMMON = [c for c in COMMON if c not in ("--sigma", "0.5")]
+
+
+def certify_packed(run_cli, tiny_base, digits, jobs, *extra):
+    code, _, err = run_cli("certify-packed", "--base", tiny_base, "--data", digits, *PACK_COMMON,
+                           *[w for job in jobs for w in ("--job", *job)], *extra)
+    return code, err
+
+
+def rows_and_settings(out):
+    """A shard's rows without their timings, and the settings its sidecar records."""
+    from pefts.provenance import read_sidecar
+
+    return pd.read_csv(out, sep="\t").drop(columns="time"), read_sidecar(out)["settings"]
+
+
+def test_a_packed_job_writes_what_separate_certify_calls_write(run_cli, digits, tiny_base,
+                                                               none_model, none_quarter, tmp_path):
+    """One process, two sigmas: each output has the rows and settings of its own
+    `pefts certify` (same seed, same noise), so the two are interchangeable on disk."""
+    alone = {}
+    for sigma, model in (("0.25", none_quarter), ("0.5", none_model)):
+        out = tmp_path / "alone" / f"sigma{sigma}" / "shards" / "0-of-1.tsv"
+        out.parent.mkdir(parents=True)
+        code, _, err = run_cli("certify", "--model", model, "--base", tiny_base, "--data", digits,
+                               *PACK_COMMON, "--sigma", sigma, "--out", out)
+        assert code == 0, err
+        alone[sigma] = rows_and_settings(out)
+    packed = {s: tmp_path / "packed" / f"sigma{s}" / "shards" / "0-of-1.tsv" for s in alone}
+    code, err = certify_packed(run_cli, tiny_base, digits,
+                               [("0.25", none_quarter, packed["0.25"]),
+                                ("0.5", none_model, packed["0.5"])])
+    assert code == 0, err
+    for sigma, out in packed.items():
+        rows, settings = rows_and_settings(out)
+        pd.testing.assert_frame_equal(rows, alone[sigma][0])
+        assert settings == alone[sigma][1]
+        assert not partial_path(out).exists()
+    assert len(rows) == 13 and rows_and_settings(packed["0.25"])[0]["radius"].tolist() != (
+        rows["radius"].tolist())  # two sigmas, two sets of rows
+    # finished: run again it refuses, as certify does, until --force
+    code, err = certify_packed(run_cli, tiny_base, digits, [("0.5", none_model, packed["0.5"])])
+    assert code != 0 and "already exists; pass --force" in err
+
+
+def interrupting(monkeypatch, after: int, calls: list[int]):
+    """Make the certifier's rows stop (an exception, as a kill would) after ``after``
+    rows in all; ``calls`` gets how many rows each model computed."""
+    from pefts.certification import rows as rows_module
+
+    real = REAL_CERTIFY_ROWS  # not an earlier call's wrapper
+    done = [0]
+
+    def certify_rows(*args, **kwargs):
+        source = real(*args, **kwargs)
+        calls.append(0)
+
+        def rows(todo):
+            for row in source(todo):
+                if done[0] == after:
+                    raise Interrupted
+                done[0] += 1
+                calls[-1] += 1
+                yield row
+        return rows
+
+    monkeypatch.setattr(rows_module, "certify_rows", certify_rows)
+
+
+def test_a_killed_packed_job_resumes_each_sigma_from_its_rows(run_cli, digits, tiny_base,
+                                                              none_model, none_quarter, tmp_path,
+                                                              monkeypatch):
+    """Interrupted in its second sigma, and every output Snakemake declared deleted (what
+    it does to a failed job's outputs): the rerun computes only the rows not yet done,
+    and ends with the uninterrupted job's rows."""
+    jobs = lambda folder: [("0.25", none_quarter, tmp_path / folder / "a" / "0-of-1.tsv"),  # noqa: E731
+                           ("0.5", none_model, tmp_path / folder / "b" / "0-of-1.tsv")]
+    code, err = certify_packed(run_cli, tiny_base, digits, jobs("whole"))
+    assert code == 0, err
+    first = []
+    interrupting(monkeypatch, 13 + 5, first)
+    with pytest.raises(Interrupted):
+        certify_packed(run_cli, tiny_base, digits, jobs("killed"))
+    assert first == [13, 5]
+    (a, _, a_out), (_, _, b_out) = jobs("killed")
+    # the first sigma is finished and keeps its partial until the whole job is done
+    assert a_out.exists() and partial_path(a_out).exists() and not b_out.exists()
+    a_out.unlink()  # Snakemake removes the outputs of a failed job
+    second = []
+    interrupting(monkeypatch, -1, second)
+    code, err = certify_packed(run_cli, tiny_base, digits, jobs("killed"), "--force")
+    assert code == 0, err
+    assert second == [0, 13 - 5]  # nothing again of the first sigma, the rest of the second
+    for (_, _, whole), (_, _, resumed) in zip(jobs("whole"), jobs("killed"), strict=True):
+        pd.testing.assert_frame_equal(rows_and_settings(resumed)[0], rows_and_settings(whole)[0])
+        assert rows_and_settings(resumed)[1] == rows_and_settings(whole)[1]
+        assert not partial_path(resumed).exists()
+
+
+def test_a_packed_partial_resumes_under_a_single_certify(run_cli, digits, tiny_base, none_model,
+                                                        none_quarter, tmp_path, monkeypatch):
+    """Packing is no layout: a (run, sigma) left half done by a packed job and certified
+    alone afterwards (a config whose packs changed) resumes from the same partial."""
+    out = tmp_path / "b" / "0-of-1.tsv"
+    calls = []
+    interrupting(monkeypatch, 4, calls)
+    with pytest.raises(Interrupted):
+        certify_packed(run_cli, tiny_base, digits, [("0.5", none_model, out)])
+    calls.clear()
+    interrupting(monkeypatch, -1, calls)
+    code, _, err = run_cli("certify", "--model", none_model, "--base", tiny_base, "--data", digits,
+                           *COMMON, "--out", out, "--force")
+    assert code == 0, err
+    assert calls == [13 - 4]
+
+
+@pytest.mark.slow
+def test_a_compiled_packed_job_certifies_each_model_on_its_own_weights(
+        digits, tiny_base, tmp_path):
+    """--compile in a packed job: the first model compiles, the next (the same
+    architecture, other weights) runs the same compiled code on its own weights; each
+    sigma's rows are those of its own compiled certify in a process of its own."""
+    from pefts.runs import finetune
+
+    full = {}
+    for sigma in ("0.25", "0.5"):  # one run's two sigmas: one architecture, two sets of weights
+        full[sigma] = tmp_path / f"full{sigma}" / "model.safetensors"
+        finetune(digits, tiny_base, full[sigma], "full", float(sigma), {},
+                 {"epochs": 1, "batch_size": 128}, device="cpu")
+    common = ["--base", str(tiny_base), "--data", str(digits), *PACK_COMMON, "--precision",
+              "bf16", "--compile", "--compile-cache", str(tmp_path / "cache")]
+    alone = {}
+    for sigma, model in full.items():
+        out = tmp_path / "alone" / f"{sigma}.tsv"
+        killing.run([sys.executable, "-m", "pefts", "certify", "--model", str(model),
+                     "--sigma", sigma, *common], out)
+        alone[sigma] = rows_and_settings(out)
+    packed = {s: tmp_path / "packed" / f"{s}.tsv" for s in alone}
+    done = subprocess.run([sys.executable, "-m", "pefts", "certify-packed", "--job", "0.25",
+                           str(full["0.25"]), str(packed["0.25"]), "--job", "0.5",
+                           str(full["0.5"]), str(packed["0.5"]), *common],
+                          capture_output=True, text=True,
+                          env={**killing.ENV, "TORCH_LOGS": "recompiles"})
+    assert done.returncode == 0, done.stderr
+    # the second model reused the first's code: it recompiled only for new batch sizes
+    # (which a process of its own does too), never for its module or parameters
+    reasons = [line.split("- ", 1)[1] for line in done.stderr.splitlines()
+               if "[__recompiles]" in line and "- " in line]
+    assert not [r for r in reasons if "self" in r.split(" # ")[0]], reasons
+    for sigma, out in packed.items():
+        rows, settings = rows_and_settings(out)
+        pd.testing.assert_frame_equal(rows, alone[sigma][0])
+        assert settings == alone[sigma][1] and settings["compile"] is True
+    assert alone["0.25"][1]["model"] != alone["0.5"][1]["model"]
+
+
+def test_a_packed_job_refuses_one_output_twice(run_cli, digits, tiny_base, none_model, tmp_path):
+    out = tmp_path / "0-of-1.tsv"
+    code, err = certify_packed(run_cli, tiny_base, digits,
+                               [("0.5", none_model, out), ("0.25", none_model, out)])
+    assert code != 0 and "is given twice" in err and not out.exists()
 
 
 @pytest.mark.slow

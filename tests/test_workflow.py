@@ -4,6 +4,7 @@ and one small end-to-end run through every rule of the main comparison."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,10 +50,15 @@ def test_dry_run_builds_the_full_dag(configfile, tmp_path):
     counts = job_counts(result.stdout)
     grid = len(config["methods"]) * len(config["sigmas"])
     assert counts["finetune"] == grid
-    # shards per (run, sigma): a number, or the presets' auto sized by each one's work
+    # shards per (run, sigma): a number, or the presets' auto sized by each one's work,
+    # which packs a run's one-shard sigmas into jobs of certify_packed_* rules
     study = Study(load_config([configfile] if configfile else []))
-    assert counts["certify_shard"] == sum(study.shards(m, sigma_label(s)) for m in config["methods"]
-                                          for s in config["sigmas"])
+    grid_pairs = [(m, sigma_label(s)) for m in config["methods"] for s in config["sigmas"]]
+    alone = [(m, s) for m, s in grid_pairs if study.pack_of(m, s) is None]
+    assert counts.get("certify_shard", 0) == sum(study.shards(m, s) for m, s in alone)
+    packs = {(m, study.pack_of(m, s)) for m, s in grid_pairs} - {(m, None) for m, _ in grid_pairs}
+    assert sum(n for rule, n in counts.items() if rule.startswith("certify_packed_")) == len(packs)
+    assert bool(packs) == (configfile is not None)  # the default's shards: 1 packs nothing
     assert counts["merge_shards"] == grid
     # certify.sound_compare (the default's LoRA; the presets leave it off): one run again
     compared = 1 if config["certify"].get("sound_compare") else 0
@@ -111,6 +117,37 @@ TINY = {
                                "train": {"epochs": 2, "lr": 0.005, "batch_size": 128}}},
     "certify": {"n0": 8, "n": 300, "batch": 64, "skip": 30, "shards": 2, "adaptive": True},
 }
+
+
+@pytest.mark.slow
+def test_a_runs_sigmas_are_certified_by_one_packed_job(tmp_path):
+    """certify.shards: auto on the tiny config: both sigmas of the run fit one job, which
+    one `pefts certify-packed` process certifies; merge reads its shard files as a
+    single shard's, and a second call finds nothing to do. The run's other sigmas (noise
+    learning's) are packed apart, so the main comparison certifies only its own."""
+    config = tmp_path / "tiny.yaml"
+    certify = {**TINY["certify"], "shards": "auto"}
+    config.write_text(yaml.safe_dump({**TINY, "methods": ["none"], "sigmas": [0.25, 0.5],
+                                      "certify": certify, "results": str(tmp_path / "results")}))
+    results = tmp_path / "results"
+    targets = [str(results / "certify" / "none" / f"sigma{s}" / "certified.tsv")
+               for s in ("0.25", "0.5")]
+    result = snakemake("--cores", "2", "--configfile", str(config), "--nolock", *targets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr)["certify_packed_none_0"] == 1
+    log = results / "logs" / "certify" / "none_sigma0.25+0.5.log"
+    assert {"certify 0/1 sigma 0.25: 100%", "certify 0/1 sigma 0.5: 100%"} <= set(
+        re.findall(r"certify 0/1 sigma [\d.]+: 100%", log.read_text()))
+    # noise learning's other sigmas of the run are a pack of their own, not run here
+    assert not (results / "finetune" / "none" / "sigma0.75").exists()
+    for target in targets:
+        merged = pd.read_csv(target, sep="\t")
+        assert merged["idx"].tolist() == list(range(0, 450, 30))
+        shards = Path(target).parent / "shards"
+        assert sorted(f.name for f in shards.iterdir()) == ["0-of-1.tsv", "0-of-1.tsv.json",
+                                                            "0-of-1.tsv.partial.lock"]
+    again = snakemake("-n", "--cores", "2", "--configfile", str(config), "--nolock", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.slow

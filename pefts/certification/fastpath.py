@@ -95,3 +95,4 @@ def compiled(model: nn.Module, compile_cache: str | Path | None = None) -> nn.Mo
     if compile_cache is not None:
         use_compile_cache(compile_cache)
     return torch.compile(model, dynamic=True)
+

@@ -121,24 +121,38 @@ def run_shard(
     rows: RowSource,
     desc: str = "certify",
     force: bool = False,
+    keep_partial: bool = False,
 ) -> Path:
     """Write ``rows(todo)`` for the indices not yet done and publish the TSV.
 
     ``rows`` gets the indices still to do and yields one finished row per index, in any
     order (a pool of images may finish out of order); each is on disk before the next.
     ``force`` discards a partial of other settings instead of refusing it.
+    ``keep_partial`` leaves the finished partial beside the output (``finish_partials``
+    removes it): a job of several shards whose failure makes Snakemake delete every
+    output it declared then resumes the finished ones from their rows.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(out):
         try:
-            return _write_shard(out, indices, settings, columns, rows, desc, force)
+            return _write_shard(out, indices, settings, columns, rows, desc, force, keep_partial)
         except OSError as err:  # e.g. a full disk while appending a row: name the shard
             raise naming(err, partial_path(out)) from err
 
 
+def finish_partials(outs: Iterable[str | Path]) -> None:
+    """Remove the partials ``run_shard(keep_partial=True)`` left beside finished outputs,
+    once all of them are finished (each under its writer's lock)."""
+    for out in map(Path, outs):
+        if not out.exists():
+            raise PeftsError(f"{out} is not finished: its partial stays")
+        with writer_lock(out):
+            partial_path(out).unlink(missing_ok=True)
+
+
 def _write_shard(out: Path, indices: list[int], settings: dict[str, Any], columns: list[str],
-                 rows: RowSource, desc: str, force: bool) -> Path:
+                 rows: RowSource, desc: str, force: bool, keep_partial: bool = False) -> Path:
     partial = partial_path(out)
     done_rows = read_partial(partial, settings, columns, force)
     done = {int(row.split("\t", 1)[0]) for row in done_rows}
@@ -157,5 +171,6 @@ def _write_shard(out: Path, indices: list[int], settings: dict[str, Any], column
     # the settings go beside the output first: an output without them would be refused
     write_sidecar(out, settings, text)
     replace_durably(out, text.rstrip("\n").split("\n"))
-    partial.unlink()
+    if not keep_partial:
+        partial.unlink()
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -21,13 +22,20 @@ from pefts.errors import PeftsError
 from pefts.files import refuse_existing
 
 
-def sampling_options(func):
-    for option in reversed([
+def sampling_options(func, packed: bool = False):
+    """The options of a shard's run; ``packed``: without the per-sigma --model, --sigma
+    and --out (certify-packed takes them as --job triples)."""
+    own = [] if packed else [
         click.option("--model", required=True, type=click.Path(dir_okay=False),
                      help="fine-tuned weights (.safetensors)"),
+        click.option("--sigma", required=True, type=POSITIVE, help="smoothing noise level"),
+        click.option("--out", required=True, type=TSV_OUT, help="TSV"),
+    ]
+    for option in reversed([
+        *own[:1],
         click.option("--base", required=True, type=click.Path(dir_okay=False), help="base weights"),
         click.option("--data", required=True, type=click.Path(dir_okay=False), help="data manifest"),
-        click.option("--sigma", required=True, type=POSITIVE, help="smoothing noise level"),
+        *own[1:2],
         click.option("--n", "n", default=1000, show_default=True, type=AT_LEAST_ONE,
                      help="estimation samples"),
         click.option("--alpha", default=0.001, show_default=True, type=PROBABILITY,
@@ -40,7 +48,7 @@ def sampling_options(func):
         click.option("--seed", default=0, show_default=True, type=SEED, help="noise seed"),
         click.option("--shard", default="0/1", show_default=True,
                      help="K/N: the K-th of N interleaved slices"),
-        click.option("--out", required=True, type=TSV_OUT, help="TSV"),
+        *own[2:],
         device_option,
         click.option("--force", is_flag=True,
                      help="replace a finished output (an interrupted run resumes without it)"),
@@ -99,33 +107,32 @@ def default_compile_cache(out: str) -> Path:
     return Path(out).resolve().parent / "compile-cache"
 
 
-@click.command()
-@sampling_options
-@click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE, help="selection samples")
-@adaptive_options
-@fast_path_options
-@click.option("--sound", is_flag=True,
-              help="sound in floating point (Voracek & Hein): 8-bit images, noise from the "
-                   "Gaussian discretised to 1/255 drawn exactly, that distribution's certificate")
-@click.option("--compile-cache", default=None, type=click.Path(file_okay=False),
-              help="with --compile: Inductor's cache folder, shared by the run's shards so "
-                   "one compiles and the others load (default: compile-cache beside --out)")
-def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
-            device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
-            compile_net, merge_lora, sound, compile_cache) -> None:
-    """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
-    check_modes_options(click.get_current_context(), adaptive, ("n_max", "radii", "rtol"))
-    from pefts.certification.adaptive import AdaptivePlan
-    from pefts.certification.fastpath import executed
-    from pefts.certification.feasibility import check_can_certify
-    from pefts.certification.rows import (
-        ADAPTIVE_COLUMNS,
-        CERTIFY_COLUMNS,
-        adaptive_rows,
-        certify_rows,
-    )
-    from pefts.certification.shard_io import run_shard
+def certify_options(func, packed: bool = False):
+    for option in reversed([
+        click.option("--n0", default=100, show_default=True, type=AT_LEAST_ONE,
+                     help="selection samples"),
+        adaptive_options,
+        fast_path_options,
+        click.option("--sound", is_flag=True,
+                     help="sound in floating point (Voracek & Hein): 8-bit images, noise from the "
+                          "Gaussian discretised to 1/255 drawn exactly, that distribution's "
+                          "certificate"),
+        click.option("--compile-cache", default=None, type=click.Path(file_okay=False),
+                     help="with --compile: Inductor's cache folder, shared by the run's shards so "
+                          "one compiles and the others load (default: compile-cache beside "
+                          + ("the first --job's OUT)" if packed else "--out)")),
+    ]):
+        func = option(func)
+    return sampling_options(func, packed)
 
+
+def check_certify_options(adaptive: bool, n: int, n_max: int | None, alpha: float,
+                          radii: str) -> tuple[float, ...]:
+    """Refusals before anything loads: the adaptive-only options, the grid, and that the
+    n each mode samples can certify at alpha. Returns the grid."""
+    from pefts.certification.feasibility import check_can_certify
+
+    check_modes_options(click.get_current_context(), adaptive, ("n_max", "radii", "rtol"))
     grid = parse_floats(radii, "--grid")
     if any(r < 0 for r in grid):
         raise PeftsError(f"--grid must be non-negative, got {radii!r}")
@@ -134,8 +141,26 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
         check_can_certify(n_max or n, alpha, True, "--n-max" if n_max else "--n")
     else:
         check_can_certify(n, alpha, False, "--n")
-    net, manifest, dataset, indices, torch_device, settings = shard_setup(
-        model, base, data, skip, max_count, shard, device, sigma, out, force, sound)
+    return tuple(grid)
+
+
+def certify_shard(net, manifest, dataset, indices, torch_device, settings, *, out, sigma, n,
+                  alpha, batch, seed, shard, force, n0, adaptive, n_max, grid, rtol, pool,
+                  precision, channels_last, compile_net, merge_lora, sound, compile_cache,
+                  keep_partial: bool = False) -> None:
+    """CERTIFY every image of the shard not yet in its partial, and publish its TSV.
+    What certify and certify-packed run per (model, sigma): the same settings, so their
+    partials and outputs are interchangeable."""
+    from pefts.certification.adaptive import AdaptivePlan
+    from pefts.certification.fastpath import executed
+    from pefts.certification.rows import (
+        ADAPTIVE_COLUMNS,
+        CERTIFY_COLUMNS,
+        adaptive_rows,
+        certify_rows,
+    )
+    from pefts.certification.shard_io import run_shard
+
     settings.update(n0=n0, n=n, alpha=alpha, seed=seed, command="certify")
     fast = {"precision": precision, "channels_last": channels_last, "compile": compile_net,
             "merge_lora": merge_lora}
@@ -156,8 +181,73 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
         columns = CERTIFY_COLUMNS + (["precision"] if precision != "fp32" else [])
         rows = certify_rows(net, dataset, manifest["num_classes"], sigma, n0, n, alpha, batch,
                             seed, torch_device, precision, pool, sound)
-    run_shard(out, indices, settings, columns, rows, desc=f"certify {shard}", force=force)
+    run_shard(out, indices, settings, columns, rows, desc=f"certify {shard} sigma {sigma:g}",
+              force=force, keep_partial=keep_partial)
+
+
+@click.command()
+@certify_options
+def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, shard, out,
+            device, force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
+            compile_net, merge_lora, sound, compile_cache) -> None:
+    """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
+    grid = check_certify_options(adaptive, n, n_max, alpha, radii)
+    net, manifest, dataset, indices, torch_device, settings = shard_setup(
+        model, base, data, skip, max_count, shard, device, sigma, out, force, sound)
+    certify_shard(net, manifest, dataset, indices, torch_device, settings, out=out, sigma=sigma,
+                  n=n, alpha=alpha, batch=batch, seed=seed, shard=shard, force=force, n0=n0,
+                  adaptive=adaptive, n_max=n_max, grid=grid, rtol=rtol, pool=pool,
+                  precision=precision, channels_last=channels_last, compile_net=compile_net,
+                  merge_lora=merge_lora, sound=sound, compile_cache=compile_cache)
     click.echo(f"certified {len(indices)} images -> {out}")
+
+
+@click.command("certify-packed")
+@click.option("--job", "jobs", multiple=True, required=True, nargs=3,
+              type=(POSITIVE, click.Path(dir_okay=False), TSV_OUT),
+              metavar="SIGMA MODEL OUT",
+              help="one (sigma, model) to certify into OUT, as certify --sigma --model --out "
+                   "would (repeatable; certified in the order given)")
+@functools.partial(certify_options, packed=True)
+def certify_packed(jobs, base, data, n, alpha, batch, skip, max_count, seed, shard, device,
+                   force, n0, adaptive, n_max, radii, rtol, pool, precision, channels_last,
+                   compile_net, merge_lora, sound, compile_cache) -> None:
+    """CERTIFY several models of one run (its sigmas) in one process, one after another:
+    the data loads once and the process starts once. Each --job writes what `pefts
+    certify` with the same options writes (rows, settings, resume): an interrupted run
+    resumes each from its finished rows, a finished one costs nothing."""
+    from pefts.certification.selection import parse_shard
+    from pefts.certification.setup import check_output, load_test_split, model_setup
+    from pefts.certification.shard_io import finish_partials
+    from pefts.devices import resolve_device
+    from pefts.files import resolved
+
+    grid = check_certify_options(adaptive, n, n_max, alpha, radii)
+    _, n_shards = parse_shard(shard)
+    outs = [resolved(out, "--job OUT") for _, _, out in jobs]
+    for i, (_, _, out) in enumerate(jobs):
+        if outs[i] in outs[:i]:
+            raise PeftsError(f"--job OUT {out} is given twice: one output per job")
+        check_output(out, [m for _, m, _ in jobs] + [base, data], n_shards, force,
+                     resumable=True)
+    if compile_cache is None:
+        compile_cache = default_compile_cache(jobs[0][2])
+    manifest, dataset, indices = load_test_split(data, skip, max_count, shard, sound)
+    torch_device = resolve_device(device)
+    # with --compile, the first model compiles; the next ones, of the same architecture,
+    # run the same compiled code on their own weights (Dynamo's guards hold: no recompile)
+    for sigma, model, out in jobs:
+        net, settings = model_setup(model, base, manifest, skip, max_count, shard, torch_device,
+                                    sigma, sound)
+        certify_shard(net, manifest, dataset, indices, torch_device, settings, out=out,
+                      sigma=sigma, n=n, alpha=alpha, batch=batch, seed=seed, shard=shard,
+                      force=force, n0=n0, adaptive=adaptive, n_max=n_max, grid=grid, rtol=rtol,
+                      pool=pool, precision=precision, channels_last=channels_last,
+                      compile_net=compile_net, merge_lora=merge_lora, sound=sound,
+                      compile_cache=compile_cache, keep_partial=True)
+        del net
+        click.echo(f"certified {len(indices)} images at sigma {sigma:g} -> {out}")
+    finish_partials([out for _, _, out in jobs])
 
 
 @click.command()
@@ -213,4 +303,4 @@ def merge(shards, out, data, skip, max_count, force) -> None:
     click.echo(f"merged {len(shards)} shard(s), {len(merged)} images -> {out}")
 
 
-COMMANDS = [certify, predict, merge]
+COMMANDS = [certify, certify_packed, predict, merge]

@@ -86,7 +86,7 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
                          "give the sigma each replay was certified at, in the same order")
     output = p.dry_run(configfiles, target)
     jobs = p.rule_counts(output)
-    pairs = p.dag_cost_pairs(config, p.dag_pairs(output), test_images)
+    pairs = p.dag_cost_pairs(config, p.dag_pairs(output), test_images, p.dag_packs(output))
     adaptive = p.adaptive_per_sigma(config, list(zip(replays, replay_sigmas, strict=True)),
                                     replay_n, passes_per_image)
     reference = REFERENCE_GFLOP
@@ -102,8 +102,9 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
 
         startup, startup_how = measured_startup(startup_tsv, config["methods"])
     gpu_jobs = sum(jobs.get(rule, 0) for rule in p.GPU_RULES)
-    shards = sum(pair.shards for pair in pairs)
-    table = p.cost_table(pairs, protocols, reference, shards * startup / 3600)
+    cert_jobs = p.certify_job_count(pairs)
+    packs = len({(pair.run, pair.pack) for pair in pairs if pair.pack})
+    table = p.cost_table(pairs, protocols, reference, cert_jobs * startup / 3600)
     runs = p.run_table(pairs, own, reference)
     training = p.training_jobs(config, output)
     train_table = p.training_table(training, reference, rate)
@@ -114,14 +115,16 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     how = "; ".join(f"sigma {s:g}: {adaptive[s][0]:,.0f} ({adaptive[s][1]})" for s in used)
     totals = study.iloc[-1]
     cert_h = float(totals["certify GPU-h"].replace(",", ""))
-    cert_start = shards * startup / 3600
-    longest = max((p.shard_minutes_planned(pair, own, reference) for pair in pairs), default=0.0)
+    cert_start = cert_jobs * startup / 3600
+    longest = p.longest_job_minutes(pairs, own, reference)
+    packed = (f" ({packs:,} of them packing {sum(1 for pair in pairs if pair.pack):,} sigmas "
+              "several to a job)" if packs else "")
     headline = (f"Whole study: {totals['GPU-h']} H200-hours ({totals['training GPU-h']} training, "
                 f"{totals['certify GPU-h']} certification, {totals['start-up GPU-h']} start-up of "
                 f"{gpu_jobs:,} GPU jobs at {startup:g} s each, {startup_how}). Certification with "
-                f"its start-up: {cert_h + cert_start:,.2f} H200-hours in {shards:,} shards, "
-                f"start-up {100 * cert_start / max(cert_h + cert_start, 1e-12):.1f}% of it; "
-                f"longest shard {longest:.1f} min planned ({own.name}).")
+                f"its start-up: {cert_h + cert_start:,.2f} H200-hours in {cert_jobs:,} jobs"
+                f"{packed}, start-up {100 * cert_start / max(cert_h + cert_start, 1e-12):.1f}% "
+                f"of it; longest job {longest:.1f} min planned ({own.name}).")
     summary = (f"{len(pairs)} (run, sigma) certified (from the DAG), "
                f"{sum(pair.images for pair in pairs):,} images in all; {sum(jobs.values()):,} jobs, "
                f"{gpu_jobs:,} of them GPU jobs. Adaptive estimation samples per image: {how}.")

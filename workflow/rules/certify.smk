@@ -37,6 +37,7 @@ rule certify_shard:
         selection=lambda w: STUDY.selection(w.runname),
         adaptive=ADAPTIVE,
         shard=lambda w: f"{w.k}/{w.shards}",
+        compile=lambda w: compile_options(w.runname),
         device=DEVICE,
     threads: config["threads"]
     resources:
@@ -48,8 +49,51 @@ rule certify_shard:
     shell:
         "pefts certify --model {input.model} --base {input.base} --data {input.data} "
         "--sigma {wildcards.sigma} {params.sampling} {params.selection} {params.adaptive} "
-        "--shard {params.shard} "
+        "{params.compile} --shard {params.shard} "
         "--out {output} --device {params.device} --gpus {resources.gpu} --force 2> {log}"
+
+
+# certify.shards: auto packs the sigmas of a run that each fit one shard into jobs of at
+# most shard_minutes planned (pefts.experiments.Study.packs): one process certifies them
+# one after another, so the run pays one start-up instead of one per sigma. A packed
+# sigma's output is the very file its one shard would be (shards/0-of-1.tsv, written
+# with the same settings and rows, resumed from the same partial), so packing is no
+# layout and merge_shards reads it as before. One rule per pack: a rule's outputs are
+# fixed in number, a pack's are its sigmas. Each is ordered before certify_shard, which
+# could write the same files one sigma at a time.
+for _run, _sigmas in STUDY.packs():
+
+    rule:
+        name:
+            packed_rule(_run, _sigmas)
+        input:
+            data=STUDY.data(_run),
+            base=STUDY.base(_run),
+            models=[STUDY.model(_run, s) for s in _sigmas],
+        output:
+            [SHARD.format(runname=_run, sigma=s, k=0, shards=1) for s in _sigmas],
+        params:
+            sampling=SAMPLING + (" --sound" if CERT["sound"] else ""),
+            selection=STUDY.selection(_run),
+            adaptive=ADAPTIVE,
+            compile=compile_options(_run),
+            jobs=lambda w, input, output, sigmas=_sigmas: " ".join(
+                f"--job {s} {m} {o}" for s, m, o in zip(sigmas, input.models, output, strict=True)
+            ),
+            device=DEVICE,
+        threads: config["threads"]
+        resources:
+            gpu=config["gpus_per_job"],
+        conda:
+            ENV
+        log:
+            path("logs", "certify", f"{_run}_sigma{'+'.join(_sigmas)}.log"),
+        shell:
+            "pefts certify-packed {params.jobs} --base {input.base} --data {input.data} "
+            "{params.sampling} {params.selection} {params.adaptive} {params.compile} "
+            "--device {params.device} --gpus {resources.gpu} --force 2> {log}"
+
+    workflow.ruleorder(packed_rule(_run, _sigmas), "certify_shard")
 
 
 rule merge_shards:
@@ -78,6 +122,7 @@ use rule certify_shard as certify_sound_shard with:
         selection=lambda w: STUDY.selection(w.runname),
         adaptive=ADAPTIVE,
         shard=lambda w: f"{w.k}/{w.shards}",
+        compile=lambda w: compile_options(w.runname),
         device=DEVICE,
     log:
         path("logs", "certify_sound", "{runname}_sigma{sigma}_{k}-of-{shards}.log"),

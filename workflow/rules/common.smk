@@ -73,6 +73,20 @@ def shard_count(run, sigma):
     return STUDY.shards(run, sigma)
 
 
+def packed_rule(run, sigmas):
+    """The name of the rule that certifies the run's pack of sigmas (certify.smk)."""
+    index = [group for r, group in STUDY.packs() if r == run].index(tuple(sigmas))
+    return f"certify_packed_{run}_{index}"
+
+
+def compile_options(run):
+    """certify.compile: --compile for the runs whose method compiles, with the run's cache
+    (pefts.experiments.Study.compiles)."""
+    if not STUDY.compiles(run):
+        return ""
+    return f"--compile --compile-cache {STUDY.compile_cache(run)}"
+
+
 def shard_files(pattern, w):
     count = shard_count(w.runname, w.sigma)
     return expand(pattern, runname=w.runname, sigma=w.sigma, k=range(count), shards=count)
