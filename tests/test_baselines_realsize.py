@@ -101,7 +101,7 @@ def random_file(net: torch.nn.Module, path) -> str:
 def test_diffusion_row_at_the_presets_size(preset_file, side, classes, unet_params, tmp_path):
     """The preset's own diffusion hyper-parameters, with random weights of the released
     checkpoint (and classifier) where `pefts fetch-weights` would put the real ones;
-    one image, the smallest n (a UNet pass on a 224 crop takes minutes on a CPU)."""
+    one image, one noisy sample (a UNet pass on a 224 crop takes minutes on a CPU)."""
     import timm
 
     from pefts.diffusion.loading import build_unet
@@ -124,7 +124,10 @@ def test_diffusion_row_at_the_presets_size(preset_file, side, classes, unet_para
     assert metrics["unet_size"] == [side, side] and not metrics["resized"]  # 224 runs unresized
     if hparams.get("classifier"):  # BEiT-L/16 at 512, Carlini et al.'s ImageNet classifier
         assert model.classifier.size == 512 and 300e6 < parts["classifier"] < 310e6
-    smooth = Smooth(model.eval(), classes, SIGMA)
-    gens = (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
-    label, radius = smooth.certify(image[0], 1, 1, ALPHA, 1, *gens)
-    assert label in range(-1, classes) and radius == 0  # n = 1 cannot certify
+    # one noisy sample through the whole row (UNet, then the classifier), as certify runs
+    # it: one pass of the 553M UNet on the 224 crop takes a minute and more on one CPU
+    # thread, and Smooth's statistics do not depend on the network (tests/test_smoothing.py)
+    noisy = image + SIGMA * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model.eval()(noisy)
+    assert logits.shape == (1, classes) and torch.isfinite(logits).all()

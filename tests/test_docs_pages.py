@@ -76,12 +76,15 @@ def test_measurement_pages_name_the_command_that_wrote_them():
 
 
 def test_tier_times_reads_pytests_summary_and_counts_assertions(tmp_path):
-    from tests.tier_times import SUMMARY, assert_count
+    from tests.tier_times import DURATION, SUMMARY, assert_count
 
     line = "==== 1118 passed, 49 deselected, 3 warnings in 171.52s (0:02:51) ===="
     found = SUMMARY.search(line)
     assert found["counts"] == "1118 passed, 49 deselected, 3 warnings" and found["seconds"] == "171.52"
-    write(tmp_path / "test_a.py", "def test_a():\n    assert 1\n    for i in range(3):\n        assert i < 3\n")
+    slow = DURATION.search("30.25s call     tests/test_a.py::test_b[x-1]\n")
+    assert (slow["seconds"], slow["phase"], slow["test"]) == ("30.25", "call", "tests/test_a.py::test_b[x-1]")
+    write(tmp_path / "test_a.py",
+          "def test_a():\n    assert 1\n    for i in range(3):\n        assert i < 3\n")
     write(tmp_path / "helper.py", "assert True\n")
     assert assert_count(tmp_path) == 3
 

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = {"quick": ["-m", "not slow"], "whole": []}
 SUMMARY = re.compile(r"=+ (?P<counts>.*?) in (?P<seconds>[\d.]+)s")
+DURATION = re.compile(r"^(?P<seconds>[\d.]+)s (?P<phase>call|setup|teardown) +(?P<test>\S.*)$", re.M)
+SLOWEST = 15  # the slowest tests listed per tier
 
 
 def assert_count(tests: Path) -> int:
@@ -46,18 +48,24 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
 
-def run_tier(clone: Path, args: list[str]) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(clone), os.environ.get("PYTHONPATH")]))}
+def run_tier(clone: Path, args: list[str], log: Path) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(clone), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-                          cwd=clone, env=env, capture_output=True, text=True)
+    with log.open("w") as out:  # followed while it runs: tail -f
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                               f"--durations={SLOWEST}", *args],
+                              cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     wall = time.monotonic() - start
-    found = [m for m in SUMMARY.finditer(proc.stdout)]
+    text = log.read_text()
+    found = list(SUMMARY.finditer(text))
     if not found:
-        sys.exit(f"tier_times: pytest printed no summary line (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+        sys.exit(f"tier_times: pytest printed no summary line (exit {proc.returncode}):\n"
+                 f"{text[-3000:]}")
     summary = found[-1]
+    slowest = [f"| {m['seconds']} s | {m['phase']} | `{m['test']}` |" for m in DURATION.finditer(text)]
     return {"counts": summary["counts"], "pytest": minutes(float(summary["seconds"])),
-            "wall": minutes(wall), "exit": str(proc.returncode)}
+            "wall": minutes(wall), "exit": str(proc.returncode), "slowest": slowest}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,15 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.strip()
     load = os.getloadavg()[0]
-    rows = []
+    rows, slowest = [], []
+    logs = Path(tempfile.mkdtemp(prefix="pefts-tier-logs-"))
     with tempfile.TemporaryDirectory(prefix="pefts-tiers-") as tmp:
         clone = Path(tmp) / "pefts"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         for tier in opts.tier or list(TIERS):
             command = " ".join(["pytest", *(f'"{a}"' if " " in a else a for a in TIERS[tier])])
-            result = run_tier(clone, TIERS[tier])
+            print(f"{tier}: {command} (output in {logs / tier}.log)", flush=True)
+            result = run_tier(clone, TIERS[tier], logs / f"{tier}.log")
             rows.append(f"| {tier} | `{command}` | {result['counts']} | {result['pytest']} | "
                         f"{result['wall']} | {result['exit']} |")
+            slowest += ["", f"The {SLOWEST} slowest of the {tier} tier (pytest --durations):", "",
+                        "| time | phase | test |", "| --: | --- | --- |", *result["slowest"]]
             print(rows[-1], flush=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     page = "\n".join([
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Each tier run from a fresh clone of the committed tree, in the current environment"
         " (the install is not counted), with the project's own pytest options (one"
-        " pytest-xdist worker per core).",
+        f" pytest-xdist worker per core) and `--durations={SLOWEST}`.",
         "",
         f"{cpu_name()}, {cores} cores, load average {load:.2f} at the start; Python"
         f" {platform.python_version()}.",
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         *rows,
         "",
         f"The test files hold {assert_count(ROOT / 'tests'):,} `assert` statements.",
+        *slowest,
         "",
     ])
     if opts.out_md:
