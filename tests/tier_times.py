@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     rows, slowest = [], []
     logs = Path(tempfile.mkdtemp(prefix="pefts-tier-logs-"))
     with tempfile.TemporaryDirectory(prefix="pefts-tiers-") as tmp:
+        # readable by all, as a clone in a home folder is: tests/test_devices.py runs
+        # pefts as a second user
+        os.chmod(tmp, 0o755)
         clone = Path(tmp) / "pefts"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
         for tier in opts.tier or list(TIERS):
