@@ -3,6 +3,7 @@ plan's model of what each job costs (rates per path, training, the default hit r
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,21 @@ def test_the_readme_cost_table_is_the_plans():
         cohen_row = next(line for line in section.splitlines()
                          if line.startswith("| fixed n = 100,000 (Cohen, fp32)"))
         assert cohen_row.split("|")[6].strip() == cohen
+
+
+def test_packed_jobs_take_the_resources_set_for_certify_shard(tmp_path):
+    """A profile names certify_shard's partition once; every pack's generated rule takes
+    it, unless the profile names that rule itself (docs/cluster.md)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "all",
+         "--configfile", str(ROOT / "configs" / "cifar10-vitb16.yaml"),
+         "--config", f"results={tmp_path}/r", "--set-resources",
+         "certify_shard:slurm_partition='gpu'", "certify_packed_prompt_0:slurm_partition='mine'"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    partitions = {block.split(":", 1)[0][len("rule "):]: re.search(r"slurm_partition=(\w+)", block)
+                  for block in re.split(r"\n(?=rule \w+:)", done.stdout)
+                  if block.startswith("rule certify_packed_")}
+    assert len(partitions) == 9, partitions  # one pack per method of the main comparison
+    assert {rule: found and found[1] for rule, found in partitions.items()} == {
+        rule: "mine" if rule == "certify_packed_prompt_0" else "gpu" for rule in partitions}

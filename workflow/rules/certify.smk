@@ -61,6 +61,8 @@ rule certify_shard:
 # layout and merge_shards reads it as before. One rule per pack: a rule's outputs are
 # fixed in number, a pack's are its sigmas. Each is ordered before certify_shard, which
 # could write the same files one sigma at a time.
+inherit_resources("certify_shard", [packed_rule(run, sigmas) for run, sigmas in STUDY.packs()])
+
 for _run, _sigmas in STUDY.packs():
 
     rule:
