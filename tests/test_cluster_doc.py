@@ -57,5 +57,6 @@ def test_cluster_doc_commands_run_as_written(run_cli, tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-m", *run, "-n"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    # the fetched weights are there: the dry run plans no fetch, only the work
-    assert "certify_shard" in done.stdout and "rule fetch_weights" not in done.stdout
+    # the fetched weights are there: the dry run plans no fetch, only the work (the
+    # preset's runs certify their sigmas in packed jobs, diffusion's in shards)
+    assert "rule certify_packed_lora_0:" in done.stdout and "rule fetch_weights" not in done.stdout
