@@ -53,7 +53,7 @@ def slurm(no_slurm_controller, monkeypatch) -> None:
 
 
 # the cheap rules: run on the submit host (localrules), never through sbatch
-LOCAL_RULES = {"all", "merge_shards", "summarize", "plot_certified", "parameters"}
+LOCAL_RULES = {"all", "merge_shards", "summarize", "plot_certified", "parameters", "training_curves"}
 
 
 def run_config(tmp_path: Path, name: str, gpus_per_job: int = 0) -> Path:

@@ -61,7 +61,13 @@ rule certify_shard:
 # layout and merge_shards reads it as before. One rule per pack: a rule's outputs are
 # fixed in number, a pack's are its sigmas. Each is ordered before certify_shard, which
 # could write the same files one sigma at a time.
-inherit_resources("certify_shard", [packed_rule(run, sigmas) for run, sigmas in STUDY.packs()])
+# each pack's rule takes the resources the profile or --set-resources give certify_shard
+# (partition, runtime, ...) unless set for it by name: a user names certify_shard once,
+# not every generated rule. Snakemake keeps those settings by rule name only, parsed
+# before the first rule is defined, so they are copied there.
+_OVERWRITE = workflow.resource_settings._parsed_overwrite_resources
+for _run, _sigmas in STUDY.packs() if "certify_shard" in _OVERWRITE else []:
+    _OVERWRITE.setdefault(packed_rule(_run, _sigmas), _OVERWRITE["certify_shard"])
 
 for _run, _sigmas in STUDY.packs():
 

@@ -79,17 +79,6 @@ def packed_rule(run, sigmas):
     return f"certify_packed_{run}_{index}"
 
 
-def inherit_resources(source, rules):
-    """Each of ``rules`` takes the resources the profile or --set-resources give
-    ``source`` (its partition, runtime, ...), unless set for it by name: a user names
-    certify_shard once, not every pack's generated rule. Snakemake keeps those settings
-    by rule name only, parsed before the first rule is defined, so they are copied there."""
-    overwrite = workflow.resource_settings._parsed_overwrite_resources
-    if source in overwrite:
-        for rule in rules:
-            overwrite.setdefault(rule, overwrite[source])
-
-
 def compile_options(run):
     """certify.compile: --compile for the runs whose method compiles, with the run's cache
     (pefts.experiments.Study.compiles)."""
