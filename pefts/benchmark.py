@@ -31,7 +31,7 @@ from torch import nn
 from pefts.certification.adaptive import fixed_plan
 from pefts.certification.pool import Pool
 from pefts.certification.smoothing import Smooth, batch_sizes
-from pefts.certification.sound import quantised
+from pefts.data.grid import quantised
 from pefts.errors import PeftsError
 from pefts.models import count_parameters
 

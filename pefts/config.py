@@ -11,9 +11,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import click
+
 from pefts.devices import check_gpus
 from pefts.errors import PeftsError
 from pefts.hparams import Either, Param, check_known, closest, number_problem
+from pefts.option_types import AT_LEAST_ONE, GPU_COUNT, INTEGER, POSITIVE, PRECISION, PROBABILITY, SEED
 
 
 def method_names() -> list[str]:
@@ -239,40 +242,35 @@ def check_method_params(config: dict[str, Any]) -> None:
         check_values(f"method_params.{method}.hparams.{{name}}", specs, hparams)
 
 
-# config keys that a rule writes on a job's command line, and the option it writes them to
-# ("x.*": each item of the list x): the dry run converts each value, as the rule writes
-# it, with that option's own click type, so it refuses exactly what the job would
-# (tests/test_config_errors.py checks each pair against the rules and the commands)
-JOB_OPTIONS: dict[str, tuple[str, str]] = {
-    "certify.n0": ("certify", "--n0"), "certify.n": ("certify", "--n"),
-    "certify.alpha": ("certify", "--alpha"), "certify.batch": ("certify", "--batch"),
-    "certify.skip": ("certify", "--skip"), "certify.max": ("certify", "--max"),
-    "certify.seed": ("certify", "--seed"), "certify.pool": ("certify", "--pool"),
-    "certify.rtol": ("certify", "--rtol"), "certify.precision": ("certify", "--precision"),
-    "sigmas.*": ("certify", "--sigma"),
-    "experiments.ablation.sigma": ("certify", "--sigma"),
-    "experiments.twobirds.sigmas.*": ("certify", "--sigma"),
-    "experiments.twobirds.certify.skip": ("certify", "--skip"),
-    "experiments.twobirds.certify.max": ("certify", "--max"),
-    "dataset.seed": ("prepare", "--seed"),
-    "base.input_size": ("train-base", "--input-size"),
-    "gpus_per_job": ("certify", "--gpus"),
+# config keys that a rule writes on a job's command line, the option it writes them to
+# ("x.*": each item of the list x) and that option's click type: the dry run converts
+# each value, as the rule writes it, with the type the job's option converts it with, so
+# it refuses exactly what the job would (tests/test_config_errors.py checks each entry
+# against the rules and the commands' own options)
+JOB_OPTIONS: dict[str, tuple[str, str, click.ParamType]] = {
+    "certify.n0": ("certify", "--n0", AT_LEAST_ONE), "certify.n": ("certify", "--n", AT_LEAST_ONE),
+    "certify.alpha": ("certify", "--alpha", PROBABILITY),
+    "certify.batch": ("certify", "--batch", AT_LEAST_ONE),
+    "certify.skip": ("certify", "--skip", AT_LEAST_ONE),
+    "certify.max": ("certify", "--max", INTEGER),
+    "certify.seed": ("certify", "--seed", SEED), "certify.pool": ("certify", "--pool", AT_LEAST_ONE),
+    "certify.rtol": ("certify", "--rtol", POSITIVE),
+    "certify.precision": ("certify", "--precision", PRECISION),
+    "sigmas.*": ("certify", "--sigma", POSITIVE),
+    "experiments.ablation.sigma": ("certify", "--sigma", POSITIVE),
+    "experiments.twobirds.sigmas.*": ("certify", "--sigma", POSITIVE),
+    "experiments.twobirds.certify.skip": ("certify", "--skip", AT_LEAST_ONE),
+    "experiments.twobirds.certify.max": ("certify", "--max", INTEGER),
+    "dataset.seed": ("prepare", "--seed", SEED),
+    "base.input_size": ("train-base", "--input-size", AT_LEAST_ONE),
+    "gpus_per_job": ("certify", "--gpus", GPU_COUNT),
 }
-
-
-def job_option(command: str, option: str) -> Any:
-    """The click option ``option`` of `pefts command` (the CLI imports no torch)."""
-    from pefts.cli import cli
-
-    return next(p for p in cli.commands[command].params if option in p.opts)
 
 
 def job_option_problem(config: dict[str, Any]) -> str | None:
     """The first config value that the job's own option would refuse, in one line; values
     a rule leaves off the command line (null, an unset rtol) are not checked."""
-    import click
-
-    for key, (command, option) in JOB_OPTIONS.items():
+    for key, (command, option, kind) in JOB_OPTIONS.items():
         *path, last = key.split(".")
         section: Any = config
         for part in path:
@@ -283,7 +281,7 @@ def job_option_problem(config: dict[str, Any]) -> str | None:
             if value is None or value is False:
                 continue
             try:
-                job_option(command, option).type.convert(str(value), None, None)
+                kind.convert(str(value), None, None)
             except click.BadParameter as err:
                 return (f"{key.removesuffix('.*')} {value!r} would be refused by the job's "
                         f"`pefts {command} {option}`: {err.message}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import re
 
+import click
 import pytest
 import yaml
 
@@ -233,9 +234,18 @@ def test_every_key_a_rule_reads_is_checked_by_the_jobs_option_or_said_why_not():
     assert not unclassified, f"map these to the job's option in JOB_OPTIONS: {unclassified}"
     rules = "".join(p.read_text() for p in (ROOT / "workflow").rglob("*.smk"))
     rules += (ROOT / "pefts" / "experiments.py").read_text()
-    for key, (command, option) in JOB_OPTIONS.items():
+    for key, (command, option, kind) in JOB_OPTIONS.items():
         assert f"pefts {command} " in rules, key  # a rule runs that command
         assert f"{option} {{" in rules or f'"{option}"' in rules or f"{option} " in rules, key
+        # the very type the job's option converts with, not a copy that could drift
+        assert job_option(command, option).type is kind, (key, job_option(command, option).type)
+
+
+def job_option(command: str, option: str) -> click.Option:
+    """The click option ``option`` of `pefts command`."""
+    from pefts.cli import cli
+
+    return next(p for p in cli.commands[command].params if option in p.opts)
 
 
 # values a user might type for any key; each must get the same verdict from the dry run
@@ -246,7 +256,7 @@ PROBES = [-1, 0, 1, 2, 2.0, 2000.0, 0.5, 1.5, 2**63, "x", "fp16", True]
 def probe_configs():
     from pefts.config import JOB_OPTIONS
 
-    for key, (command, option) in JOB_OPTIONS.items():
+    for key, (command, option, _) in JOB_OPTIONS.items():
         for value in PROBES:
             yield key, command, option, value
 
@@ -256,9 +266,7 @@ def test_the_dry_run_refuses_exactly_what_the_jobs_option_refuses():
     verdict (in-process, pefts.config.validated) is the job option's: the same click type
     reads both. Where the dry run refuses a value the option accepts, another check of
     the same job must refuse it too (n too small to ever certify at alpha)."""
-    import click
-
-    from pefts.config import job_option, validated
+    from pefts.config import validated
 
     also_refused_by_the_job = ("can never certify", "GPUs per job asked for")
     filled = default()
@@ -331,15 +339,16 @@ def test_the_schemas_training_options_are_the_jobs():
         assert param_of(node).describe() == TRAIN_SPECS[name].describe(), name
 
 
-def test_the_config_check_reads_the_jobs_options_without_importing_torch():
-    """The dry run reads each job's click option from the CLI (JOB_OPTIONS): the CLI must
-    stay free of torch at import, or every DAG build pays seconds for it."""
+def test_the_config_check_imports_neither_the_cli_nor_torch():
+    """The dry run converts values with the jobs' option types (pefts.option_types), below
+    the CLI: every DAG build would pay seconds for torch, and the config, read by the
+    CLI's `pefts plan`, must not import the CLI back."""
     import subprocess
     import sys
 
     code = ("import sys, yaml; from pefts.config import validated; "
             "validated(yaml.safe_load(open('config.yaml')), 'workflow/schemas/config.schema.yaml'); "
-            "assert 'pefts.cli' in sys.modules; "
+            "assert 'pefts.cli' not in sys.modules, 'pefts.cli imported'; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

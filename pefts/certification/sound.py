@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from pefts.data.grid import LEVELS
 from pefts.errors import PeftsError
 
-LEVELS = 255  # the 8-bit grid: pixel values k / 255
 BITS = 60  # uniform integers in [0, 2^60): 2^60 divides 2^64, so torch draws them exactly
 TAIL = 10.0  # the support reaches 10 standard deviations: mass beyond is below 2^-60
 MARGIN = 1e-12  # float64 slack of the Clopper-Pearson bound and of PhiInv (errors ~1e-15)
@@ -129,8 +129,3 @@ class DiscreteGaussian:
         if certified_lower < 0.5:
             return 0.0
         return float(np.nextafter(self.sigma * norm.ppf(certified_lower), 0.0))
-
-
-def quantised(x: torch.Tensor) -> torch.Tensor:
-    """x on the 8-bit grid: round(255 x) / 255, clipped to [0, 1]."""
-    return (x * LEVELS).round().clamp(0, LEVELS) / LEVELS

@@ -10,8 +10,8 @@ import sys
 import click
 
 from pefts.cli import benchmarks, certification, cluster, data, reporting, training
-from pefts.cli.options import FiniteFloat
 from pefts.errors import PeftsError
+from pefts.option_types import FiniteFloat
 from pefts.progress import end_line
 
 __all__ = ["FiniteFloat", "cli", "main"]

@@ -8,19 +8,10 @@ import click
 
 from pefts.certification.setup import shard_setup
 from pefts.cli.certification import fast_path_options
-from pefts.cli.options import (
-    AT_LEAST_ONE,
-    POSITIVE,
-    PROBABILITY,
-    TSV_OUT,
-    UNIT_INTERVAL,
-    device_option,
-    page_option,
-    parse_floats,
-    write_page,
-)
+from pefts.cli.options import device_option, page_option, parse_floats, write_page
 from pefts.diffusion.releases import RELEASES
 from pefts.errors import PeftsError
+from pefts.option_types import AT_LEAST_ONE, POSITIVE, PROBABILITY, TSV_OUT, UNIT_INTERVAL
 
 
 @click.command()

@@ -8,18 +8,10 @@ from pathlib import Path
 import click
 
 from pefts.certification.setup import shard_setup
-from pefts.cli.options import (
-    AT_LEAST_ONE,
-    POSITIVE,
-    PROBABILITY,
-    SEED,
-    TSV_OUT,
-    device_option,
-    force_option,
-    parse_floats,
-)
+from pefts.cli.options import device_option, force_option, parse_floats
 from pefts.errors import PeftsError
 from pefts.files import refuse_existing
+from pefts.option_types import AT_LEAST_ONE, INTEGER, POSITIVE, PRECISION, PROBABILITY, SEED, TSV_OUT
 
 
 def sampling_options(func, packed: bool = False):
@@ -43,7 +35,7 @@ def sampling_options(func, packed: bool = False):
         click.option("--batch", default=1000, show_default=True, type=AT_LEAST_ONE),
         click.option("--skip", default=1, show_default=True, type=AT_LEAST_ONE,
                      help="use every skip-th test image"),
-        click.option("--max", "max_count", default=-1, show_default=True, type=int,
+        click.option("--max", "max_count", default=-1, show_default=True, type=INTEGER,
                      help="at most this many images after skipping (<= 0: all)"),
         click.option("--seed", default=0, show_default=True, type=SEED, help="noise seed"),
         click.option("--shard", default="0/1", show_default=True,
@@ -60,7 +52,7 @@ def sampling_options(func, packed: bool = False):
 def fast_path_options(func):
     for option in reversed([
         click.option("--precision", default="fp32", show_default=True,
-                     type=click.Choice(["fp32", "bf16", "fp16"]),
+                     type=PRECISION,
                      help="autocast the network (noise stays fp32); recorded in the rows"),
         click.option("--channels-last", is_flag=True, help="channels-last memory layout"),
         click.option("--compile", "compile_net", is_flag=True, help="torch.compile the network"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pefts.cli.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from pefts.errors import PeftsError
+from pefts.option_types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 
 configfile_option = click.option(
     "--configfile", "configfiles", multiple=True, type=click.Path(dir_okay=False),

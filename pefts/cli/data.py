@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pefts.cli.options import (
-    SEED,
-    parse_json,
-)
+from pefts.cli.options import parse_json
 from pefts.errors import PeftsError
+from pefts.option_types import SEED
 
 
 @click.command()

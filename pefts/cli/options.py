@@ -1,8 +1,4 @@
-"""Option types and parsers shared by every stage's commands.
-
-Every numeric option of every command has one of these types (or click.INT, which
-refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over them.
-"""
+"""Options and parsers shared by every stage's commands (their types: pefts.option_types)."""
 
 from __future__ import annotations
 
@@ -15,54 +11,7 @@ import click
 
 from pefts.errors import PeftsError
 from pefts.hparams import number_problem
-
-
-class FiniteFloat(click.FloatRange):
-    """A float in a range that also refuses nan and +-inf (FloatRange lets nan through:
-    every comparison with nan is false) and values that underflow (``--alpha 1e-320``:
-    1 / alpha overflows)."""
-
-    name = "finite float"
-
-    def convert(self, value, param, ctx):
-        value = super().convert(value, param, ctx)
-        problem = number_problem(value)
-        if problem:
-            self.fail(f"{value!r} {problem}", param, ctx)
-        return value
-
-
-# every numeric option of every command has one of these types (or click.INT, which
-# refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over them
-POSITIVE = FiniteFloat(min=0.0, min_open=True)
-NON_NEGATIVE = FiniteFloat(min=0.0)
-PROBABILITY = FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True)
-UNIT_INTERVAL = FiniteFloat(min=0.0, max=1.0)
-AT_LEAST_ONE = click.IntRange(min=1)
-SEED = click.IntRange(min=0, max=2**63 - 1)
-RUN = click.Tuple([str, POSITIVE, click.Path(dir_okay=False)])
-
-
-class OutputPath(click.Path):
-    """An output file that must end in its extension: its companion files are named after
-    it (weights' ``.json`` metadata, a TSV's ``.tsv.json`` settings), so with the extension
-    required they can never land on another output's file."""
-
-    def __init__(self, suffix: str) -> None:
-        super().__init__(dir_okay=False)
-        self.suffix = suffix
-
-    def convert(self, value, param, ctx):
-        value = super().convert(value, param, ctx)
-        if not str(value).endswith(self.suffix) or str(value) == self.suffix:
-            self.fail(f"{str(value)!r} must end in {self.suffix} (files beside it are "
-                      "named after it)", param, ctx)
-        return value
-
-
-TSV_OUT = OutputPath(".tsv")
-WEIGHTS_OUT = OutputPath(".safetensors")
-MD_OUT = OutputPath(".md")
+from pefts.option_types import GPU_COUNT, MD_OUT
 
 
 def parse_json(text: str | None, option: str) -> dict[str, Any]:
@@ -89,7 +38,7 @@ def device_option(func):
         check_gpus(gpus)  # before any input is read or output touched
         return func(*args, device=DeviceRequest(device, gpus), **kwargs)
 
-    command = click.option("--gpus", default=None, type=click.IntRange(min=0),
+    command = click.option("--gpus", default=None, type=GPU_COUNT,
                            help="GPUs the job may use (the rule's resources gpu): 0 runs on "
                                 "the CPU; a SLURM job asking for one must have been given "
                                 "one; more than 1 is refused")(command)

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import click
 
-from pefts.cli.options import (
-    MD_OUT,
-    NON_NEGATIVE,
-    RUN,
-    parse_floats,
-)
+from pefts.cli.options import parse_floats
 from pefts.errors import PeftsError
+from pefts.option_types import MD_OUT, NON_NEGATIVE, RUN
 
 
 def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:

@@ -7,18 +7,10 @@ from pathlib import Path
 
 import click
 
-from pefts.cli.options import (
-    AT_LEAST_ONE,
-    POSITIVE,
-    WEIGHTS_OUT,
-    device_option,
-    fmt_accuracy,
-    force_option,
-    parse_floats,
-    parse_json,
-)
+from pefts.cli.options import device_option, fmt_accuracy, force_option, parse_floats, parse_json
 from pefts.errors import PeftsError
 from pefts.files import refuse_clashes, refuse_existing
+from pefts.option_types import AT_LEAST_ONE, POSITIVE, WEIGHTS_OUT
 
 
 def weights_outputs(out: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pefts.artifacts import atomic_write_text
+from pefts.data.grid import quantised
 from pefts.errors import PeftsError
 from pefts.hparams import Either, Int, IntList, Param, check_known, check_values
 
@@ -137,8 +138,6 @@ class OnGrid(Dataset):
         return len(self.data)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
-        from pefts.certification.sound import quantised
-
         x, y = self.data[idx]
         return quantised(x), y
 
