@@ -52,7 +52,7 @@ class Param:
     there are none); a list has ``min_items`` to ``max_items`` items, each meeting
     ``items``. Numbers must be finite and not underflow; None only where ``optional``.
     Hyper-parameters, training options, image options and (translated from the JSON
-    schema, ``pefts.config.param_of``) config keys are all described by it."""
+    schema, ``pefts.study.config.param_of``) config keys are all described by it."""
 
     kind: type
     low: float | None = None

@@ -1,5 +1,5 @@
 """The click types of every numeric and path option: below the CLI, so that the config's
-check (pefts.config) refuses a value with the very type its job's option converts it with.
+check (pefts.study.config) refuses a value with the very type its job's option converts it with.
 
 Every numeric option of every command has one of these types (or click.INT, which
 refuses nan and inf by itself); tests/test_cli_errors.py sweeps bad values over them.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pefts.data import prepare
-from pefts.runs import finetune, train_base
+from pefts.finetuning.runs import finetune, train_base
 
 # pytest-xdist (pyproject's `-n auto`) runs one worker per core: each worker and the
 # processes it starts get their share of the cores, not all of them (torch's default),

@@ -102,7 +102,7 @@ def clip_weights_file(path: str | Path, arch: str = "ViT-B-16", seed: int = 0) -
     safetensors file, as the black box's ``clip_file`` reads them; nothing is downloaded."""
     from safetensors.torch import save_file
 
-    from pefts.blackbox.clip import bare_model
+    from pefts.models.blackbox.clip import bare_model
 
     torch.manual_seed(seed)
     model = bare_model(arch)

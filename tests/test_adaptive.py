@@ -114,7 +114,7 @@ def pool_rows(net, images, batch, pool, n_max=3000):
 
 @pytest.mark.slow
 def test_results_do_not_depend_on_pool_or_batch_size():
-    from pefts.benchmark import builtin_subject
+    from pefts.benchmarks.throughput import builtin_subject
 
     net = builtin_subject(torch.device("cpu")).net  # random weights: noise moves its predictions
     torch.manual_seed(1)
@@ -139,7 +139,7 @@ class BatchSizes(torch.nn.Module):
 
 @pytest.mark.slow
 def test_batches_stay_full_and_running_ahead_wastes_little():
-    from pefts.benchmark import builtin_subject
+    from pefts.benchmarks.throughput import builtin_subject
 
     torch.manual_seed(1)
     images = [(i, torch.rand(3, 8, 8), 2) for i in range(24)]
@@ -176,7 +176,7 @@ def test_adaptive_shards_merge_to_the_single_run(run_cli, digits, tiny_base, non
     assert {"n_used", "n_max", "precision"} <= set(whole.columns)
     assert (whole["n_used"] <= 3000).all() and whole["n_used"].min() < 3000
     from pefts.certification.adaptive import STOPPING_RULE
-    from pefts.provenance import read_sidecar
+    from pefts.runtime.provenance import read_sidecar
 
     assert read_sidecar(tmp_path / "merged.tsv")["settings"]["stopping_rule"] == STOPPING_RULE
     for column in ("idx", "predict", "radius", "nA", "n_used", "pA_lower"):

@@ -240,7 +240,7 @@ def test_the_api_rules_are_the_clis_and_the_configs():
     import yaml
 
     from pefts.cli.certification import certify as certify_command
-    from pefts.config import param_of
+    from pefts.study.config import param_of
 
     def numbers(spec):
         return (spec.kind, spec.low, spec.high, spec.low_open, spec.high_open)

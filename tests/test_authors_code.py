@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pefts.diffusion import releases
-from pefts.diffusion.loading import build_unet
-from pefts.diffusion.schedules import alphas_cumprod
 from pefts.methods import get_method
 from pefts.methods.diffusion import timestep_for_sigma
-from pefts.models import BaseSpec, PixelClassifier
+from pefts.models.classifier import BaseSpec, PixelClassifier
+from pefts.models.diffusion import releases
+from pefts.models.diffusion.loading import build_unet
+from pefts.models.diffusion.schedules import alphas_cumprod
 from tests.data.authors_fixtures import drm_image, drm_noise, mae_input, mae_weights, timm_mae
 from tests.data.diffusion_keys import fixed_weights
 from tests.test_baselines import one_thread  # noqa: F401  (one intra-op thread: faster here)
@@ -94,7 +94,7 @@ def test_the_mae_feature_is_blackvips_hugging_face_one():
     """BlackVIP's Coordinator reads facebook/vit-mae-base through HF's ViT, whose
     LayerNorms use eps 1e-12 (timm's MAE: 1e-6). The fixture's weights put the first
     LayerNorm's token variance near 1e-6, where the two eps differ visibly."""
-    from pefts.blackbox.encoder import TimmEncoder
+    from pefts.models.blackbox.encoder import TimmEncoder
 
     blackvip = FIXTURE["blackvip"]
     assert blackvip["hf"]["layer_norm_eps"] == 1e-12

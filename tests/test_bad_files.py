@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pefts.certification.results import write_tsv
 from pefts.certification.rows import CERTIFY_COLUMNS
 from pefts.certification.shard_io import partial_path, run_shard, settings_line
 from pefts.errors import PeftsError
-from pefts.results import write_tsv
 
 SETTINGS = {"dataset": "digits", "class_subset": None, "split": "test", "manifest": "abc",
             "skip": 1, "max": -1, "command": "certify", "n0": 8, "n": 100, "alpha": 0.001,
@@ -173,8 +173,8 @@ def test_a_full_disk_under_safetensors_is_the_os_error_naming_the_weights(tmp_pa
     it reaches the command line as ENOSPC naming the file, and the old weights stay."""
     import torch
 
-    import pefts.artifacts
-    from pefts.artifacts import save_artifact
+    import pefts.runtime.artifacts
+    from pefts.runtime.artifacts import save_artifact
 
     weights = tmp_path / "model.safetensors"
     save_artifact(weights, {"w": torch.zeros(3)}, {"kind": "base"})
@@ -183,7 +183,7 @@ def test_a_full_disk_under_safetensors_is_the_os_error_naming_the_weights(tmp_pa
     def rust_full_disk(*args, **kwargs):
         raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(pefts.artifacts, "save_file", rust_full_disk)
+    monkeypatch.setattr(pefts.runtime.artifacts, "save_file", rust_full_disk)
     with pytest.raises(OSError) as caught:
         save_artifact(weights, {"w": torch.ones(3)}, {"kind": "base"})
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(weights)
@@ -285,8 +285,8 @@ def test_a_base_of_another_architecture_beside_its_old_metadata(digits, tiny_bas
     tensors' shapes."""
     import json
 
-    from pefts.artifacts import meta_path
-    from pefts.runs import train_base
+    from pefts.finetuning.runs import train_base
+    from pefts.runtime.artifacts import meta_path
     from tests.conftest import TINY_SPEC
 
     wider = {**TINY_SPEC, "model_kwargs": {**TINY_SPEC["model_kwargs"], "embed_dim": 64}}

@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from pefts.cli import FiniteFloat, cli
-from pefts.config import check_config
 from pefts.errors import PeftsError
 from pefts.hparams import Param
 from pefts.methods import METHODS, get_method
 from pefts.methods.base import Method
-from pefts.training import TRAIN_SPECS, TrainConfig
+from pefts.study.config import check_config
+from pefts.training.loop import TRAIN_SPECS, TrainConfig
 
 from .test_cli_errors import one_line_error
 from .test_experiments import load_config
@@ -269,7 +269,7 @@ def test_a_malformed_base_spec_is_refused(tiny_base, tmp_path):
     import json
     import shutil
 
-    from pefts.models import load_base
+    from pefts.models.classifier import load_base
 
     base = tmp_path / "base.safetensors"
     shutil.copy(tiny_base, base)

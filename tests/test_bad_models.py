@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from pefts.errors import PeftsError
 from pefts.methods import build_model, get_method
-from pefts.models import BaseSpec, build_classifier
+from pefts.models.classifier import BaseSpec, build_classifier
 
 VIT = {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2}
 

@@ -10,14 +10,14 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pefts.artifacts import load_artifact, save_artifact
-from pefts.blackbox import SPSA, QueryModel, SPSAConfig, minimize
 from pefts.errors import PeftsError
 from pefts.methods import get_method
 from pefts.methods.denoiser import DnCNN
-from pefts.models import BaseSpec, build_classifier
+from pefts.models.blackbox import SPSA, QueryModel, SPSAConfig, minimize
+from pefts.models.classifier import BaseSpec, build_classifier
+from pefts.runtime.artifacts import load_artifact, save_artifact
 from pefts.smoothing import Smooth
-from pefts.training import TrainConfig
+from pefts.training.loop import TrainConfig
 
 SPEC = BaseSpec("vit_tiny_patch16_224", 10, 8,
                 model_kwargs=dict(img_size=8, patch_size=2, embed_dim=64, depth=4, num_heads=4))

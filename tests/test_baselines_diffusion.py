@@ -10,15 +10,15 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from pefts.artifacts import load_meta
-from pefts.config import check_config
 from pefts.errors import PeftsError
+from pefts.finetuning.runs import finetune
 from pefts.methods import get_method, load_model
 from pefts.methods.diffusion import DiffusionDenoiser, timestep_for_sigma
-from pefts.models import BaseSpec, build_classifier, count_parameters
-from pefts.parameters import parameter_markdown, parameter_table
-from pefts.runs import finetune
+from pefts.models.classifier import BaseSpec, build_classifier, count_parameters
+from pefts.reporting.parameters import parameter_markdown, parameter_table
+from pefts.runtime.artifacts import load_meta
 from pefts.smoothing import Smooth
+from pefts.study.config import check_config
 from tests.fixtures_baselines import unet_folder
 
 SPEC = BaseSpec("vit_tiny_patch16_224", 10, 8,

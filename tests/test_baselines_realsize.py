@@ -14,9 +14,9 @@ from scipy.stats import norm
 from torch.utils.data import TensorDataset
 
 from pefts.methods import get_method
-from pefts.models import BaseSpec, build_classifier
+from pefts.models.classifier import BaseSpec, build_classifier
 from pefts.smoothing import Smooth
-from pefts.training import TrainConfig
+from pefts.training.loop import TrainConfig
 from tests.fixtures_baselines import paper_baseline_overrides
 from tests.test_baselines import one_thread  # noqa: F401  (one intra-op thread: much faster here)
 from tests.test_experiments import ROOT
@@ -104,7 +104,7 @@ def test_diffusion_row_at_the_presets_size(preset_file, side, classes, unet_para
     one image, one noisy sample (a UNet pass on a 224 crop takes minutes on a CPU)."""
     import timm
 
-    from pefts.diffusion.loading import build_unet
+    from pefts.models.diffusion.loading import build_unet
 
     hparams = dict(yaml.safe_load((ROOT / "configs" / preset_file).read_text())
                    ["method_params"]["diffusion"]["hparams"])

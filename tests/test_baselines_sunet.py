@@ -9,11 +9,11 @@ import torch
 import yaml
 from torch import nn
 
-from pefts.blackbox import Coordinator
 from pefts.errors import PeftsError
 from pefts.methods import get_method
 from pefts.methods.sunet import PAPER, SUNet
-from pefts.training import TrainConfig
+from pefts.models.blackbox import Coordinator
+from pefts.training.loop import TrainConfig
 from tests.fixtures_baselines import timm_weights_file
 from tests.test_baselines import digits, noisy_images, one_thread, small_base  # noqa: F401
 from tests.test_experiments import ROOT

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from pefts.benchmark import (
+from pefts.benchmarks.throughput import (
     COLUMNS,
     ROWS,
     batch_sizes,
@@ -128,7 +128,7 @@ def test_benchmark_adaptive_prints_both_runs_side_by_side(run_cli, digits, tiny_
 
 
 def test_sequences_simulated_on_the_same_hits_stop_by_the_same_rule():
-    from pefts.adaptive_benchmark import simulate_sequences
+    from pefts.benchmarks.adaptive import simulate_sequences
     from pefts.certification.adaptive import AdaptivePlan
 
     plan = AdaptivePlan(0.5, 0.001, 20_000, (0.0, 0.5, 1.0))

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pefts.artifacts import load_meta
-from pefts.blackbox import QueryModel
-from pefts.blackbox.clip import CLIP_MEAN, CLIP_STD, bare_model, load_clip
 from pefts.errors import PeftsError
+from pefts.finetuning.runs import finetune
 from pefts.methods import load_model
-from pefts.runs import finetune
+from pefts.models.blackbox import QueryModel
+from pefts.models.blackbox.clip import CLIP_MEAN, CLIP_STD, bare_model, load_clip
+from pefts.runtime.artifacts import load_meta
 from tests.fixtures_baselines import clip_weights_file, register_tiny_clip
 
 NAMES = ["airplane", "cat", "dog"]
@@ -106,8 +106,8 @@ def test_fetch_weights_writes_clip_as_a_loadable_file_and_its_digest(tiny_clip, 
     model: the file it writes loads offline, and its record holds the file's digest."""
     import open_clip
 
-    from pefts.files import file_digest
-    from pefts.weights import ExternalWeight, fetch
+    from pefts.runtime.files import file_digest
+    from pefts.study.weights import ExternalWeight, fetch
 
     arch, _ = tiny_clip
     asked, tiny = [], bare_model(arch)
@@ -173,8 +173,8 @@ def test_the_fetch_record_says_quick_gelu_and_a_contradiction_is_refused(tiny_cl
 
     import open_clip
 
-    from pefts.blackbox.clip import weights_need_quick_gelu
-    from pefts.weights import ExternalWeight, fetch
+    from pefts.models.blackbox.clip import weights_need_quick_gelu
+    from pefts.study.weights import ExternalWeight, fetch
 
     arch, _ = tiny_clip
     built, tiny = [], {q: bare_model(arch, q) for q in (False, True)}

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pefts.blackbox import SPSA, Coordinator, SPSAConfig
-from pefts.blackbox.coordinator import Frame, PromptedClassifier
-from pefts.blackbox.query import QueryModel
 from pefts.methods.blackbox import assign
+from pefts.models.blackbox import SPSA, Coordinator, SPSAConfig
+from pefts.models.blackbox.coordinator import Frame, PromptedClassifier
+from pefts.models.blackbox.query import QueryModel
 from tests.fixtures_baselines import preset_blackbox
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

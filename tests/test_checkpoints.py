@@ -18,7 +18,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from pefts.checkpoints import (
+from pefts.data import read_manifest
+from pefts.errors import PeftsError
+from pefts.finetuning.runs import run_fingerprint
+from pefts.training.checkpoints import (
     FORMAT,
     INTERRUPTED_EXIT,
     Checkpoint,
@@ -26,11 +29,8 @@ from pefts.checkpoints import (
     checkpoint_path,
     checkpointing,
 )
-from pefts.data import read_manifest
-from pefts.errors import PeftsError
-from pefts.runs import run_fingerprint
-from pefts.streams import noise_like
-from pefts.training import CONDUCT_OPTIONS, TrainConfig, optimise, resumable_batches
+from pefts.training.loop import CONDUCT_OPTIONS, TrainConfig, optimise, resumable_batches
+from pefts.training.streams import noise_like
 from tests.conftest import TINY_SPEC
 
 SIGMA = 0.5
@@ -249,7 +249,7 @@ def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_last_one(tm
     import builtins
     import errno
 
-    import pefts.checkpoints
+    import pefts.training.checkpoints
 
     path = checkpoint_path(tmp_path / "model")
     checkpoint = Checkpoint(path, "settings", 0.0)
@@ -281,7 +281,7 @@ def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_last_one(tm
     def onto_a_full_disk(file, mode="r", *args, **kwargs):
         return FillingUp(file) if "w" in mode else real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(pefts.checkpoints, "open", onto_a_full_disk, raising=False)
+    monkeypatch.setattr(pefts.training.checkpoints, "open", onto_a_full_disk, raising=False)
     with pytest.raises(OSError) as caught:
         checkpoint.save({"step": 2, "weights": torch.ones(100_000)})
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
@@ -331,7 +331,7 @@ def test_finetune_beside_a_checkpoint_without_optimiser_state_says_so_in_a_proce
         digits, tiny_base, tmp_path, run_cli, monkeypatch):
     """The case as a user met it: `pefts finetune` beside a .ckpt of the same settings
     without optimiser state. The checkpoint is made by a real run whose final one is kept."""
-    from pefts import runs
+    from pefts.finetuning import runs
     from tests.test_cli_errors import error_line, pefts_process
 
     out = tmp_path / "lora.safetensors"

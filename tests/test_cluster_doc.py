@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pefts import weights
+from pefts.study import weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

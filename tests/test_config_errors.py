@@ -11,14 +11,14 @@ import click
 import pytest
 import yaml
 
-from pefts.config import (
+from pefts.errors import PeftsError
+from pefts.study.config import (
     check_complete,
     check_config,
     check_method_params,
     declared_specs,
     schema_problem,
 )
-from pefts.errors import PeftsError
 from tests.test_experiments import load_config
 from tests.test_workflow import ROOT, snakemake
 
@@ -80,8 +80,8 @@ def test_a_bad_value_says_what_its_key_must_be(path, value, expected):
 def test_the_schemas_image_options_are_the_packages():
     """`pefts prepare --images` is checked against pefts.data.IMAGE_SPECS, the config's
     dataset section against the JSON schema: both must say the same."""
-    from pefts.config import param_of
     from pefts.data import IMAGE_SPECS
+    from pefts.study.config import param_of
 
     dataset = yaml.safe_load(SCHEMA.read_text())["properties"]["dataset"]["properties"]
     for name, spec in IMAGE_SPECS.items():
@@ -212,7 +212,7 @@ NOT_OPTIONS = {
     "gpus_per_job": "also --gpus",
     # whole sections handed to code that reads their keys (listed in JOB_OPTIONS)
     "dataset": "common.smk data_options: --seed, --images (IMAGE_SPECS)",
-    "experiments.twobirds": "pefts.experiments.Study",
+    "experiments.twobirds": "pefts.study.experiments.Study",
 }
 
 
@@ -228,12 +228,12 @@ def keys_the_rules_read() -> set[str]:
 
 
 def test_every_key_a_rule_reads_is_checked_by_the_jobs_option_or_said_why_not():
-    from pefts.config import JOB_OPTIONS
+    from pefts.study.config import JOB_OPTIONS
 
     unclassified = keys_the_rules_read() - set(JOB_OPTIONS) - set(NOT_OPTIONS) - {"certify", "experiments"}
     assert not unclassified, f"map these to the job's option in JOB_OPTIONS: {unclassified}"
     rules = "".join(p.read_text() for p in (ROOT / "workflow").rglob("*.smk"))
-    rules += (ROOT / "pefts" / "experiments.py").read_text()
+    rules += (ROOT / "pefts" / "study" / "experiments.py").read_text()
     for key, (command, option, kind) in JOB_OPTIONS.items():
         assert f"pefts {command} " in rules, key  # a rule runs that command
         assert f"{option} {{" in rules or f'"{option}"' in rules or f"{option} " in rules, key
@@ -254,7 +254,7 @@ PROBES = [-1, 0, 1, 2, 2.0, 2000.0, 0.5, 1.5, 2**63, "x", "fp16", True]
 
 
 def probe_configs():
-    from pefts.config import JOB_OPTIONS
+    from pefts.study.config import JOB_OPTIONS
 
     for key, (command, option, _) in JOB_OPTIONS.items():
         for value in PROBES:
@@ -263,10 +263,10 @@ def probe_configs():
 
 def test_the_dry_run_refuses_exactly_what_the_jobs_option_refuses():
     """For every key that a rule hands to a job's option and many values, the dry run's
-    verdict (in-process, pefts.config.validated) is the job option's: the same click type
+    verdict (in-process, pefts.study.config.validated) is the job option's: the same click type
     reads both. Where the dry run refuses a value the option accepts, another check of
     the same job must refuse it too (n too small to ever certify at alpha)."""
-    from pefts.config import validated
+    from pefts.study.config import validated
 
     also_refused_by_the_job = ("can never certify", "GPUs per job asked for")
     filled = default()
@@ -319,7 +319,7 @@ def test_the_dry_run_refuses_exactly_what_the_jobs_option_refuses():
     (("base", "std"), [0.5], "base.mean and base.std must have one value per channel each"),
 ])
 def test_what_a_job_would_refuse_hours_later_is_refused_at_the_dry_run(path, value, needle):
-    from pefts.config import validated
+    from pefts.study.config import validated
     from tests.test_refusal_table import with_value
 
     with pytest.raises(PeftsError, match=re.escape(needle)):
@@ -331,8 +331,8 @@ def test_the_schemas_training_options_are_the_jobs():
     must say the same, or the dry run passes a seed of -1 that the job refuses."""
     import yaml as _yaml
 
-    from pefts.config import param_of
-    from pefts.training import TRAIN_SPECS
+    from pefts.study.config import param_of
+    from pefts.training.loop import TRAIN_SPECS
 
     train = _yaml.safe_load(SCHEMA.read_text())["$defs"]["train"]["properties"]
     for name, node in train.items():
@@ -346,7 +346,7 @@ def test_the_config_check_imports_neither_the_cli_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys, yaml; from pefts.config import validated; "
+    code = ("import sys, yaml; from pefts.study.config import validated; "
             "validated(yaml.safe_load(open('config.yaml')), 'workflow/schemas/config.schema.yaml'); "
             "assert 'pefts.cli' not in sys.modules, 'pefts.cli imported'; "
             "assert 'torch' not in sys.modules, 'torch imported'")

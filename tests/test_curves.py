@@ -1,4 +1,4 @@
-"""Training curves (pefts.curves) in-process: a row per epoch beside the weights, the
+"""Training curves (pefts.training.curves) in-process: a row per epoch beside the weights, the
 rows of a run stopped and resumed are those of an uninterrupted run (none twice, none
 lost), a run that starts over starts a new curve, and measuring the validation accuracy
 between epochs does not change the weights."""
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from pefts import checkpoints, curves
-from pefts.checkpoints import Interrupted, checkpointing
-from pefts.training import optimise
+from pefts.training import checkpoints, curves
+from pefts.training.checkpoints import Interrupted, checkpointing
+from pefts.training.loop import optimise
 from tests.test_checkpoints import CFG, Augmented, assert_equal_models, tiny_model, train
 
 STEPS = ["4", "8", "12"]  # three epochs of four steps
@@ -189,10 +189,10 @@ def test_the_report_draws_a_figure_per_method_and_names_runs_without_a_curve(tmp
 ])
 def test_every_training_job_writes_its_curve_beside_its_weights(method, hparams, digits,
                                                                  tiny_base, tmp_path):
-    """The jobs as the pipeline runs them (pefts.runs.finetune): a row per epoch of each
+    """The jobs as the pipeline runs them (pefts.finetuning.runs.finetune): a row per epoch of each
     stage (the denoiser's two, SPSA's steps), the held-out accuracy measured; the base's
     training (tiny_base) wrote its own."""
-    from pefts.runs import finetune
+    from pefts.finetuning.runs import finetune
 
     out = tmp_path / "model.safetensors"
     finetune(digits, tiny_base, out, method, 0.5, hparams,

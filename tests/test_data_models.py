@@ -15,8 +15,8 @@ from torchvision import datasets
 
 from pefts.data import load_split, prepare, read_manifest
 from pefts.errors import PeftsError
-from pefts.models import BaseSpec, build_classifier, load_base
-from pefts.runs import train_base
+from pefts.finetuning.runs import train_base
+from pefts.models.classifier import BaseSpec, build_classifier, load_base
 
 from .conftest import TINY_SPEC
 

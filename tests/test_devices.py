@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pefts.devices import (
+from pefts.errors import PeftsError
+from pefts.runtime.devices import (
     Gpu,
     lease_gpu,
     lock_folder,
@@ -24,7 +25,6 @@ from pefts.devices import (
     task_gpus,
     wait_for_gpu,
 )
-from pefts.errors import PeftsError
 
 
 def test_each_lease_takes_a_free_gpu(tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_device_names():
 # --- GPU choice in real processes, with the environment each way SLURM hands out GPUs sets
 
 # prints "<torch index> <node-wide name>" or "cpu", then holds the GPU until stdin closes
-CHOOSE = ("import sys; from pefts.devices import bind_gpu; from pefts.errors import PeftsError\n"
+CHOOSE = ("import sys; from pefts.runtime.devices import bind_gpu; from pefts.errors import PeftsError\n"
           "gpus = None if sys.argv[2] == '-' else int(sys.argv[2])\n"
           "try:\n    gpu = bind_gpu(int(sys.argv[1]), poll=0.05, gpus=gpus)\n"
           "except PeftsError as err:\n    sys.exit(f'error: {err}')\n"
@@ -246,7 +246,7 @@ def test_more_than_one_gpu_per_job_is_refused_in_one_line(tmp_path, run_cli):
     assert code == 1 and err.count("\n") == 1 and "gpus_per_job: 1" in err
     assert not (tmp_path / "o.tsv").exists()
     # and the config that would ask for it is refused before any job starts
-    from pefts.experiments import load_config
+    from pefts.study.experiments import load_config
 
     two = tmp_path / "two.yaml"
     two.write_text("gpus_per_job: 2\n")
@@ -255,7 +255,7 @@ def test_more_than_one_gpu_per_job_is_refused_in_one_line(tmp_path, run_cli):
 
 
 def test_gpus_zero_runs_on_the_cpu_and_contradicts_cuda():
-    from pefts.devices import DeviceRequest
+    from pefts.runtime.devices import DeviceRequest
 
     assert resolve_device(DeviceRequest("auto", 0)) == torch.device("cpu")
     with pytest.raises(PeftsError, match="contradict"):
@@ -367,7 +367,7 @@ def test_a_lock_file_no_one_else_can_read_is_refused_in_one_line(shared_dir):
 
 
 def test_default_lock_folder_is_shared_sticky_and_not_the_login_session(tmp_path, monkeypatch):
-    import pefts.devices as devices
+    import pefts.runtime.devices as devices
 
     fixed = tmp_path / "var-tmp" / "pefts-gpu-locks"
     (tmp_path / "var-tmp").mkdir()

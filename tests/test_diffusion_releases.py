@@ -18,12 +18,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pefts.diffusion import releases
-from pefts.diffusion.loading import build_unet, load_release, load_state
-from pefts.diffusion.unet import UNet, UNetConfig
 from pefts.errors import PeftsError
 from pefts.methods import get_method
-from pefts.models import BaseSpec, build_classifier
+from pefts.models.classifier import BaseSpec, build_classifier
+from pefts.models.diffusion import releases
+from pefts.models.diffusion.loading import build_unet, load_release, load_state
+from pefts.models.diffusion.unet import UNet, UNetConfig
 from tests.test_baselines import one_thread  # noqa: F401  (one intra-op thread: faster here)
 
 KEYS = json.loads((Path(__file__).parent / "data" / "diffusion_keys.json").read_text())
@@ -199,7 +199,7 @@ def test_a_classifier_of_its_own_sees_the_denoised_image_at_its_size(small_relea
     the classifier's own input size, normalised as it was trained."""
     import timm
 
-    from pefts.diffusion.classifier import ResizedClassifier
+    from pefts.models.diffusion.classifier import ResizedClassifier
 
     arch = "test_vit.r160_in1k"  # a small timm model with its own pretrained config (160 px)
     torch.manual_seed(3)

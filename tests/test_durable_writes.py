@@ -1,4 +1,4 @@
-"""Every file pefts publishes goes through the one durable writer, `pefts.files.durable_path`.
+"""Every file pefts publishes goes through the one durable writer, `pefts.runtime.files.durable_path`.
 
 The test records each rename the package makes and from where: a rename outside
 `durable_path` (a second way to write durably) fails it, and so does any published file
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import pefts.files
+import pefts.runtime.files
 from pefts.data import prepare
-from pefts.runs import finetune, train_base
+from pefts.finetuning.runs import finetune, train_base
 from tests.conftest import TINY_SPEC
 
-HELPER_CODE = pefts.files.durable_path.__wrapped__.__code__
+HELPER_CODE = pefts.runtime.files.durable_path.__wrapped__.__code__
 
 
 @pytest.fixture
@@ -40,11 +40,11 @@ def renames(monkeypatch):
 
 def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, tmp_path,
                                                              monkeypatch):
-    import pefts.runs
+    import pefts.finetuning.runs
 
     # training checkpoints are removed once the weights are out: keep them, so that a
     # checkpoint written in place is a published file that did not arrive by a rename
-    monkeypatch.setattr(pefts.runs, "discard", lambda out: None)
+    monkeypatch.setattr(pefts.finetuning.runs, "discard", lambda out: None)
     prepare("digits", tmp_path / "data", seed=0)
     manifest = tmp_path / "data" / "manifest.json"
     base = tmp_path / "base.safetensors"
@@ -71,7 +71,7 @@ def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, t
     assert code == 0, err
 
     outside = [dst for dst, inside in renames if not inside]
-    assert not outside, f"renamed outside pefts.files.durable_path: {outside}"
+    assert not outside, f"renamed outside pefts.runtime.files.durable_path: {outside}"
     # a shard's writer lock is an empty file held by flock, not content a kill could tear
     published = {p.resolve() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock"}
     arrived = {dst for dst, _ in renames}
@@ -86,7 +86,7 @@ def test_every_published_file_arrives_through_the_one_writer(renames, run_cli, t
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "table.tsv"
     target.write_text("old\n")
-    with pytest.raises(RuntimeError), pefts.files.durable_path(target) as tmp:
+    with pytest.raises(RuntimeError), pefts.runtime.files.durable_path(target) as tmp:
         tmp.write_text("half a new ")
         raise RuntimeError("killed")
     assert target.read_text() == "old\n"
@@ -96,7 +96,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_a_durable_file_gets_the_usual_mode_not_a_private_one(tmp_path):
     mask = os.umask(0o022)
     try:
-        pefts.files.atomic_write_text(tmp_path / "t.tsv", "x\n")
+        pefts.runtime.files.atomic_write_text(tmp_path / "t.tsv", "x\n")
     finally:
         os.umask(mask)
     assert (tmp_path / "t.tsv").stat().st_mode & 0o777 == 0o644

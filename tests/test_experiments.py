@@ -9,12 +9,12 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from pefts.config import check_config
 from pefts.data import prepare
 from pefts.errors import PeftsError
-from pefts.experiments import Study, sigma_label
+from pefts.finetuning.runs import adapt_base, finetune, train_base
 from pefts.methods import load_model
-from pefts.runs import adapt_base, finetune, train_base
+from pefts.study.config import check_config
+from pefts.study.experiments import Study, sigma_label
 
 from .conftest import TINY_SPEC
 

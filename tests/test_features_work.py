@@ -12,7 +12,7 @@ from torch import nn
 import pefts.certification.fastpath as fastpath
 import pefts.certification.rows as rows
 from pefts.errors import PeftsError
-from pefts.runs import adapt_base, finetune
+from pefts.finetuning.runs import adapt_base, finetune
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from pefts.data import prepare
+from pefts.finetuning.runs import adapt_base, finetune, train_base
 from pefts.methods import load_model
-from pefts.runs import adapt_base, finetune, train_base
 
 from .conftest import TINY_SPEC
 

@@ -1,4 +1,4 @@
-"""The sidecar cache of weight digests (pefts.verified.cached_digest): a file unchanged
+"""The sidecar cache of weight digests (pefts.runtime.verified.cached_digest): a file unchanged
 since its digest was kept is not read again by the next process; a changed one is."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-import pefts.verified as verified
-from pefts.files import file_digest
+import pefts.runtime.verified as verified
+from pefts.runtime.files import file_digest
 
 OLD = 1_000_000_000_000_000_000  # an mtime long before the hash: not racy
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pefts.artifacts import file_digest, save_artifact
 from pefts.methods import METHODS, get_method, load_model
 from pefts.methods.adapter import Bottleneck, WithAdapter
 from pefts.methods.lora import split_qkv
-from pefts.models import BaseSpec, PixelClassifier, build_classifier, count_parameters
-from pefts.training import TrainConfig
+from pefts.models.classifier import BaseSpec, PixelClassifier, build_classifier, count_parameters
+from pefts.runtime.artifacts import file_digest, save_artifact
+from pefts.training.loop import TrainConfig
 
 SMALL = dict(img_size=8, patch_size=2, embed_dim=64, depth=4, num_heads=4)
 VIT_B = BaseSpec("vit_base_patch16_224", 10, 224)
@@ -272,7 +272,7 @@ def test_short_training_changes_only_trainable(method, hparams):
                                              ("adapter", {"bottleneck": 4})])
 def test_saved_artifact_is_about_its_trainable_parameters(method, hparams, digits, tiny_base,
                                                           tmp_path):
-    from pefts.runs import finetune
+    from pefts.finetuning.runs import finetune
 
     out = tmp_path / "model.safetensors"
     meta = finetune(digits, tiny_base, out, method, 0.25, hparams,

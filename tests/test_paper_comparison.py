@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from pefts import paper_comparison, paper_values
+from pefts.certification.results import write_tsv
 from pefts.errors import PeftsError
-from pefts.paper_comparison import (
+from pefts.reporting import paper_comparison, paper_values
+from pefts.reporting.paper_comparison import (
     comparison_markdown,
     figure7_comparison,
     table1_comparison,
     table2_comparison,
 )
-from pefts.results import write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"]
@@ -209,7 +209,7 @@ def test_presets_comparison_shows_every_paper_number(configfile):
     assert shown == {(label, c) for label in paper.rows for c in paper.columns}
     [reference] = [t for t in tables if t and "category" in t[0]]
     assert {line["paper row"] for line in reference} == {*RS_ROWS, "LEE [47]"}
-    # blank only where the paper prints no number, whatever pefts/paper_values.py says
+    # blank only where the paper prints no number, whatever pefts/reporting/paper_values.py says
     assert empty == EMPTY_IN_PAPER[dataset]
     assert md.count("(empty in the paper)") == len(empty)
     assert (dataset == "cifar10") == ("## Figure 7" in md)

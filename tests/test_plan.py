@@ -11,9 +11,9 @@ from scipy.stats import norm
 
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.errors import PeftsError
-from pefts.experiments import Study, load_config
-from pefts.forward_cost import RECORDED, count_forward, forward_key, record
-from pefts.plan import (
+from pefts.study.experiments import Study, load_config
+from pefts.study.forward_cost import RECORDED, count_forward, forward_key, record
+from pefts.study.plan import (
     PATH_RATES,
     cost_table,
     dag_cost_pairs,
@@ -244,7 +244,7 @@ def test_plan_refuses_a_nan_radius_in_a_process_of_its_own(tmp_path):
                                           (CIFAR, 5_000)])
 def test_blackbox_training_hours_count_blackvips_queries(preset, steps):
     """Per SPSA step and image: 2 x SP_AVG = 10 CLIP queries and one encoder pass."""
-    from pefts.plan import blackbox_training
+    from pefts.study.plan import blackbox_training
 
     config = load_config([preset])
     [row] = blackbox_training(config).to_dict("records")

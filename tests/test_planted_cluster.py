@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from pefts.certification.adaptive import AdaptivePlan
-from pefts.devices import bind_gpu, task_gpus
-from pefts.experiments import load_config
-from pefts.plan import GPU_RULES, PACKED_RULE, adaptive_per_sigma, protocols, replay_samples
+from pefts.runtime.devices import bind_gpu, task_gpus
+from pefts.study.experiments import load_config
+from pefts.study.plan import GPU_RULES, PACKED_RULE, adaptive_per_sigma, protocols, replay_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 

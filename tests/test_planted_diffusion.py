@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pefts.diffusion.loading import load_release
-from pefts.diffusion.releases import get_release
-from pefts.diffusion.schedules import alphas_cumprod
 from pefts.methods.diffusion import DiffusionDenoiser, timestep_for_sigma
+from pefts.models.diffusion.loading import load_release
+from pefts.models.diffusion.releases import get_release
+from pefts.models.diffusion.schedules import alphas_cumprod
 from tests.test_diffusion_releases import (  # noqa: F401  (small_releases: a fixture)
     RELEASES,
     carlini_timestep,

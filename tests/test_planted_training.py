@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pefts import checkpoints
-from pefts.checkpoints import Checkpoint, Interrupted, checkpointing
-from pefts.streams import noise_like
-from pefts.training import TrainConfig, optimise, resumable_batches
+from pefts.training import checkpoints
+from pefts.training.checkpoints import Checkpoint, Interrupted, checkpointing
+from pefts.training.loop import TrainConfig, optimise, resumable_batches
+from pefts.training.streams import noise_like
 from tests.test_checkpoints import Augmented, tiny_model
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pefts.precision_benchmark import compare_precisions
+from pefts.benchmarks.precision import compare_precisions
 from tests.test_baselines import one_thread  # noqa: F401  (one intra-op thread: faster here)
 
 

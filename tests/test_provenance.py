@@ -15,8 +15,8 @@ import pytest
 
 from pefts.certification.rows import CERTIFY_COLUMNS
 from pefts.certification.shard_io import partial_path, run_shard
-from pefts.provenance import sidecar_path
-from pefts.runs import train_base
+from pefts.finetuning.runs import train_base
+from pefts.runtime.provenance import sidecar_path
 
 from .conftest import TINY_SPEC
 from .test_cli_errors import one_line_error
@@ -56,7 +56,7 @@ def test_a_finished_output_is_replaced_only_with_force(sample, tmp_path, command
 
 KILLER = r'''
 import os, signal, sys
-from pefts import files
+from pefts.runtime import files
 from pefts.certification import shard_io
 
 kill_at, count = int(sys.argv[2]), [0]
@@ -149,7 +149,7 @@ def test_a_kill_at_any_write_loses_no_finished_row(tmp_path):
 # --- provenance of rows ----------------------------------------------------------------------
 
 def test_settings_identify_data_and_model(sample, tmp_path, digits, none_model, tiny_base):
-    from pefts.artifacts import file_digest
+    from pefts.runtime.artifacts import file_digest
 
     out = tmp_path / "out.tsv"
     assert sample(out)[0] == 0
@@ -218,7 +218,7 @@ def test_predict_shards_merge(sample, run_cli, tmp_path):
     ("3\t1\t-1\t0.5\t0\t0.1", "line 3: an abstention with radius 0.5"),
 ])
 def test_a_malformed_row_is_named_by_file_and_line(run_cli, tmp_path, row, needle):
-    from pefts.provenance import write_sidecar
+    from pefts.runtime.provenance import write_sidecar
 
     bad = tmp_path / "bad.tsv"
     text = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.25\t1\t0.1\n" + row + "\n"

@@ -21,7 +21,7 @@ from scipy.stats import norm
 
 from pefts.certification.bounds import radius_cap
 from pefts.certification.sequences import cp_lower
-from pefts.paper_values import TABLE1, TABLE2
+from pefts.reporting.paper_values import TABLE1, TABLE2
 from tests import realsize
 from tests.fixtures_baselines import paper_baseline_overrides
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from pefts.config import check_config, schema_problem
 from pefts.errors import PeftsError
 from pefts.methods import get_method
-from pefts.training import TrainConfig
+from pefts.study.config import check_config, schema_problem
+from pefts.training.loop import TrainConfig
 from tests.test_config_errors import SCHEMA, default
 
 # method, hyper-parameter, refused, accepted

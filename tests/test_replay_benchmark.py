@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pefts.benchmarks.replay import grid_of, oracle_samples, ratio, read_log, replay, worst_gap
 from pefts.certification.bounds import lower_confidence_bounds
 from pefts.errors import PeftsError
-from pefts.replay_benchmark import grid_of, oracle_samples, ratio, read_log, replay, worst_gap
 
 COHEN = Path(__file__).parent / "data" / "cohen"
 LOGS = sorted(COHEN.glob("*/*/noise_*/test/sigma_*"))

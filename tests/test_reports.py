@@ -14,8 +14,8 @@ from torch import nn
 from pefts.certification.adaptive import AdaptivePlan
 from pefts.certification.feasibility import smallest_certifying_n, smallest_predicting_n
 from pefts.certification.pool import Pool
+from pefts.certification.results import write_tsv
 from pefts.certification.smoothing import Smooth
-from pefts.results import write_tsv
 
 DATA = {"dataset": "digits", "class_subset": None, "split": "test", "manifest": "abc",
         "skip": 1, "max": -1}
@@ -104,8 +104,8 @@ def test_figures_carry_a_footnote(tmp_path, monkeypatch):
         return original(self, x, y, s, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "text", spy)
-    from pefts.plots import plot_against_sigma, plot_certified_curves
-    from pefts.results import certification_note, with_certification
+    from pefts.certification.results import certification_note, with_certification
+    from pefts.reporting.plots import plot_against_sigma, plot_certified_curves
 
     frame = pd.read_csv(certified_tsv(tmp_path / "a.tsv", 0.5, ADAPTIVE), sep="\t")
     plot_certified_curves([("lora", frame)], "t", tmp_path / "c.png", "certified: adaptive x")

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pefts.certification.results import check_shard_set
 from pefts.certification.shard_io import check_layout, shard_layouts
 from pefts.errors import PeftsError
-from pefts.experiments import Study, load_config
-from pefts.hit_rate_model import RECORDED, model_hit_rates, record
-from pefts.plan import (
+from pefts.study.experiments import Study, load_config
+from pefts.study.hit_rate_model import RECORDED, model_hit_rates, record
+from pefts.study.plan import (
     PATH_RATES,
     SHARD_MINUTES,
     certify_seconds,
@@ -27,7 +28,6 @@ from pefts.plan import (
     shard_count,
     training_jobs,
 )
-from pefts.results import check_shard_set
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"]
@@ -211,7 +211,7 @@ def test_each_path_has_its_measured_rate():
     # compiled but not measured so: side branches keep their eager rate
     assert path_rate("bf16", True, True, "adapter")[0] == 7358
     assert path_rate("bf16", False, True, "lora")[0] == 7358
-    # not compiled by the certifier (pefts.experiments.UNCOMPILED_METHODS)
+    # not compiled by the certifier (pefts.study.experiments.UNCOMPILED_METHODS)
     assert path_rate("bf16", True, True, "blackbox")[0] == path_rate("bf16", True, True,
                                                                    "diffusion")[0] == 9292
     assert all("measured" in source for _, source in PATH_RATES.values())

@@ -8,13 +8,13 @@ import sys
 import pandas as pd
 import pytest
 
+from pefts.certification.results import merge_shards
 from pefts.certification.rows import CERTIFY_COLUMNS, per_image
 from pefts.certification.rows import certify_rows as REAL_CERTIFY_ROWS
 from pefts.certification.selection import parse_shard, selected_indices, shard_indices
 from pefts.certification.shard_io import partial_path, run_shard
 from pefts.errors import PeftsError
-from pefts.provenance import write_sidecar
-from pefts.results import merge_shards
+from pefts.runtime.provenance import write_sidecar
 from tests import killing
 
 COMMON = ["--n0", "16", "--n", "64", "--batch", "64", "--skip", "3", "--max", "13",
@@ -139,7 +139,7 @@ def test_merge_sorts_and_keeps_full_precision(tmp_path):
 @pytest.fixture(scope="module")
 def none_quarter(digits, tiny_base, tmp_path_factory):
     """The untuned model at sigma 0.25: a second sigma of the same run."""
-    from pefts.runs import finetune
+    from pefts.finetuning.runs import finetune
 
     out = tmp_path_factory.mktemp("none_quarter") / "model.safetensors"
     finetune(digits, tiny_base, out, "none", 0.25, {}, {}, device="cpu")
@@ -157,7 +157,7 @@ def certify_packed(run_cli, tiny_base, digits, jobs, *extra):
 
 def rows_and_settings(out):
     """A shard's rows without their timings, and the settings its sidecar records."""
-    from pefts.provenance import read_sidecar
+    from pefts.runtime.provenance import read_sidecar
 
     return pd.read_csv(out, sep="\t").drop(columns="time"), read_sidecar(out)["settings"]
 
@@ -268,7 +268,7 @@ def test_a_compiled_packed_job_certifies_each_model_on_its_own_weights(
     """--compile in a packed job: the first model compiles, the next (the same
     architecture, other weights) runs the same compiled code on its own weights; each
     sigma's rows are those of its own compiled certify in a process of its own."""
-    from pefts.runs import finetune
+    from pefts.finetuning.runs import finetune
 
     full = {}
     for sigma in ("0.25", "0.5"):  # one run's two sigmas: one architecture, two sets of weights

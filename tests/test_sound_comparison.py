@@ -6,11 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pefts.config import check_config
+from pefts.certification.results import write_tsv
 from pefts.errors import PeftsError
-from pefts.experiments import Study
-from pefts.results import write_tsv
-from pefts.sound_comparison import SOUND_MODE, comparison_table
+from pefts.reporting.sound_comparison import SOUND_MODE, comparison_table
+from pefts.study.config import check_config
+from pefts.study.experiments import Study
 from tests.test_experiments import load_config
 from tests.test_workflow import ROOT
 
@@ -117,8 +117,8 @@ def test_the_default_compares_lora_at_its_first_sigma_and_the_presets_nothing():
 
 def shard_of(path, source: str, keep: list[int], **settings) -> str:
     """The rows ``keep`` of ``source`` with its settings, as one shard of it would be."""
-    from pefts.provenance import read_sidecar
-    from pefts.results import read_tsv
+    from pefts.certification.results import read_tsv
+    from pefts.runtime.provenance import read_sidecar
 
     frame = read_tsv(source)
     write_tsv(frame[frame["idx"].isin(keep)], path,

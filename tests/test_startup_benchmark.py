@@ -13,15 +13,15 @@ import torch
 import yaml
 from torch import nn
 
-from pefts.certification import fastpath
-from pefts.errors import PeftsError
-from pefts.startup_benchmark import (
+from pefts.benchmarks.startup import (
     COLUMNS,
     PHASES,
     job_seconds,
     preset_cases,
     read_startup,
 )
+from pefts.certification import fastpath
+from pefts.errors import PeftsError
 
 ROOT = Path(__file__).resolve().parents[1]
 

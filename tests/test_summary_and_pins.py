@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from pefts.certification.results import average_certified_radius, certified_accuracy, summarize
 from pefts.methods import get_method
-from pefts.results import average_certified_radius, certified_accuracy, summarize
-from pefts.training import TrainConfig, split_validation
+from pefts.training.loop import TrainConfig, split_validation
 
 from .test_methods import small_base, toy_data
 
@@ -83,7 +83,7 @@ def test_validation_split_is_seeded_disjoint_and_complete():
 
 
 def test_finetune_reports_validation_accuracy(digits, tiny_base, tmp_path):
-    from pefts.runs import finetune
+    from pefts.finetuning.runs import finetune
 
     meta = finetune(digits, tiny_base, tmp_path / "m.safetensors", "none", 0.25, {},
                     {"val_fraction": 0.25}, "cpu")
@@ -92,8 +92,8 @@ def test_finetune_reports_validation_accuracy(digits, tiny_base, tmp_path):
 
 def test_training_never_sees_the_validation_images(digits, tiny_base, tmp_path, monkeypatch):
     """The data method.fit receives is the training split minus the validation images."""
+    from pefts.finetuning.runs import finetune
     from pefts.methods.base import Method
-    from pefts.runs import finetune
 
     seen = {}
 

@@ -1,5 +1,5 @@
 """Every number `plot-vs-sigma` and `parameters --summary` draw from a summary TSV goes
-through the checked reader (`pefts.results.check_summary`): a hand-edited or foreign file
+through the checked reader (`pefts.certification.results.check_summary`): a hand-edited or foreign file
 is one line naming the cell, never a plot of a wrong number."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pefts.certification.results import check_summary, summarize
 from pefts.errors import PeftsError
-from pefts.results import check_summary, summarize
 
 
 def summary(tmp_path) -> pd.DataFrame:

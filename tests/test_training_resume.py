@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pefts.checkpoints import INTERRUPTED_EXIT, Checkpoint, checkpoint_path
 from pefts.data import prepare
 from pefts.errors import PeftsError
-from pefts.runs import train_base
+from pefts.finetuning.runs import train_base
+from pefts.training.checkpoints import INTERRUPTED_EXIT, Checkpoint, checkpoint_path
 from tests import realsize
 from tests.conftest import TINY_SPEC
 
@@ -170,7 +170,7 @@ def folder_command(manifest: Path, train: dict) -> list[str]:
 
 
 def litter(out: Path) -> list[Path]:
-    """Temporary files of a checkpoint save in progress (pefts.files.durable_path)."""
+    """Temporary files of a checkpoint save in progress (pefts.runtime.files.durable_path)."""
     return list(out.parent.glob(f".{checkpoint_path(out).name}.*.tmp"))
 
 
@@ -240,7 +240,7 @@ def test_a_checkpoint_of_the_presets_lora_run_holds_no_frozen_tensor(digits, tmp
     factors, the head and their optimiser state, not the 86M frozen weights."""
     import yaml
 
-    from pefts import runs
+    from pefts.finetuning import runs
 
     preset = yaml.safe_load((Path(__file__).parents[1] / "configs/cifar10-vitb16.yaml").read_text())
     weights = realsize.vitb16_weights(tmp_path / "vitb16.safetensors")

@@ -1,5 +1,5 @@
 """External weights: fetched once by a local rule with their sha256, read from local files
-by every compute job through the one verified loader (pefts.verified), fingerprinted in
+by every compute job through the one verified loader (pefts.runtime.verified), fingerprinted in
 the provenance and checked again at certify. Never the network: the fetchers are
 replaced by ones that build small random timm and open_clip models."""
 
@@ -15,13 +15,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pefts.artifacts import load_meta
-from pefts.blackbox.encoder import build_encoder
 from pefts.errors import PeftsError
-from pefts.files import file_digest
-from pefts.provenance import read_sidecar
-from pefts.runs import finetune, train_base
-from pefts.weights import (
+from pefts.finetuning.runs import finetune, train_base
+from pefts.models.blackbox.encoder import build_encoder
+from pefts.runtime.artifacts import load_meta
+from pefts.runtime.files import file_digest
+from pefts.runtime.provenance import read_sidecar
+from pefts.study.weights import (
     FETCHERS,
     ExternalWeight,
     external_provenance,
@@ -173,7 +173,7 @@ def hash_line(code: int, err: str, what: str, file: Path, record: dict, label: s
 @pytest.fixture
 def offline_clip(monkeypatch, tmp_path):
     """The open_clip fetcher, offline: random weights of the tiny CLIP."""
-    from pefts.blackbox.clip import bare_model
+    from pefts.models.blackbox.clip import bare_model
 
     arch = register_tiny_clip(tmp_path / "clip-config")
     monkeypatch.setitem(FETCHERS, "open_clip", lambda name: bare_model(arch).state_dict())
@@ -205,7 +205,7 @@ def test_a_fetched_encoder_or_clip_changed_since_is_refused(digits, tiny_base, t
     # the loaders themselves
     with pytest.raises(PeftsError, match="changed since it was fetched"):
         build_encoder("test_vit", 3, 0, 0, torch.Generator(), file=encoder["file"])
-    from pefts.blackbox.clip import load_clip
+    from pefts.models.blackbox.clip import load_clip
     with pytest.raises(PeftsError, match="changed since it was fetched"):
         load_clip(clip["file"], ["a", "b"], offline_clip)
     # and a fine-tuning job that reads either, before any training
@@ -259,17 +259,17 @@ def test_a_missing_fetched_file_names_the_fetch_command(digits, tmp_path):
 
 
 def test_each_file_is_hashed_once_per_process(tmp_path, monkeypatch):
-    import pefts.verified
+    import pefts.runtime.verified
 
     hashed = []
-    monkeypatch.setattr(pefts.verified, "file_digest", lambda p: hashed.append(p) or file_digest(p))
+    monkeypatch.setattr(pefts.runtime.verified, "file_digest", lambda p: hashed.append(p) or file_digest(p))
     file = tmp_path / "w.safetensors"
     file.write_bytes(b"weights")
-    first = pefts.verified.verified(file, "w")
-    assert pefts.verified.verified(file, "w") == first and len(hashed) == 1
+    first = pefts.runtime.verified.verified(file, "w")
+    assert pefts.runtime.verified.verified(file, "w") == first and len(hashed) == 1
     file.write_bytes(b"other weights")  # changed: size and mtime differ, hashed again
     os.utime(file, ns=(1, 1))
-    assert pefts.verified.verified(file, "w") != first and len(hashed) == 2
+    assert pefts.runtime.verified.verified(file, "w") != first and len(hashed) == 2
 
 
 def test_a_released_diffusion_checkpoint_is_fetched_from_its_authors_url(tmp_path, monkeypatch):
@@ -278,8 +278,8 @@ def test_a_released_diffusion_checkpoint_is_fetched_from_its_authors_url(tmp_pat
     a safetensors copy with its sha256 that the diffusion row then loads."""
     from dataclasses import replace
 
-    from pefts.diffusion import releases
-    from pefts.diffusion.loading import build_unet, load_release
+    from pefts.models.diffusion import releases
+    from pefts.models.diffusion.loading import build_unet, load_release
 
     name = "improved-diffusion-cifar10-uncond"
     small = dict(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(16,))
@@ -313,7 +313,7 @@ def test_only_weight_keys_are_hashed_never_a_name_that_happens_to_be_a_path(tmp_
     """Run from a folder holding base/ and prompt.txt: a classifier named 'base' or a
     template that names a file were recorded as external weights, the folder hashed."""
     from pefts.methods import METHODS
-    from pefts.verified import WEIGHT_KEYS, weight_paths
+    from pefts.runtime.verified import WEIGHT_KEYS, weight_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "base").mkdir()

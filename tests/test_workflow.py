@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pefts.experiments import Study, load_config, sigma_label
-from pefts.plan import job_stats
+from pefts.study.experiments import Study, load_config, sigma_label
+from pefts.study.plan import job_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

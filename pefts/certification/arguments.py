@@ -212,7 +212,7 @@ def check_logits(out: Any, count: int, num_classes: int | None, model: nn.Module
 def certify_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     """Where the certification runs: ``device``, or the model's device when None. A model
     none of whose weights lie on ``device`` is refused (every input goes there)."""
-    from pefts.devices import resolve_device
+    from pefts.runtime.devices import resolve_device
 
     placed = {t.device for t in (*model.parameters(), *model.buffers())}
     if device is None:

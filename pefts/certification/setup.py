@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import refuse_clashes, refuse_existing
+from pefts.runtime.files import refuse_clashes, refuse_existing
 
 
 def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, shard: str,
@@ -19,7 +19,7 @@ def shard_setup(model: str, base: str, data: str, skip: int, max_count: int, sha
     _, n_shards = parse_shard(shard)
     if out is not None:  # None: nothing is written (the benchmark)
         check_output(out, [model, base, data], n_shards, force)
-    from pefts.devices import resolve_device
+    from pefts.runtime.devices import resolve_device
 
     manifest, dataset, indices = load_test_split(data, skip, max_count, shard, sound)
     torch_device = resolve_device(device)
@@ -60,7 +60,7 @@ def model_setup(model: str, base: str, manifest: dict[str, Any], skip: int, max_
     """The model on ``torch_device`` (resolved once per process: resolving leases a
     GPU) and the settings that identify the run's rows."""
     from pefts.methods import load_model
-    from pefts.verified import sha256
+    from pefts.runtime.verified import sha256
 
     net, meta = load_model(model, base, torch_device)
     if meta["num_classes"] != manifest["num_classes"]:

@@ -5,7 +5,7 @@ run's settings; a rerun with the same settings resumes there. The partial is onl
 replaced whole (temp file, fsync, rename, fsync of the folder), so a kill at any moment
 leaves either the old or the new partial, never a truncated one. The output appears by
 atomic rename only when every image of the shard is done, with its settings beside it
-in ``<out>.json`` (``pefts.provenance``). One process writes a shard at a time: it holds
+in ``<out>.json`` (``pefts.runtime.provenance``). One process writes a shard at a time: it holds
 an exclusive lock on ``<out>.partial.lock`` (the kernel frees it if the process dies).
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pefts.errors import PeftsError
-from pefts.files import atomic_write_text, naming
 from pefts.progress import progress
-from pefts.provenance import write_sidecar
+from pefts.runtime.files import atomic_write_text, naming
+from pefts.runtime.provenance import write_sidecar
 
 SETTINGS_PREFIX = "# pefts "
 # a shard's files in a layout folder: K-of-N.tsv, its .partial (rows so far) and .json
@@ -57,7 +57,7 @@ def partial_path(out: str | Path) -> Path:
 
 
 def replace_durably(path: Path, lines: Iterable[str]) -> None:
-    """Replace ``path`` by ``lines`` through the one durable writer (``pefts.files``)."""
+    """Replace ``path`` by ``lines`` through the one durable writer (``pefts.runtime.files``)."""
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -70,7 +70,7 @@ def read_partial(path: Path, settings: dict[str, Any], columns: list[str],
     """Rows already finished under the same settings; a torn last line is dropped, any
     other bad row refused naming its line. A partial of other settings is refused, or
     with ``force`` discarded."""
-    from pefts.results import check_rows
+    from pefts.certification.results import check_rows
 
     if not path.exists():
         return []

@@ -9,8 +9,8 @@ import click
 from pefts.certification.setup import shard_setup
 from pefts.cli.certification import fast_path_options
 from pefts.cli.options import device_option, page_option, parse_floats, write_page
-from pefts.diffusion.releases import RELEASES
 from pefts.errors import PeftsError
+from pefts.models.diffusion.releases import RELEASES
 from pefts.option_types import AT_LEAST_ONE, POSITIVE, PROBABILITY, TSV_OUT, UNIT_INTERVAL
 
 
@@ -55,8 +55,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
         raise PeftsError("--image-size applies only with --model or --arch")
     import torch
 
-    from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import (
+    from pefts.benchmarks.throughput import (
         add_diffusion_row,
         artifact_subject,
         builtin_subject,
@@ -66,7 +65,8 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
         to_markdown,
     )
     from pefts.certification.fastpath import executed
-    from pefts.devices import resolve_device
+    from pefts.runtime.artifacts import atomic_write_text
+    from pefts.runtime.devices import resolve_device
 
     # a bad folder or file is refused before minutes of timing, not after
     denoiser = diffusion_denoiser(diffusion, diffusion_release) \
@@ -115,9 +115,9 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
 def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
                        max_count, seeds, out, out_md, device) -> None:
     """The same images certified with fixed n and adaptively (n_max = n), side by side."""
-    from pefts.adaptive_benchmark import compare
-    from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import device_name
+    from pefts.benchmarks.adaptive import compare
+    from pefts.benchmarks.throughput import device_name
+    from pefts.runtime.artifacts import atomic_write_text
 
     grid = list(parse_floats(radii, "--radii"))
     seed_list = [int(s) for s in parse_floats(seeds, "--seeds")]
@@ -162,8 +162,8 @@ def benchmark_replay(logs, grids, sigma, n, n0, alpha, abstain_p, reps, seed, ou
     certification logs (Cohen's TSV format): passes and certified counts side by side."""
     import numpy as np
 
+    from pefts.benchmarks.replay import grid_of, read_log, replay, summary, table
     from pefts.certification.adaptive import STOPPING_RULE
-    from pefts.replay_benchmark import grid_of, read_log, replay, summary, table
 
     if len(grids) not in (1, len(logs)):
         raise PeftsError(f"give --grid once or once per log ({len(logs)}), not {len(grids)} times")
@@ -201,9 +201,9 @@ def benchmark_precision(images, sigma, n, n0, alpha, radii, flip_samples, batch,
                         out_md, device) -> None:
     """The diffusion row certified in bf16 and fp32 on the same noise, and in fp32 on
     other noise (sampling error): certified counts side by side, random-weight models."""
-    from pefts.benchmark import device_name
-    from pefts.devices import resolve_device
-    from pefts.precision_benchmark import SIDE, compare_precisions
+    from pefts.benchmarks.precision import SIDE, compare_precisions
+    from pefts.benchmarks.throughput import device_name
+    from pefts.runtime.devices import resolve_device
 
     torch_device = resolve_device(device)
     grid = list(parse_floats(radii, "--radii"))
@@ -236,7 +236,7 @@ def benchmark_precision(images, sigma, n, n0, alpha, radii, flip_samples, batch,
 @click.option("--folder", default=None, type=click.Path(file_okay=False),
               help="where the random-weight models are written (default: a temporary folder)")
 @click.option("--out", default=None, type=TSV_OUT,
-              help="also write a TSV (what `pefts plan` reads: pefts.startup_benchmark.read_startup)")
+              help="also write a TSV (what `pefts plan` reads: pefts.benchmarks.startup.read_startup)")
 @page_option
 @device_option
 def benchmark_startup(configfile, methods, compiled, batch, threads, precision, folder, out,
@@ -248,10 +248,10 @@ def benchmark_startup(configfile, methods, compiled, batch, threads, precision, 
 
     import yaml
 
-    from pefts.artifacts import atomic_write_text
-    from pefts.benchmark import device_name
-    from pefts.devices import resolve_device
-    from pefts.startup_benchmark import measure, preset_cases, summary, to_markdown
+    from pefts.benchmarks.startup import measure, preset_cases, summary, to_markdown
+    from pefts.benchmarks.throughput import device_name
+    from pefts.runtime.artifacts import atomic_write_text
+    from pefts.runtime.devices import resolve_device
 
     with open(configfile) as handle:
         config = yaml.safe_load(handle)

@@ -10,8 +10,8 @@ import click
 from pefts.certification.setup import shard_setup
 from pefts.cli.options import device_option, force_option, parse_floats
 from pefts.errors import PeftsError
-from pefts.files import refuse_existing
 from pefts.option_types import AT_LEAST_ONE, INTEGER, POSITIVE, PRECISION, PROBABILITY, SEED, TSV_OUT
+from pefts.runtime.files import refuse_existing
 
 
 def sampling_options(func, packed: bool = False):
@@ -211,8 +211,8 @@ def certify_packed(jobs, base, data, n, alpha, batch, skip, max_count, seed, sha
     from pefts.certification.selection import parse_shard
     from pefts.certification.setup import check_output, load_test_split, model_setup
     from pefts.certification.shard_io import finish_partials
-    from pefts.devices import resolve_device
-    from pefts.files import resolved
+    from pefts.runtime.devices import resolve_device
+    from pefts.runtime.files import resolved
 
     grid = check_certify_options(adaptive, n, n_max, alpha, radii)
     _, n_shards = parse_shard(shard)
@@ -273,10 +273,10 @@ def predict(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
 @force_option
 def merge(shards, out, data, skip, max_count, force) -> None:
     """Merge shard TSVs; refuses shards that miss or repeat an image."""
+    from pefts.certification.results import merge_shards, write_tsv
     from pefts.certification.selection import selected_indices
     from pefts.data import read_manifest
-    from pefts.files import refuse_clashes
-    from pefts.results import merge_shards, write_tsv
+    from pefts.runtime.files import refuse_clashes
 
     refuse_clashes({"--out": out}, [*shards, *([data] if data else [])])
     refuse_existing(out, force)

@@ -22,8 +22,8 @@ def fetch_weights(configfiles: tuple[str, ...], weights: tuple[str, ...], result
                   force: bool) -> None:
     """Fetch every external weight the config names (or the --weight ones) into
     <results>/weights, with its sha256: run it where there is internet."""
-    from pefts.experiments import external_weights, load_config
-    from pefts.weights import fetch, parse_weight
+    from pefts.study.experiments import external_weights, load_config
+    from pefts.study.weights import fetch, parse_weight
 
     if weights:
         wanted = [parse_weight(w) for w in weights]
@@ -75,10 +75,10 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     and each GPU job's start-up, per run and in total; jobs per rule from the DAG."""
     from pathlib import Path
 
-    from pefts import plan as p
-    from pefts.experiments import load_config
-    from pefts.files import atomic_write_text
-    from pefts.forward_cost import REFERENCE_GFLOP
+    from pefts.runtime.files import atomic_write_text
+    from pefts.study import plan as p
+    from pefts.study.experiments import load_config
+    from pefts.study.forward_cost import REFERENCE_GFLOP
 
     config = load_config(configfiles)
     if len(replays) != len(replay_sigmas):
@@ -98,7 +98,7 @@ def plan(configfiles, target, test_images, replays, replay_n, replay_sigmas, pas
     startup = p.STARTUP_S if startup_s is None else startup_s
     startup_how = "--startup-s" if startup_s is not None else "assumed, not measured"
     if startup_tsv:
-        from pefts.startup_benchmark import measured_startup
+        from pefts.benchmarks.startup import measured_startup
 
         startup, startup_how = measured_startup(startup_tsv, config["methods"])
     gpu_jobs = sum(jobs.get(rule, 0) for rule in p.GPU_RULES)

@@ -31,7 +31,7 @@ def parse_json(text: str | None, option: str) -> dict[str, Any]:
 def device_option(func):
     """--device and --gpus (the GPU rules pass their `resources: gpu=`), handed to the
     command as one DeviceRequest in ``device``."""
-    from pefts.devices import DeviceRequest, check_gpus
+    from pefts.runtime.devices import DeviceRequest, check_gpus
 
     @functools.wraps(func)
     def command(*args, device: str, gpus: int | None, **kwargs):
@@ -55,8 +55,8 @@ def page_option(func):
 
 def write_page(out_md: str | None, printed: str) -> None:
     if out_md:
-        from pefts.files import atomic_write_text
-        from pefts.pages import measurement_page, this_command
+        from pefts.reporting.pages import measurement_page, this_command
+        from pefts.runtime.files import atomic_write_text
 
         atomic_write_text(out_md, measurement_page(printed, this_command()))
 

@@ -13,7 +13,7 @@ from pefts.option_types import MD_OUT, NON_NEGATIVE, RUN
 
 def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:
     """Every table goes out twice: TSV for programs, Markdown for papers."""
-    from pefts.artifacts import atomic_write_text
+    from pefts.runtime.artifacts import atomic_write_text
 
     atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False))
     atomic_write_text(out_md, markdown)
@@ -23,8 +23,8 @@ def write_table(table, out_tsv: str, out_md: str, markdown: str) -> str:
 def read_runs(runs, mixed: bool = False) -> tuple[list, list[dict]]:
     """The runs' rows and how each was certified; runs certified differently are refused
     unless ``mixed``."""
-    from pefts.provenance import check_comparable
-    from pefts.results import check_same_images, read_tsv
+    from pefts.certification.results import check_same_images, read_tsv
+    from pefts.runtime.provenance import check_comparable
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA TSV")
@@ -50,9 +50,9 @@ def mixed_option(func):
 def summarize(runs, radii, out_tsv, out_md, mixed) -> None:
     """Certified accuracy at a radius grid and ACR, per method and sigma, with how each
     run was certified (extra columns in the TSV, a caption in the Markdown)."""
-    from pefts.files import refuse_clashes
-    from pefts.results import summarize as table_of
-    from pefts.results import summary_markdown, with_certification
+    from pefts.certification.results import summarize as table_of
+    from pefts.certification.results import summary_markdown, with_certification
+    from pefts.runtime.files import refuse_clashes
 
     grid = parse_floats(radii, "--radii", 0.0)
     refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [p for _, _, p in runs])
@@ -70,9 +70,9 @@ def summarize(runs, radii, out_tsv, out_md, mixed) -> None:
 def plot(runs, pattern, mixed) -> None:
     """Certified accuracy against L2 radius (paper Figure 3); a footnote says how the
     runs were certified."""
-    from pefts.files import refuse_clashes
-    from pefts.plots import plot_certified_curves
-    from pefts.provenance import describe_certification
+    from pefts.reporting.plots import plot_certified_curves
+    from pefts.runtime.files import refuse_clashes
+    from pefts.runtime.provenance import describe_certification
 
     loaded, certs = read_runs(runs, mixed)
     sigmas = sorted({s for _, s, _ in loaded})
@@ -101,9 +101,9 @@ def plot(runs, pattern, mixed) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG")
 def plot_vs_sigma(summary, columns, title, out) -> None:
     """Summary columns against sigma, one line per method (paper Figure 8)."""
-    from pefts.files import refuse_clashes
-    from pefts.plots import plot_against_sigma
-    from pefts.results import certification_note
+    from pefts.certification.results import certification_note
+    from pefts.reporting.plots import plot_against_sigma
+    from pefts.runtime.files import refuse_clashes
 
     refuse_clashes({"--out": out}, [summary])
     table = read_summary(summary)
@@ -117,8 +117,8 @@ def plot_vs_sigma(summary, columns, title, out) -> None:
 
 
 def read_summary(path: str, writer: str = "pefts summarize"):
-    """A TSV another command wrote (``pefts.results.read_written_table``)."""
-    from pefts.results import read_written_table
+    """A TSV another command wrote (``pefts.certification.results.read_written_table``)."""
+    from pefts.certification.results import read_written_table
 
     return read_written_table(path, writer)
 
@@ -131,10 +131,10 @@ def read_summary(path: str, writer: str = "pefts summarize"):
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
     """Accuracy on noisy inputs against sigma per method (paper Figure 2)."""
-    from pefts.files import refuse_clashes
-    from pefts.noise_learning import noise_accuracy_table
-    from pefts.plots import plot_lines
-    from pefts.results import to_markdown
+    from pefts.certification.results import to_markdown
+    from pefts.reporting.noise_learning import noise_accuracy_table
+    from pefts.reporting.plots import plot_lines
+    from pefts.runtime.files import refuse_clashes
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
@@ -159,10 +159,10 @@ def noise_accuracy(runs, out_tsv, out_md, figure) -> None:
 @click.option("--figure", required=True, type=click.Path(dir_okay=False))
 def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
     """Trainable parameters per method (Table 2) and accuracy against them (Figure 4)."""
-    from pefts.files import refuse_clashes
-    from pefts.parameters import accuracy_vs_parameters, parameter_markdown, parameter_table
-    from pefts.plots import plot_lines
-    from pefts.results import certification_note
+    from pefts.certification.results import certification_note
+    from pefts.reporting.parameters import accuracy_vs_parameters, parameter_markdown, parameter_table
+    from pefts.reporting.plots import plot_lines
+    from pefts.runtime.files import refuse_clashes
 
     if not runs:
         raise PeftsError("give at least one --run METHOD SIGMA model.safetensors")
@@ -191,8 +191,8 @@ def parameters(runs, summary, radius, out_tsv, out_md, figure) -> None:
 @click.option("--out", required=True, type=MD_OUT)
 def docs_page(head, sections, by, out) -> None:
     """A page of docs/: hand-written prose, then tables that commands wrote (never pasted)."""
-    from pefts.files import atomic_write_text, refuse_clashes
-    from pefts.pages import assembled_page
+    from pefts.reporting.pages import assembled_page
+    from pefts.runtime.files import atomic_write_text, refuse_clashes
 
     refuse_clashes({"--out": out}, [head, *[path for _, path in sections]])
     page = assembled_page(Path(head).read_text(), list(sections), by)
@@ -212,19 +212,19 @@ def docs_page(head, sections, by, out) -> None:
 def compare_paper(dataset, runs, params, out_tsv, out_md, mixed) -> None:
     """Our certified accuracy and parameter counts beside every cell of the paper's
     Tables 1 and 2 and Figure 7's numbers (its values kept as cited data in
-    pefts/paper_values.py): prior work at r = column, the PEFT rows at r = 0 and at
+    pefts/reporting/paper_values.py): prior work at r = column, the PEFT rows at r = 0 and at
     r = column, the RS and LEE rows as the paper's reference rows."""
     import pandas as pd
 
-    from pefts.files import refuse_clashes
-    from pefts.paper_comparison import (
+    from pefts.reporting.paper_comparison import (
         comparison_markdown,
         figure7_comparison,
         table1_comparison,
         table2_comparison,
     )
-    from pefts.parameters import read_parameter_table
-    from pefts.provenance import describe_certification
+    from pefts.reporting.parameters import read_parameter_table
+    from pefts.runtime.files import refuse_clashes
+    from pefts.runtime.provenance import describe_certification
 
     refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [params, *[p for _, _, p in runs]])
     frames, certs = read_runs(runs, mixed)
@@ -253,8 +253,8 @@ def compare_paper(dataset, runs, params, out_tsv, out_md, mixed) -> None:
 def compare_sound(standard, sound, radii, out_tsv, out_md) -> None:
     """One run in the standard and the sound mode side by side: certified counts at each
     radius, samples drawn and seconds (refused unless they are the same run)."""
-    from pefts.files import refuse_clashes
-    from pefts.sound_comparison import comparison_markdown, comparison_table
+    from pefts.reporting.sound_comparison import comparison_markdown, comparison_table
+    from pefts.runtime.files import refuse_clashes
 
     grid = parse_floats(radii, "--radii", 0.0)
     refuse_clashes({"--out-tsv": out_tsv, "--out-md": out_md}, [standard, sound])
@@ -270,11 +270,11 @@ def compare_sound(standard, sound, radii, out_tsv, out_md) -> None:
 @click.option("--out", "pattern", required=True,
               help="PNG path with {run}: one figure per label, one line per sigma")
 def plot_curves(runs, bases, pattern) -> None:
-    """Training curves (pefts.curves) of fine-tuned models: loss, noisy training and
+    """Training curves (pefts.training.curves) of fine-tuned models: loss, noisy training and
     validation accuracy, learning rate and samples/s against the epoch."""
-    from pefts.curves import curve_path, read_curve, run_table
-    from pefts.files import refuse_clashes
-    from pefts.plots import plot_training_curves
+    from pefts.reporting.plots import plot_training_curves
+    from pefts.runtime.files import refuse_clashes
+    from pefts.training.curves import curve_path, read_curve, run_table
 
     labels = list(dict.fromkeys(label for label, _, _ in runs)) + (["base"] if bases else [])
     if "{run}" not in pattern and len(labels) > 1:

@@ -1,7 +1,7 @@
 """The process `pefts benchmark-startup` times: one job's start-up, phase by phase.
 
 It lives with the CLI because it imports the CLI (every command module), as a job's
-process does before it reads a file; pefts.startup_benchmark starts it and reads its line.
+process does before it reads a file; pefts.benchmarks.startup starts it and reads its line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from pefts.startup_benchmark import SIGMA
+from pefts.benchmarks.startup import SIGMA
 
 
 def child(argument: str) -> None:
@@ -45,18 +45,18 @@ def child(argument: str) -> None:
 
     import safetensors.torch
 
-    import pefts.artifacts
-    import pefts.verified
+    import pefts.runtime.artifacts
+    import pefts.runtime.verified
 
-    pefts.verified.file_digest = timing("hash", pefts.verified.file_digest)
-    pefts.artifacts.load_file = timing("read", pefts.artifacts.load_file)
+    pefts.runtime.verified.file_digest = timing("hash", pefts.runtime.verified.file_digest)
+    pefts.runtime.artifacts.load_file = timing("read", pefts.runtime.artifacts.load_file)
     safetensors.torch.load_file = timing("read", safetensors.torch.load_file)
 
     start = time.perf_counter()
     device = torch.device(job.get("device", "cpu"))
     net, meta = pefts.methods.load_model(job["model"], job["base"], device)
     # what certify's settings record: the model's digest (read from the process cache)
-    pefts.verified.sha256(job["model"])
+    pefts.runtime.verified.sha256(job["model"])
     loaded = time.perf_counter() - start
     case = job["case"]
     start = time.perf_counter()

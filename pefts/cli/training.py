@@ -9,8 +9,8 @@ import click
 
 from pefts.cli.options import device_option, fmt_accuracy, force_option, parse_floats, parse_json
 from pefts.errors import PeftsError
-from pefts.files import refuse_clashes, refuse_existing
 from pefts.option_types import AT_LEAST_ONE, POSITIVE, WEIGHTS_OUT
+from pefts.runtime.files import refuse_clashes, refuse_existing
 
 
 def weights_outputs(out: str) -> dict[str, str]:
@@ -35,8 +35,8 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
                mean: str, std: str, pretrained: bool, pretrained_file: str | None,
                train_json: str | None, device: str, force: bool) -> None:
     """Train the base classifier on clean images (0 epochs: keep pretrained weights)."""
-    from pefts.devices import resolve_device
-    from pefts.runs import train_base as run
+    from pefts.finetuning.runs import train_base as run
+    from pefts.runtime.devices import resolve_device
 
     refuse_clashes(weights_outputs(out), [data, *([pretrained_file] if pretrained_file else [])])
     refuse_existing(out, force)
@@ -63,8 +63,8 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
 def adapt_base(data: str, source: str, out: str, train_json: str | None, device: str,
                force: bool) -> None:
     """Fine-tune a base classifier on clean downstream data (round one of two)."""
-    from pefts.devices import resolve_device
-    from pefts.runs import adapt_base as run
+    from pefts.finetuning.runs import adapt_base as run
+    from pefts.runtime.devices import resolve_device
 
     refuse_clashes(weights_outputs(out), [data, source])
     refuse_existing(out, force)
@@ -86,8 +86,8 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
 def finetune(data: str, base: str, method: str, sigma: float, hparams: str | None,
              train_json: str | None, out: str, device: str, force: bool) -> None:
     """PEFTSmoothing: fine-tune one method on Gaussian-noised images."""
-    from pefts.devices import resolve_device
-    from pefts.runs import finetune as run
+    from pefts.finetuning.runs import finetune as run
+    from pefts.runtime.devices import resolve_device
 
     refuse_clashes(weights_outputs(out), [data, base])
     refuse_existing(out, force)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from pefts.artifacts import atomic_write_text
 from pefts.data.grid import quantised
 from pefts.errors import PeftsError
 from pefts.hparams import Either, Int, IntList, Param, check_known, check_values
+from pefts.runtime.artifacts import atomic_write_text
 
 # imported on use: torchvision (cifar10, imagefolder) costs seconds every digits job would pay
 DATASETS = ("cifar10", "digits", "imagefolder", "imagenet")

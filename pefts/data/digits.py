@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 from pefts.errors import PeftsError
-from pefts.files import durable_path
+from pefts.runtime.files import durable_path
 
 TENSORS = "digits.safetensors"
 PIXEL_LEVELS = 16  # values k / 16: off the 8-bit grid, quantised for sound certification

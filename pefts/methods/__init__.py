@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefts.artifacts import load_artifact, load_meta
 from pefts.errors import PeftsError
 from pefts.hparams import check_known
 from pefts.methods.base import Method
-from pefts.models import PixelClassifier, load_base, replace_head
-from pefts.verified import check_recorded, sha256
+from pefts.models.classifier import PixelClassifier, load_base, replace_head
+from pefts.runtime.artifacts import load_artifact, load_meta
+from pefts.runtime.verified import check_recorded, sha256
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -15,7 +15,7 @@ from torch import nn
 from pefts.errors import PeftsError
 from pefts.hparams import BOOL, Int
 from pefts.methods.base import Method, freeze, unfreeze_head
-from pefts.models import PixelClassifier
+from pefts.models.classifier import PixelClassifier
 
 
 class Bottleneck(nn.Module):

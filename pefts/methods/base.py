@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from pefts.errors import PeftsError
 from pefts.hparams import Param, check_hparams
-from pefts.models import PixelClassifier
-from pefts.training import TrainConfig, train_noisy
+from pefts.models.classifier import PixelClassifier
+from pefts.training.loop import TrainConfig, train_noisy
 
 
 class Method:

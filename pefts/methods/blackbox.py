@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from pefts import checkpoints, curves
-from pefts.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
-from pefts.blackbox.coordinator import Frame
 from pefts.errors import PeftsError
 from pefts.hparams import BOOL, Choice, Float, Int, IntList, Text
 from pefts.methods.base import Method
-from pefts.models import PixelClassifier, count_parameters
+from pefts.models.blackbox import SPSA, Coordinator, PromptedClassifier, QueryModel, SPSAConfig
+from pefts.models.blackbox.coordinator import Frame
+from pefts.models.classifier import PixelClassifier, count_parameters
 from pefts.progress import progress
-from pefts.streams import keyed_seed, noise_like
-from pefts.training import TrainConfig, autocast_for, resumable_batches, total_steps
+from pefts.training import checkpoints, curves
+from pefts.training.loop import TrainConfig, autocast_for, resumable_batches, total_steps
+from pefts.training.streams import keyed_seed, noise_like
 
 # what a black-box stage resumes from (checkpoints.Checkpoint.begin_stage checks each)
 SPSA_PARTS = {"theta": torch.Tensor, "velocity": torch.Tensor, "k": object, "batchnorm": dict,
@@ -110,7 +110,7 @@ class BlackBoxPrompt(Method):
         return model
 
     def zero_shot_clip(self) -> nn.Module:
-        from pefts.blackbox.clip import load_clip
+        from pefts.models.blackbox.clip import load_clip
 
         h = self.hparams
         if "{}" not in str(h["prompt_template"]):
@@ -156,7 +156,7 @@ class BlackBoxPrompt(Method):
         statistics = coordinator.statistics()
         query: QueryModel = model.query
         # on the CPU, reseeded at every step by (seed, step): the same perturbations on
-        # any device and after any restart (pefts.streams)
+        # any device and after any restart (pefts.training.streams)
         perturb_gen = torch.Generator()
         optimiser = SPSA(flatten(params), self.spsa_config(), perturb_gen)
         total = self.training_steps(data, cfg)

@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 from pefts.errors import PeftsError
 from pefts.hparams import Choice, Float, Int
 from pefts.methods.base import Method, freeze
-from pefts.models import PixelClassifier
-from pefts.streams import noise_like
-from pefts.training import TrainConfig, optimise
+from pefts.models.classifier import PixelClassifier
+from pefts.training.loop import TrainConfig, optimise
+from pefts.training.streams import noise_like
 
 OBJECTIVES = ("mse", "mse+stability")
 

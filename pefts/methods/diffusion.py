@@ -17,7 +17,7 @@ is then matched to the noise level the UNet actually sees, measured once per ima
 by resizing a fixed-seed white-noise probe the same way.
 
 Two kinds of weights: a released checkpoint of guided-diffusion or improved-diffusion
-(``release``, the file that ``pefts fetch-weights`` makes; pefts.diffusion), each with
+(``release``, the file that ``pefts fetch-weights`` makes; pefts.models.diffusion), each with
 its own schedule, as Carlini et al. ran them; or a local diffusers folder (UNet2DModel +
 DDPMScheduler, e.g. google/ddpm-cifar10-32). The classifier after the denoiser is the
 base classifier, or (``classifier``) a timm model of its own, as Carlini et al.'s
@@ -39,12 +39,12 @@ from pefts.errors import PeftsError
 from pefts.hparams import Param, Text
 from pefts.methods.base import Method, freeze
 from pefts.methods.denoiser import DenoisedClassifier
-from pefts.models import PixelClassifier, count_parameters
-from pefts.training import TrainConfig
-from pefts.verified import verified
+from pefts.models.classifier import PixelClassifier, count_parameters
+from pefts.runtime.verified import verified
+from pefts.training.loop import TrainConfig
 
 WEIGHTS_KEY = "method_params.diffusion.hparams.weights"
-# the names of pefts.diffusion.releases.RELEASES, as a literal: the dry run reads the
+# the names of pefts.models.diffusion.releases.RELEASES, as a literal: the dry run reads the
 # specs from this file without importing it
 RELEASE_NAMES = ("guided-diffusion-256-uncond", "improved-diffusion-cifar10-uncond")
 
@@ -224,7 +224,7 @@ class DiffusionClassifier(DenoisedClassifier):
 class DiffusionSmoothing(Method):
     name = "diffusion"
     trains_head = False
-    # release: a released checkpoint (pefts.diffusion.releases) whose file ``weights``
+    # release: a released checkpoint (pefts.models.diffusion.releases) whose file ``weights``
     # names (by default the copy `pefts fetch-weights` makes); without it, ``weights`` is
     # a local diffusers folder (UNet2DModel + DDPMScheduler config), e.g.
     # google/ddpm-cifar10-32 saved with save_pretrained. classifier: a timm model to
@@ -244,7 +244,7 @@ class DiffusionSmoothing(Method):
     def load_denoiser(self) -> DiffusionDenoiser:
         release = self.hparams["release"]
         if release:
-            from pefts.diffusion.loading import load_release
+            from pefts.models.diffusion.loading import load_release
 
             return DiffusionDenoiser(*load_release(self.hparams["weights"], release))
         return DiffusionDenoiser(*load_unet(self.hparams["weights"]))
@@ -260,7 +260,7 @@ class DiffusionSmoothing(Method):
         classifier: nn.Module = base
         size = base.spec.input_size
         if self.hparams["classifier"]:
-            from pefts.diffusion.classifier import load_classifier
+            from pefts.models.diffusion.classifier import load_classifier
 
             classifier = load_classifier(self.hparams["classifier"], self.hparams["classifier_file"],
                                          base.spec.num_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pefts.methods.base import Method
-from pefts.models import PixelClassifier
+from pefts.models.classifier import PixelClassifier
 
 
 class FullFineTuning(Method):

@@ -11,7 +11,7 @@ from torch import nn
 
 from pefts.hparams import Float, Int
 from pefts.methods.base import Method, freeze, unfreeze_head
-from pefts.models import PixelClassifier
+from pefts.models.classifier import PixelClassifier
 
 # blocks only: a bare "proj"/"q" pattern would also catch the patch embedding
 TARGETS = r".*blocks\.\d+\.attn\.qkv\.(q|v)"

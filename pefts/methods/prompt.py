@@ -14,7 +14,7 @@ from torch import nn
 from pefts.errors import PeftsError
 from pefts.hparams import Float, Int
 from pefts.methods.base import Method, freeze, unfreeze_head
-from pefts.models import PixelClassifier
+from pefts.models.classifier import PixelClassifier
 
 # what the re-implemented forward uses; anything lacking them is not a timm ViT
 _VIT_PARTS = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm",

@@ -3,7 +3,7 @@
 # count under shards on disk is refused: common.smk). Each (run, sigma) has its own
 # selection and shard count (two birds certifies a few classes; certify.shards: auto
 # sizes each by its planned work), capped at its number of images so that no shard is
-# empty (pefts.experiments.Study.shards).
+# empty (pefts.study.experiments.Study.shards).
 SHARD = path("certify", "{runname}", "sigma{sigma}", "shards", "{k}-of-{shards}.tsv")
 
 # the run that certify.sound_compare certifies again in sound mode, in a folder of its own
@@ -54,7 +54,7 @@ rule certify_shard:
 
 
 # certify.shards: auto packs the sigmas of a run that each fit one shard into jobs of at
-# most shard_minutes planned (pefts.experiments.Study.packs): one process certifies them
+# most shard_minutes planned (pefts.study.experiments.Study.packs): one process certifies them
 # one after another, so the run pays one start-up instead of one per sigma. A packed
 # sigma's output is the very file its one shard would be (shards/0-of-1.tsv, written
 # with the same settings and rows, resumed from the same partial), so packing is no

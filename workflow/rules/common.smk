@@ -1,14 +1,14 @@
-# Config validation and the study's runs, paths and grids (pefts.experiments);
+# Config validation and the study's runs, paths and grids (pefts.study.experiments);
 # every rule calls the pefts CLI.
 import functools
 import json
 import os
 import sys
 
-from pefts.config import validated
+from pefts.study.config import validated
 from pefts.errors import PeftsError
-from pefts.experiments import Study, external_weights
-from pefts.paper_values import compared_methods
+from pefts.study.experiments import Study, external_weights
+from pefts.reporting.paper_values import compared_methods
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 try:
@@ -20,7 +20,7 @@ except PeftsError as err:
 
 STUDY = Study(config)
 try:
-    # a (run, sigma) with shards on disk keeps its layout (pefts.experiments)
+    # a (run, sigma) with shards on disk keeps its layout (pefts.study.experiments)
     STUDY.check_shard_layouts()
 except PeftsError as err:
     sys.exit(f"error: {str(err).strip().splitlines()[0]}")
@@ -49,7 +49,7 @@ DATA_OPTIONS = data_options(config["dataset"])
 
 
 wildcard_constraints:
-    # only distinct runs have folders (pefts.experiments.Study.folders)
+    # only distinct runs have folders (pefts.study.experiments.Study.folders)
     runname="|".join(sorted(STUDY.distinct_runs(), key=len, reverse=True)),
     shards="[0-9]+",
     sigma="[0-9.e+-]+",
@@ -81,7 +81,7 @@ def packed_rule(run, sigmas):
 
 def compile_options(run):
     """certify.compile: --compile for the runs whose method compiles, with the run's cache
-    (pefts.experiments.Study.compiles)."""
+    (pefts.study.experiments.Study.compiles)."""
     if not STUDY.compiles(run):
         return ""
     return f"--compile --compile-cache {STUDY.compile_cache(run)}"
@@ -119,7 +119,7 @@ def main_outputs():
         path("summary", "parameters.tsv"),
         *[path("figures", f"certified_sigma{s}.png") for s in STUDY.sigmas],
         path("figures", "accuracy_vs_parameters.png"),
-        # pefts.curves: each trained run's curve, one figure per method and one of the base
+        # pefts.training.curves: each trained run's curve, one figure per method and one of the base
         *[path("figures", f"training_curves_{r}.png")
           for r in [*dict.fromkeys(r for r, _ in STUDY.main_grid()), "base"]],
         # a preset that reproduces the paper also puts its numbers beside the paper's

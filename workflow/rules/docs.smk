@@ -121,7 +121,7 @@ rule docs_benchmark_precision:
 
 # a job's start-up by phase, per method of the CIFAR-10 preset at its real size (random
 # ViT-B/16 weights, nothing fetched), each in a fresh process, cold and warm; the TSV is
-# what `pefts plan` can read (pefts.startup_benchmark.read_startup). fp32: this CPU has
+# what `pefts plan` can read (pefts.benchmarks.startup.read_startup). fp32: this CPU has
 # no bf16 units (bf16 is emulated there, minutes a batch); batch 2: the first batch on a
 # CPU says nothing of a GPU's
 rule docs_benchmark_startup:

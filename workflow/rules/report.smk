@@ -96,7 +96,7 @@ rule parameters:
         "--out-md {output.md} --figure {output.figure} > {log} 2>&1"
 
 
-# every trained run's curve (pefts.curves: model.curve.tsv beside its weights, written
+# every trained run's curve (pefts.training.curves: model.curve.tsv beside its weights, written
 # by the training job but not declared, so a killed job keeps its rows for the resume)
 rule training_curves:
     input:

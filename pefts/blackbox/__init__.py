@@ -1,9 +1,0 @@
-"""Black-box visual prompting (BlackVIP, Oh et al. 2023): the base classifier is only
-reachable through a query interface, and a small coordinator network that writes an
-input-dependent pixel prompt is trained by zeroth-order SPSA-GC."""
-
-from pefts.blackbox.coordinator import Coordinator, PromptedClassifier
-from pefts.blackbox.query import QueryModel
-from pefts.blackbox.spsa import SPSA, SPSAConfig, minimize
-
-__all__ = ["SPSA", "Coordinator", "PromptedClassifier", "QueryModel", "SPSAConfig", "minimize"]

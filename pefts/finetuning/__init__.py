@@ -1,0 +1,1 @@
+"""The training stage's runs: the base classifier, then one (method, sigma) fine-tuned."""
