@@ -108,6 +108,23 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str | None:
     return proc.stdout.readline().strip() if ready else None
 
 
+def _answers(procs: list[subprocess.Popen], timeout: float, grace: float) -> list[str | None]:
+    """Each process's line: up to ``timeout`` for the first to answer, ``grace`` more for
+    the rest. Jobs started together race for the lease, so either may be the one that
+    waits; reading them in turn waited out the full timeout whenever the second won."""
+    answers: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(answers) < len(procs) and (left := deadline - time.monotonic()) > 0:
+        waiting = {p.stdout: i for i, p in enumerate(procs) if i not in answers}
+        ready, _, _ = select.select(list(waiting), [], [], left)
+        if not ready:
+            break
+        for stream in ready:
+            answers[waiting[stream]] = stream.readline().strip()
+        deadline = min(deadline, time.monotonic() + grace)
+    return [answers.get(i) for i in range(len(procs))]
+
+
 def _release(procs) -> None:
     for proc in procs:
         proc.stdin.close()
@@ -233,7 +250,7 @@ def test_an_exported_cuda_visible_devices_is_not_a_binding_outside_slurm(tmp_pat
     first = _chooser(1, {**_base_env(tmp_path), **env})
     second = _chooser(1, {**_base_env(tmp_path), **env})
     try:
-        assert sorted([_readline(first, 60), _readline(second, 3)], key=str) == ["0 0", None]
+        assert sorted(_answers([first, second], 60, 3), key=str) == ["0 0", None]
     finally:
         _release([first, second])
 
@@ -280,7 +297,7 @@ def test_shared_box_still_runs_one_job_per_gpu(tmp_path):
         assert sorted(_readline(p, 60) for p in first) == ["0 0", "1 1"]
         waiting = [_chooser(2, env) for _ in range(2)]
         try:
-            assert [_readline(p, 3) for p in waiting] == [None, None]  # both GPUs are taken
+            assert _answers(waiting, 3, 0) == [None, None]  # both GPUs are taken
             freed = first.pop(0)
             _release([freed])
             ready, _, _ = select.select([p.stdout for p in waiting], [], [], 30)

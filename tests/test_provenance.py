@@ -112,6 +112,7 @@ shard_io.run_shard(sys.argv[1], list(range(12)), {"model": "abc"}, columns, rows
 '''
 
 
+@pytest.mark.slow  # a real SIGKILL at each of its writes: a process per kill
 def test_a_kill_at_any_write_loses_no_finished_row(tmp_path):
     """Five rows are finished; the resumed run is SIGKILLed at its k-th write, for every
     k (the partial's rewrite, each appended row, the output): the five rows always

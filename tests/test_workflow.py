@@ -155,7 +155,8 @@ def test_main_pipeline_end_to_end(tmp_path):
     config = tmp_path / "tiny.yaml"
     # LoRA at sigma 0.5 also in sound mode, as the default does at its first sigma
     certify = {**TINY["certify"], "sound_compare": "lora"}
-    config.write_text(yaml.safe_dump({**TINY, "certify": certify,
+    # the throughput page's benchmark at 2,000 samples a measure, not its 20,000 (minutes)
+    config.write_text(yaml.safe_dump({**TINY, "certify": certify, "docs": {"throughput_n": 2000},
                                       "results": str(tmp_path / "results")}))
     result = snakemake("--cores", "2", "--configfile", str(config), "--nolock")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -218,3 +219,4 @@ def test_main_pipeline_end_to_end(tmp_path):
     assert (work / "docs" / "figures" / "certified.png").stat().st_size > 10_000
     throughput = (work / "docs" / "measurements" / "throughput-cpu.md").read_text()
     assert throughput.startswith("Written by `pefts benchmark ") and "certifier/raw forward" in throughput
+    assert "--n 2000 " in throughput.splitlines()[0]  # the config's docs.throughput_n

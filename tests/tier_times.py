@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import json
 import os
 import platform
 import re
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = {"quick": ["-m", "not slow"], "whole": []}
@@ -48,13 +50,13 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
 
-def run_tier(clone: Path, args: list[str], log: Path) -> dict[str, str]:
+def run_tier(clone: Path, args: list[str], log: Path) -> dict[str, Any]:
     path = os.pathsep.join(filter(None, [str(clone), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     start = time.monotonic()
     with log.open("w") as out:  # followed while it runs: tail -f
         proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                               f"--durations={SLOWEST}", *args],
+                               "--durations=0", *args],
                               cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     wall = time.monotonic() - start
     text = log.read_text()
@@ -63,14 +65,28 @@ def run_tier(clone: Path, args: list[str], log: Path) -> dict[str, str]:
         sys.exit(f"tier_times: pytest printed no summary line (exit {proc.returncode}):\n"
                  f"{text[-3000:]}")
     summary = found[-1]
-    slowest = [f"| {m['seconds']} s | {m['phase']} | `{m['test']}` |" for m in DURATION.finditer(text)]
+    timed = list(DURATION.finditer(text))  # every test's phases, slowest first
+    slowest = [f"| {m['seconds']} s | {m['phase']} | `{m['test']}` |" for m in timed[:SLOWEST]]
+    seconds: dict[str, float] = {}
+    for m in timed:
+        seconds[m["test"]] = seconds.get(m["test"], 0.0) + float(m["seconds"])
     return {"counts": summary["counts"], "pytest": minutes(float(summary["seconds"])),
-            "wall": minutes(wall), "exit": str(proc.returncode), "slowest": slowest}
+            "wall": minutes(wall), "exit": str(proc.returncode), "slowest": slowest,
+            "seconds": seconds}
+
+
+def write_durations(path: Path, seconds: dict[str, float]) -> None:
+    """The tests of a second or more, for tests/conftest.py to deal out across workers."""
+    long = {test: round(s, 1) for test, s in sorted(seconds.items()) if s >= 1.0}
+    path.write_text(json.dumps(long, indent=0) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-md", type=Path, help="write the page here (else print it)")
+    parser.add_argument("--durations-out", type=Path,
+                        help="write each long test's seconds in the whole tier here "
+                             "(tests/durations.json: the workers' shares of long tests)")
     parser.add_argument("--tier", choices=list(TIERS), action="append",
                         help="time only this tier (repeatable; default: both)")
     opts = parser.parse_args(argv)
@@ -94,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             slowest += ["", f"The {SLOWEST} slowest of the {tier} tier (pytest --durations):", "",
                         "| time | phase | test |", "| --: | --- | --- |", *result["slowest"]]
             print(rows[-1], flush=True)
+            if tier == "whole" and opts.durations_out:
+                write_durations(opts.durations_out, result["seconds"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     page = "\n".join([
         f"Written by `python -m tests.tier_times --out-md docs/measurements/test-times.md` on"
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Each tier run from a fresh clone of the committed tree, in the current environment"
         " (the install is not counted), with the project's own pytest options (one"
-        f" pytest-xdist worker per core) and `--durations={SLOWEST}`.",
+        " pytest-xdist worker per core) and `--durations=0`.",
         "",
         f"{cpu_name()}, {cores} cores, load average {load:.2f} at the start; Python"
         f" {platform.python_version()}.",

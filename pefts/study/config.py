@@ -264,6 +264,7 @@ JOB_OPTIONS: dict[str, tuple[str, str, click.ParamType]] = {
     "dataset.seed": ("prepare", "--seed", SEED),
     "base.input_size": ("train-base", "--input-size", AT_LEAST_ONE),
     "gpus_per_job": ("certify", "--gpus", GPU_COUNT),
+    "docs.throughput_n": ("benchmark", "--n", AT_LEAST_ONE),
 }
 
 

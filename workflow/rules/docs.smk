@@ -62,10 +62,12 @@ rule docs_benchmark_throughput:
         "docs/measurements/throughput-cpu.md",
     conda:
         ENV
+    params:
+        n=config["docs"]["throughput_n"],
     log:
         path("logs", "docs_benchmark_throughput.log"),
     shell:
-        "pefts benchmark --threads 1 --n 20000 --device cpu --out-md {output} > {log} 2>&1"
+        "pefts benchmark --threads 1 --n {params.n} --device cpu --out-md {output} > {log} 2>&1"
 
 
 # fixed n = 100,000 against adaptive with n_max = 100,000 on the default's LoRA models
