@@ -28,12 +28,17 @@ SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 def load_image(path: str) -> Image.Image:
     """An RGB image; 16-bit greyscale is scaled by its bit depth (65535 -> 255), where a
     plain convert("RGB") would clip every value above 255 to white."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in SIXTEEN_BIT:
-            levels = np.asarray(image, dtype=np.float64)
-            image = Image.fromarray(np.round(levels / 65535 * 255).clip(0, 255).astype(np.uint8), "L")
-        return image.convert("RGB")
+    # here too, not only at import: a caller's warnings context (pytest's, or a user's
+    # catch_warnings around the API) resets the module's filter, and the bomb would decode
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:  # Image.open is where Pillow warns
+            image.load()
+            if image.mode in SIXTEEN_BIT:
+                levels = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.round(levels / 65535 * 255).clip(0, 255).astype(np.uint8),
+                                        "L")
+            return image.convert("RGB")
 
 
 def check_image(path: str) -> str | None:
