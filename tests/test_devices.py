@@ -201,6 +201,7 @@ def test_gpus_per_task_without_per_task_binding_takes_the_tasks_share(tmp_path):
     assert "task 2" in err
 
 
+@pytest.mark.slow  # three leasing processes and a timeout
 def test_snakemake_inside_an_allocation_leases_among_its_gpus(tmp_path):
     # salloc --gpus=2, then snakemake --resources gpu=2 inside it: every job sees both
     # GPUs of the allocation, wants one, and leases it by physical id
@@ -290,6 +291,7 @@ def test_slurm_binding_needs_slurms_own_variables():
     assert task_gpus(2, job) == [Gpu(0, "2"), Gpu(1, "3")]
 
 
+@pytest.mark.slow  # four leasing processes and timeouts (test_two_users_coordinate_on_one_gpu: quick)
 def test_shared_box_still_runs_one_job_per_gpu(tmp_path):
     env = _base_env(tmp_path)
     first = [_chooser(2, env) for _ in range(2)]

@@ -190,6 +190,7 @@ def test_plan_command_writes_the_cost_table(run_cli, tmp_path):
     assert code == 1 and err.count("\n") == 1 and "--replay-sigma" in err
 
 
+@pytest.mark.slow  # three plans, each its own dry run
 def test_plan_replays_on_certify_grid_not_on_the_summary_radii(run_cli, tmp_path):
     """The certifier stops on certify.grid; summary.radii only reports. Their defaults are
     equal, so the configs here set them apart: a new reporting radius leaves the plan as

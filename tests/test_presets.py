@@ -3,6 +3,7 @@ any job (checked on the shell commands of a dry run), and a second --configfile 
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
@@ -16,14 +17,25 @@ from tests.test_workflow import ROOT, snakemake
 PRESETS = ["configs/cifar10-vitb16.yaml", "configs/imagenet-vitb16.yaml"]
 
 
+# the results folder of the dry runs that several tests read: the same command line, so
+# one dry run (seconds for a preset) serves them all (commands keeps each output)
+DRY_RESULTS = "/nonexistent/pefts-dry-run/r"
+
+
+@functools.cache
+def _dry_run(*args: str) -> str:
+    result = snakemake("-n", "-p", "--cores", "1", *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
 def commands(*args: str) -> list[dict[str, str]]:
     """The `pefts` commands of a dry run, each as {"command": ..., option: value}. A
     `certify-packed` job is read as the `certify` calls it stands for, one per --job
-    SIGMA MODEL OUT (with "packed" set)."""
-    result = snakemake("-n", "-p", "--cores", "1", *args)
-    assert result.returncode == 0, result.stderr + result.stdout
+    SIGMA MODEL OUT (with "packed" set). The same arguments dry-run once per worker
+    (overlays written by a test have paths of their own)."""
     jobs = []
-    for line in result.stdout.splitlines():
+    for line in _dry_run(*map(str, args)).splitlines():
         line = line.removeprefix("Shell command: ").strip()
         if line.startswith("pefts "):
             words = shlex.split(line.split(" 2>", 1)[0].split(" > ", 1)[0])
@@ -52,7 +64,7 @@ def expected_train(preset: dict, method: str) -> dict:
 @pytest.mark.parametrize("configfile", PRESETS)
 def test_nothing_of_config_yaml_leaks_into_a_preset(configfile, tmp_path):
     preset = yaml.safe_load((ROOT / configfile).read_text())
-    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={tmp_path}/r")
+    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={DRY_RESULTS}")
     by_command: dict[str, list[dict[str, str]]] = {}
     for job in jobs:
         by_command.setdefault(job["command"], []).append(job)
@@ -121,7 +133,7 @@ def certified_images(preset: dict, job: dict) -> int:
 @pytest.mark.parametrize("configfile", PRESETS)
 def test_each_run_once_and_no_empty_shard(configfile, tmp_path):
     preset = yaml.safe_load((ROOT / configfile).read_text())
-    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={tmp_path}/r")
+    jobs = commands("experiments", "--configfile", configfile, "--config", f"results={DRY_RESULTS}")
     finetunes = [j for j in jobs if j["command"] == "finetune"]
     # no two jobs train the same thing (lora_rank2 is the main LoRA run, prompt_length100
     # the main prompt run: shared, not trained again)
@@ -180,6 +192,7 @@ def test_presets_take_the_fast_path(configfile, tmp_path):
     assert {"packed"} <= {key for job in jobs for key in job}
 
 
+@pytest.mark.slow  # certifies in two real processes
 def test_fixed_n_option_reproduces_cohens_protocol(tmp_path, digits, none_model, tiny_base):
     overlay = tmp_path / "fixed.yaml"
     overlay.write_text(yaml.safe_dump({"certify": {"adaptive": False, "precision": "fp32",

@@ -33,7 +33,7 @@ from pefts.study.weights import (
 from tests.conftest import TINY_SPEC
 from tests.fixtures_baselines import register_tiny_clip
 from tests.test_bad_files import one_line, pefts_process
-from tests.test_presets import PRESETS, commands
+from tests.test_presets import DRY_RESULTS, PRESETS, commands
 from tests.test_workflow import ROOT
 
 TINY_VIT = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2)
@@ -120,8 +120,8 @@ def test_finetune_records_the_sha256_of_its_external_weights(digits, tiny_base, 
 
 
 @pytest.mark.parametrize("configfile", PRESETS)
-def test_no_compute_job_of_a_preset_names_a_hub_model(configfile, tmp_path):
-    results = f"{tmp_path}/r"
+def test_no_compute_job_of_a_preset_names_a_hub_model(configfile):
+    results = DRY_RESULTS
     jobs = commands("experiments", "--configfile", configfile, "--config", f"results={results}")
     local = f"{results}/weights/"
     [fetch_job] = [j for j in jobs if j["command"] == "fetch-weights"]

@@ -81,15 +81,57 @@ def write_durations(path: Path, seconds: dict[str, float]) -> None:
     path.write_text(json.dumps(long, indent=0) + "\n")
 
 
+BEGIN, END = "<!-- tier_times: begin -->", "<!-- tier_times: end -->"
+
+
+def development_block(page: str) -> str:
+    """The page's measurements, short, for docs/development.md."""
+    lines = page.splitlines()
+    written = re.search(r"on (\S+) \(commit (\w+)\)", lines[0])
+    machine = next(line for line in lines if "load average" in line)
+    table = [line for line in lines if line.startswith("| quick ") or line.startswith("| whole ")]
+    asserts = next(line for line in lines if line.startswith("The test files hold"))
+    return "\n".join([
+        BEGIN,
+        f"Measured on {written[1]} (commit {written[2]}) by `python -m tests.tier_times`"
+        f" ([measurements/test-times.md](measurements/test-times.md)); {machine}",
+        "",
+        "| tier | command | pytest's count | pytest's time | wall time | exit |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *table,
+        "",
+        asserts,
+        END,
+    ])
+
+
+def update_development(path: Path, page: str) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"tier_times: {path} has no {BEGIN} ... {END} block to write")
+    head, rest = text.split(BEGIN, 1)
+    path.write_text(head + development_block(page) + rest.split(END, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-md", type=Path, help="write the page here (else print it)")
     parser.add_argument("--durations-out", type=Path,
                         help="write each long test's seconds in the whole tier here "
                              "(tests/durations.json: the workers' shares of long tests)")
+    parser.add_argument("--development-md", type=Path,
+                        help="also write the figures into this file's tier_times block "
+                             "(docs/development.md)")
+    parser.add_argument("--render-from", type=Path,
+                        help="measure nothing: write --development-md's block from this page")
     parser.add_argument("--tier", choices=list(TIERS), action="append",
                         help="time only this tier (repeatable; default: both)")
     opts = parser.parse_args(argv)
+    if opts.render_from:
+        if not opts.development_md:
+            parser.error("--render-from writes --development-md's block: name the file")
+        update_development(opts.development_md, opts.render_from.read_text())
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.strip()
     load = os.getloadavg()[0]
@@ -138,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         opts.out_md.write_text(page)
     else:
         print(page)
+    if opts.development_md:
+        update_development(opts.development_md, page)
 
 
 if __name__ == "__main__":
