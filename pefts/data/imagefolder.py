@@ -17,10 +17,6 @@ from pefts.errors import PeftsError
 TEST_FOLDERS = ("test", "val")
 
 
-# Pillow warns about an image above MAX_IMAGE_PIXELS and raises above twice that: both
-# are refused, naming the file (a 20000 x 20000 PNG of a few KB decodes to 1.2 GB)
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-
 # Pillow's modes of 16-bit greyscale PNGs (older Pillow: "I"): values up to 65535
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -28,8 +24,10 @@ SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 def load_image(path: str) -> Image.Image:
     """An RGB image; 16-bit greyscale is scaled by its bit depth (65535 -> 255), where a
     plain convert("RGB") would clip every value above 255 to white."""
-    # here too, not only at import: a caller's warnings context (pytest's, or a user's
-    # catch_warnings around the API) resets the module's filter, and the bomb would decode
+    # Pillow warns about an image above MAX_IMAGE_PIXELS and raises above twice that: both
+    # are refused, naming the file (a 20000 x 20000 PNG of a few KB decodes to 1.2 GB). Set
+    # per call, not once at import: a caller's warnings context (pytest's, or a user's
+    # catch_warnings around the API) would reset a module-level filter, and the bomb decode
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:  # Image.open is where Pillow warns
