@@ -1,3 +1,3 @@
-from pefts.cli import main
+from pefts.cli import run
 
-main()
+run()

@@ -126,6 +126,7 @@ def test_the_benchmark_times_each_method_in_a_fresh_process(tmp_path, run_cli):
     assert (table[[f"{p}_s" for p in PHASES]] >= 0).all().all()
     assert (table.total_s >= table[[f"{p}_s" for p in PHASES]].sum(axis=1) - 1e-6).all()
     assert (table.imports_s > 0.5).all()  # torch alone: a fresh process each
+    assert (table.exit_s > 0).all() and (table.exit_s < table.total_s).all()
     compiled = table[table.path.str.contains("compiled")].set_index("start")
     assert compiled.loc["cold", "compile_s"] > 0 and (table[~table.path.str.contains(
         "compiled")].compile_s == 0).all()

@@ -19,6 +19,10 @@ reads: the black box's CLIP and encoder, the diffusion UNet), then starts one ch
   (Dynamo's trace, Inductor's code generation or its cache);
 * first batch: one batch of noisy samples of one image through the executed network.
 
+and, apart from the total to the first sample (which `pefts plan` reads), ``exit``: what
+the process takes to end once its work is done, paid by every job all the same (the
+`pefts` executable freezes its heap first: pefts.runtime.startup).
+
 Two starts per row, side by side: ``cold`` is the first job of a run on a fresh node
 (no digest sidecar, an empty compile cache), ``warm`` a later shard of the same run (the
 sidecars and the run's compile cache the first job left). The file's pages in the OS
@@ -44,7 +48,7 @@ from pefts.errors import PeftsError
 
 PHASES = ("imports", "hash", "read", "build", "merge", "compile", "first_batch")
 STARTS = ("cold", "warm")
-COLUMNS = ("method", "path", "start", *(f"{p}_s" for p in PHASES), "other_s", "total_s")
+COLUMNS = ("method", "path", "start", *(f"{p}_s" for p in PHASES), "other_s", "total_s", "exit_s")
 NUM_CLASSES = 10
 SIGMA = 0.25  # a pass costs the same at any noise level
 CHILD_TIMEOUT_S = 1800
@@ -225,11 +229,12 @@ def run_child(job: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     code = "import sys; from pefts.cli.startup_child import child; child(sys.argv[1])"
     done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], env=env,
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    ended = time.time()
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PeftsError(f"start-up of {job['case']['method']} failed: {tail}")
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "ended": ended}
 
 
 def measure(subject: Subject, cases: list[Case], folder: Path, batch: int,
@@ -258,7 +263,8 @@ def measure(subject: Subject, cases: list[Case], folder: Path, batch: int,
             rows.append({"method": case.method, "path": case.path, "start": start,
                          **{f"{p}_s": phases[p] for p in PHASES},
                          "other_s": max(0.0, result["total"] - sum(phases.values())),
-                         "total_s": result["total"]})
+                         "total_s": result["total"],
+                         "exit_s": max(0.0, result["ended"] - result["printed"])})
             if measured is not None:
                 measured(pd.DataFrame(rows, columns=list(COLUMNS)))
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -8,6 +8,7 @@ autocast, which keeps the smoothing distribution exactly Gaussian.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -45,6 +46,8 @@ def merge_lora(net: nn.Module) -> int:
     One Linear instead of base + two low-rank matmuls per projection; the outputs agree
     up to float rounding, which is why merging is an option recorded in the settings.
     """
+    if "peft" not in sys.modules:  # no LoRA layer exists before peft is imported (1 s)
+        return 0
     from peft.tuners.lora import LoraLayer
 
     merged = 0

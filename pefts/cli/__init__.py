@@ -13,8 +13,9 @@ from pefts.cli import benchmarks, certification, cluster, data, reporting, train
 from pefts.errors import PeftsError
 from pefts.option_types import FiniteFloat
 from pefts.progress import end_line
+from pefts.runtime import startup
 
-__all__ = ["FiniteFloat", "cli", "main"]
+__all__ = ["FiniteFloat", "cli", "main", "run"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,3 +52,13 @@ def main() -> None:
     except click.ClickException as err:
         command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
         fail(f"error: {command}{err.format_message()}", err.exit_code)
+
+
+def run() -> None:
+    """The `pefts` executable: ``main`` in a process that ends with the command (see
+    pefts.runtime.startup); ``main`` itself stays fit to call in-process."""
+    startup.own_process()
+    try:
+        main()
+    finally:
+        startup.command_over()

@@ -12,6 +12,7 @@ from pefts.cli.options import device_option, page_option, parse_floats, write_pa
 from pefts.errors import PeftsError
 from pefts.models.diffusion.releases import RELEASES
 from pefts.option_types import AT_LEAST_ONE, POSITIVE, PROBABILITY, TSV_OUT, UNIT_INTERVAL
+from pefts.runtime.startup import import_network_stack
 
 
 @click.command()
@@ -47,6 +48,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
               num_classes, method, diffusion, diffusion_release, precision, channels_last,
               compile_net, merge_lora, device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
+    import_network_stack()
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
     if arch and model:
@@ -115,6 +117,7 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
 def benchmark_adaptive(model, base, data, sigma, n, n0, alpha, radii, batch, pool, skip,
                        max_count, seeds, out, out_md, device) -> None:
     """The same images certified with fixed n and adaptively (n_max = n), side by side."""
+    import_network_stack()
     from pefts.benchmarks.adaptive import compare
     from pefts.benchmarks.throughput import device_name
     from pefts.runtime.artifacts import atomic_write_text
@@ -201,6 +204,7 @@ def benchmark_precision(images, sigma, n, n0, alpha, radii, flip_samples, batch,
                         out_md, device) -> None:
     """The diffusion row certified in bf16 and fp32 on the same noise, and in fp32 on
     other noise (sampling error): certified counts side by side, random-weight models."""
+    import_network_stack()
     from pefts.benchmarks.precision import SIDE, compare_precisions
     from pefts.benchmarks.throughput import device_name
     from pefts.runtime.devices import resolve_device

@@ -12,6 +12,7 @@ from pefts.cli.options import device_option, force_option, parse_floats
 from pefts.errors import PeftsError
 from pefts.option_types import AT_LEAST_ONE, INTEGER, POSITIVE, PRECISION, PROBABILITY, SEED, TSV_OUT
 from pefts.runtime.files import refuse_existing
+from pefts.runtime.startup import import_network_stack
 
 
 def sampling_options(func, packed: bool = False):
@@ -184,6 +185,7 @@ def certify(model, base, data, sigma, n, alpha, batch, skip, max_count, seed, sh
             compile_net, merge_lora, sound, compile_cache) -> None:
     """Cohen's CERTIFY on a shard of test images; resumes an interrupted run."""
     grid = check_certify_options(adaptive, n, n_max, alpha, radii)
+    import_network_stack()  # after the checks: a refused option costs no import
     net, manifest, dataset, indices, torch_device, settings = shard_setup(
         model, base, data, skip, max_count, shard, device, sigma, out, force, sound)
     certify_shard(net, manifest, dataset, indices, torch_device, settings, out=out, sigma=sigma,
@@ -224,6 +226,7 @@ def certify_packed(jobs, base, data, n, alpha, batch, skip, max_count, seed, sha
                      resumable=True)
     if compile_cache is None:
         compile_cache = default_compile_cache(jobs[0][2])
+    import_network_stack()
     manifest, dataset, indices = load_test_split(data, skip, max_count, shard, sound)
     torch_device = resolve_device(device)
     # with --compile, the first model compiles; the next ones, of the same architecture,

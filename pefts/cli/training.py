@@ -11,6 +11,7 @@ from pefts.cli.options import device_option, fmt_accuracy, force_option, parse_f
 from pefts.errors import PeftsError
 from pefts.option_types import AT_LEAST_ONE, POSITIVE, WEIGHTS_OUT
 from pefts.runtime.files import refuse_clashes, refuse_existing
+from pefts.runtime.startup import import_network_stack
 
 
 def weights_outputs(out: str) -> dict[str, str]:
@@ -35,6 +36,7 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
                mean: str, std: str, pretrained: bool, pretrained_file: str | None,
                train_json: str | None, device: str, force: bool) -> None:
     """Train the base classifier on clean images (0 epochs: keep pretrained weights)."""
+    import_network_stack()
     from pefts.finetuning.runs import train_base as run
     from pefts.runtime.devices import resolve_device
 
@@ -63,6 +65,7 @@ def train_base(data: str, out: str, arch: str, input_size: int, model_kwargs: st
 def adapt_base(data: str, source: str, out: str, train_json: str | None, device: str,
                force: bool) -> None:
     """Fine-tune a base classifier on clean downstream data (round one of two)."""
+    import_network_stack()
     from pefts.finetuning.runs import adapt_base as run
     from pefts.runtime.devices import resolve_device
 
@@ -86,6 +89,7 @@ def adapt_base(data: str, source: str, out: str, train_json: str | None, device:
 def finetune(data: str, base: str, method: str, sigma: float, hparams: str | None,
              train_json: str | None, out: str, device: str, force: bool) -> None:
     """PEFTSmoothing: fine-tune one method on Gaussian-noised images."""
+    import_network_stack()
     from pefts.finetuning.runs import finetune as run
     from pefts.runtime.devices import resolve_device
 
