@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def pefts_process(*args, prelude: str = "") -> tuple[int, str, str]:
     """`pefts ARGS...` in a process of its own (``prelude``: Python run first, e.g. an
     audit hook); returns (exit code, stdout, stderr)."""
-    code = f"import sys\n{prelude}\nfrom pefts.cli import main\nsys.argv[0] = 'pefts'\nmain()\n"
+    code = f"import sys\n{prelude}\nfrom pefts.cli import run\nsys.argv[0] = 'pefts'\nrun()\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                             text=True, env=env, cwd=ROOT)
