@@ -48,13 +48,13 @@ def benchmark(model, base, image_size, batch, n, n0, repeats, threads, out, out_
               num_classes, method, diffusion, diffusion_release, precision, channels_last,
               compile_net, merge_lora, device) -> None:
     """Sampling throughput: raw forward vs the certifier vs a Cohen-style loop."""
-    import_network_stack()
     if (model is None) != (base is None):
         raise PeftsError("give --model and --base together, or neither for the built-in model")
     if arch and model:
         raise PeftsError("give --arch or --model, not both")
     if image_size is not None and model is None and arch is None:
         raise PeftsError("--image-size applies only with --model or --arch")
+    import_network_stack()  # after the checks: a refused option costs no import
     import torch
 
     from pefts.benchmarks.throughput import (

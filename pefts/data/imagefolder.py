@@ -27,7 +27,7 @@ def load_image(path: str) -> Image.Image:
     # Pillow warns about an image above MAX_IMAGE_PIXELS and raises above twice that: both
     # are refused, naming the file (a 20000 x 20000 PNG of a few KB decodes to 1.2 GB). Set
     # per call, not once at import: a caller's warnings context (pytest's, or a user's
-    # catch_warnings around the API) would reset a module-level filter, and the bomb decode
+    # catch_warnings around the API) would reset a module-level filter, and the bomb would decode
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:  # Image.open is where Pillow warns
