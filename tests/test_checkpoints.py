@@ -93,18 +93,22 @@ def assert_equal_models(a: nn.Module, b: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("at", [2, 6])  # in the first epoch, in the second
-def test_a_signal_mid_epoch_saves_and_the_run_resumes_to_the_same_weights(tmp_path, at):
+def test_a_signal_mid_epoch_saves_and_the_run_resumes_to_the_same_weights(tmp_path, capsys, at):
     whole = train(tmp_path / "whole")
     out = tmp_path / "stopped"
     with pytest.raises(Interrupted, match=f"stopped by SIGUSR1 at step {at}") as stopped:
         train(out, interrupt_at=at)
     assert stopped.value.exit_code == INTERRUPTED_EXIT
     saved = torch.load(checkpoint_path(out), weights_only=True)
-    assert (saved["step"], saved["batch"]) == (at, at % 4)
+    assert (saved["step"], saved["batch"], saved["stopped_by"]) == (at, at % 4, "SIGUSR1")
     assert not list(tmp_path.glob(".*.tmp"))
+    capsys.readouterr()
     # the resumed process's global generators are wherever they happen to be
     torch.manual_seed(12345)
     assert_equal_models(train(out), whole)
+    # the resume says which signal wrote its checkpoint (a time limit's, in a job's log)
+    assert (f"resuming from checkpoint {checkpoint_path(out)} (stage 0, step {at}, written "
+            "when SIGUSR1 stopped the run)") in capsys.readouterr().err
 
 
 def written_on(path: Path, device: str) -> None:
@@ -132,15 +136,19 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu_to_the_same_weights(tm
     assert_equal_models(train(out), whole)
 
 
-def test_a_crash_resumes_from_the_last_epoch_end(tmp_path):
+def test_a_crash_resumes_from_the_last_epoch_end(tmp_path, capsys):
     # no timer: the epoch's end alone leaves a checkpoint to resume from
     whole = train(tmp_path / "whole")
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="crash"):
         train(out, crash_at=7)  # the third step of the second epoch
     saved = torch.load(checkpoint_path(out), weights_only=True)
-    assert (saved["step"], saved["batch"]) == (4, 0)
+    assert (saved["step"], saved["batch"], saved["stopped_by"]) == (4, 0, None)
+    capsys.readouterr()
     assert_equal_models(train(out), whole)
+    # no signal wrote it, and the resume names none
+    assert f"resuming from checkpoint {checkpoint_path(out)} (stage 0, step 4)\n" \
+        in capsys.readouterr().err
 
 
 def test_the_checkpoint_holds_position_and_trainable_state_only(tmp_path):
@@ -156,7 +164,8 @@ def test_the_checkpoint_holds_position_and_trainable_state_only(tmp_path):
     saved = torch.load(checkpoint_path(out), weights_only=True)
     assert set(saved["model"]) == {"2.bias"}
     assert set(saved) == {"model", "optimizer", "scheduler", "seen", "sums", "step", "batch",
-                          "epoch_start", "format", "fingerprint", "stage", "finished"}
+                          "epoch_start", "format", "fingerprint", "stage", "finished",
+                          "stopped_by"}
 
 
 def test_batches_do_not_depend_on_workers_or_a_restart_mid_epoch():
@@ -214,6 +223,13 @@ FROM_A_GPU = {"fingerprint": "x", "stage": 0, "finished": [], "step": 3, "batch"
     (FROM_A_GPU, "is not a pefts checkpoint (no format)"),
     ({**FROM_A_GPU, "format": 1}, f"has format 1, this pefts writes {FORMAT}"),
     ({**FROM_A_GPU, "format": FORMAT, "step": "3"}, "has fields of the wrong type"),
+    # printed at the resume: only a stop signal's name, never a file's text
+    ({**FROM_A_GPU, "format": FORMAT, "stopped_by": "SIGKILL"},
+     "names 'SIGKILL' as the signal that stopped its run"),
+    ({**FROM_A_GPU, "format": FORMAT, "stopped_by": "SIGTERM\n" * 100},
+     "names 'SIGTERM\\nSIGTERM\\nSIGT' as the signal"),
+    ({**FROM_A_GPU, "format": FORMAT, "stopped_by": torch.zeros(200)},
+     "has fields of the wrong type"),
 ])
 def test_a_checkpoint_of_the_wrong_structure_is_refused_in_one_line(digits, tmp_path, run_cli,
                                                                      content, problem):
@@ -232,6 +248,28 @@ def test_a_checkpoint_that_is_a_folder_is_refused_in_one_line(digits, tmp_path, 
     code, _, err = run_cli(*train_base_args(digits, out))
     assert (code, err) == (1, f"error: checkpoint {checkpoint_path(out)} is a folder, not a "
                               "checkpoint file; move it away\n")
+
+
+def test_a_signal_during_a_save_stops_the_run_and_its_checkpoint_names_it(tmp_path, monkeypatch):
+    """The epoch end's save under way when SLURM's warning comes: the run stops once it is
+    on disk, and the file on disk says which signal stopped it."""
+    import pefts.training.checkpoints
+
+    checkpoint = Checkpoint(checkpoint_path(tmp_path / "model"), "settings", 0.0)
+    checkpoint.stage = 0
+    real_save = torch.save
+
+    def signalled_midway(obj: object, f: object) -> None:
+        real_save(obj, f)
+        if checkpoint.stop_signal is None:
+            checkpoint.request_stop(signal.SIGTERM)
+
+    monkeypatch.setattr(pefts.training.checkpoints.torch, "save", signalled_midway)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at step 4"):
+        checkpoint.save({"step": 4, "batch": 0, "epoch_start": torch.Generator().get_state()})
+    monkeypatch.undo()
+    saved = torch.load(checkpoint.path, weights_only=True)
+    assert (saved["step"], saved["stopped_by"]) == (4, "SIGTERM")
 
 
 def test_litter_of_a_save_killed_midway_is_removed(tmp_path):

@@ -10,7 +10,8 @@ file), the optimiser, the schedule and the position (the epoch's shuffle and the
 in it). Random draws are keyed by position (pefts.training.streams), so no generator state is
 stored and a checkpoint written on one GPU resumes on another, on fewer, or on the CPU.
 It carries a fingerprint of data, base, method, hyper-parameters and training options:
-a checkpoint of other settings is ignored. It is deleted once the output is written.
+a checkpoint of other settings is ignored. It names the signal that stopped its run, if
+one did, and the resume says so. It is deleted once the output is written.
 
 SIGTERM (what SLURM sends at the time limit) and SIGUSR1/SIGUSR2 (the warning a
 profile can request ahead of it, ``sbatch --signal=USR1@120``) end the run after the
@@ -50,6 +51,7 @@ REQUIRED = ("format", "fingerprint", "stage", "finished", "step", "epoch_start",
 GRADIENT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "seen": int, "sums": dict}
 FIX = "delete it or move it away to start over"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNAL_NAMES = tuple(sig.name for sig in STOP_SIGNALS)
 INTERRUPTED_EXIT = 75
 
 
@@ -176,6 +178,11 @@ class Checkpoint:
                 or not isinstance(state["finished"], list | tuple) \
                 or not isinstance(state["epoch_start"], torch.Tensor):
             return "has fields of the wrong type"
+        stopped_by = state.get("stopped_by")  # absent from a checkpoint of an older pefts
+        if stopped_by is not None and not isinstance(stopped_by, str):
+            return "has fields of the wrong type"
+        if stopped_by is not None and stopped_by not in STOP_SIGNAL_NAMES:
+            return f"names {stopped_by[:20]!r} as the signal that stopped its run"
         if len(state["finished"]) != state["stage"]:
             return (f"is not whole: stage {state['stage']} in progress, but "
                     f"{len(state['finished'])} finished stage(s) recorded")
@@ -193,8 +200,11 @@ class Checkpoint:
             return self.finished[self.stage], None
         if self.stage == self.saved["stage"]:
             self._check_parts(GRADIENT_PARTS if parts is None else parts)
+            # which signal wrote it: a time limit's resume says so in the job's log
+            why = (f", written when {self.saved['stopped_by']} stopped the run"
+                   if self.saved.get("stopped_by") else "")
             print(f"pefts: resuming from checkpoint {self.path} (stage {self.stage}, "
-                  f"step {self.saved['step']})", file=sys.stderr, flush=True)
+                  f"step {self.saved['step']}{why})", file=sys.stderr, flush=True)
             return None, self.saved
         return None, None
 
@@ -226,9 +236,24 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         """Written durably (pefts.runtime.files.durable_path): a kill never leaves half a file,
         a signal during the save only takes effect once it is on disk. After a stop
-        request the run ends here (Interrupted)."""
+        request the run ends here (Interrupted), its checkpoint naming the signal."""
+        stopped = self.stop_signal
+        self._write(state, stopped)
+        if stopped is None and self.stop_signal is not None:
+            # the signal came during the write: once more, so the file says why the run
+            # stopped (the resume in the next job's log names it)
+            stopped = self.stop_signal
+            self._write(state, stopped)
+        self.last_save = time.monotonic()
+        if stopped is not None:
+            raise Interrupted(f"stopped by {signal.Signals(stopped).name} at step "
+                              f"{state['step']}; checkpoint {self.path} written, run the same "
+                              "command again to resume")
+
+    def _write(self, state: dict[str, Any], stopped: int | None) -> None:
         state = {**state, "format": FORMAT, "fingerprint": self.fingerprint,
-                 "stage": self.stage, "finished": self.finished[:self.stage]}
+                 "stage": self.stage, "finished": self.finished[:self.stage],
+                 "stopped_by": signal.Signals(stopped).name if stopped is not None else None}
         with durable_path(self.path) as tmp, open(tmp, "wb") as handle:
             writer = _Remembering(handle)
             try:
@@ -237,11 +262,6 @@ class Checkpoint:
                 if writer.error is None:
                     raise
                 raise writer.error from None
-        self.last_save = time.monotonic()
-        if self.stop_signal is not None:
-            name = signal.Signals(self.stop_signal).name
-            raise Interrupted(f"stopped by {name} at step {state['step']}; checkpoint "
-                              f"{self.path} written, run the same command again to resume")
 
 
 def active() -> Checkpoint | None:
