@@ -261,7 +261,7 @@ def test_a_signal_during_a_save_stops_the_run_and_its_checkpoint_names_it(tmp_pa
 
     def signalled_midway(obj: object, f: object) -> None:
         real_save(obj, f)
-        if checkpoint.stop_signal is None:
+        if checkpoint.stopped_by is None:
             checkpoint.request_stop(signal.SIGTERM)
 
     monkeypatch.setattr(pefts.training.checkpoints.torch, "save", signalled_midway)

@@ -129,7 +129,7 @@ class Checkpoint:
         self.path, self.fingerprint, self.minutes = path, fingerprint, minutes
         self.stage = -1
         self.finished: list[dict[str, float]] = []
-        self.stop_signal: int | None = None
+        self.stopped_by: str | None = None  # the stop signal's name, as the file records it
         self._remove_litter()
         self.saved = self._load()
         self.last_save = time.monotonic()
@@ -225,35 +225,34 @@ class Checkpoint:
 
     def due(self) -> bool:
         """A save is due: the timer ran out, or the scheduler asked the run to stop."""
-        if self.stop_signal is not None:
+        if self.stopped_by is not None:
             return True
         return self.minutes > 0 and time.monotonic() - self.last_save >= 60 * self.minutes
 
     def request_stop(self, signum: int, _frame: Any = None) -> None:
         """Signal handler: stop at the next step's end (the step in progress finishes)."""
-        self.stop_signal = signum
+        self.stopped_by = signal.Signals(signum).name
 
     def save(self, state: dict[str, Any]) -> None:
         """Written durably (pefts.runtime.files.durable_path): a kill never leaves half a file,
         a signal during the save only takes effect once it is on disk. After a stop
         request the run ends here (Interrupted), its checkpoint naming the signal."""
-        stopped = self.stop_signal
-        self._write(state, stopped)
-        if stopped is None and self.stop_signal is not None:
+        stopped_by = self.stopped_by
+        self._write(state, stopped_by)
+        if stopped_by is None and self.stopped_by is not None:
             # the signal came during the write: once more, so the file says why the run
             # stopped (the resume in the next job's log names it)
-            stopped = self.stop_signal
-            self._write(state, stopped)
+            stopped_by = self.stopped_by
+            self._write(state, stopped_by)
         self.last_save = time.monotonic()
-        if stopped is not None:
-            raise Interrupted(f"stopped by {signal.Signals(stopped).name} at step "
-                              f"{state['step']}; checkpoint {self.path} written, run the same "
-                              "command again to resume")
+        if stopped_by is not None:
+            raise Interrupted(f"stopped by {stopped_by} at step {state['step']}; checkpoint "
+                              f"{self.path} written, run the same command again to resume")
 
-    def _write(self, state: dict[str, Any], stopped: int | None) -> None:
+    def _write(self, state: dict[str, Any], stopped_by: str | None) -> None:
         state = {**state, "format": FORMAT, "fingerprint": self.fingerprint,
                  "stage": self.stage, "finished": self.finished[:self.stage],
-                 "stopped_by": signal.Signals(stopped).name if stopped is not None else None}
+                 "stopped_by": stopped_by}
         with durable_path(self.path) as tmp, open(tmp, "wb") as handle:
             writer = _Remembering(handle)
             try:
